@@ -1,0 +1,70 @@
+"""Typed settings: what one release run needs. Pydantic so the Prefect UI renders a form.
+
+Nothing here reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+_HOSTPORT = r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$|^\[[0-9a-fA-F:.]+\](:[0-9]{1,5})?$"
+
+
+class ListFromFile(BaseModel):
+    """The images.list is a file on the build host."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", title="images.list file")
+    kind: Literal["file"] = "file"
+    path: str = Field(description="Path of the images.list on the build host.", min_length=1)
+
+
+class ListFromGit(BaseModel):
+    """The images.list lives in a git repository; it is read at the exact commit `ref` names."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", title="images.list in git")
+    kind: Literal["git"] = "git"
+    repo: str = Field(description="Git repository URL or path on the build host.", min_length=1)
+    ref: str = Field(description="Branch, tag or commit to read the list at.", min_length=1)
+    path: str = Field(default="images.list", description="Path of the list inside the repository.")
+
+
+ListLocation = Annotated[ListFromFile | ListFromGit, Field(discriminator="kind")]
+
+
+class ReleaseRequest(BaseModel):
+    """One release build: which images, from where, into which tarball."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", title="Release")
+
+    images: ListLocation = Field(description="Where the release's images.list comes from.")
+    source: str = Field(
+        description="CI registry to copy from, HOST[:PORT] (no scheme).",
+        pattern=_HOSTPORT,
+        examples=["127.0.0.1:5000"],
+    )
+    work_dir: Path = Field(
+        description="Build host directory holding the archive (lower), overlay dirs and lock. "
+        "Keep it and the output on one filesystem.",
+    )
+    output: Path = Field(description="Release tarball to write; a .sha256 is written beside it.")
+    concurrency: int = Field(default=8, ge=1, le=64, description="Parallel image copies per stage.")
+    src_tls_verify: bool = Field(default=True, description="Verify the source registry's TLS certificate.")
+    src_authfile: Path | None = Field(
+        default=None,
+        description="containers-auth.json with credentials for the source registry (path only; "
+        "the file's contents never enter logs or parameters).",
+    )
+    src_credentials_block: str | None = Field(
+        default=None,
+        description="Name of a Prefect Secret block holding a containers-auth.json document.",
+    )
+
+    @field_validator("source")
+    @classmethod
+    def _no_scheme(cls, v: str) -> str:
+        if "://" in v:
+            raise ValueError("give HOST[:PORT] without a scheme, e.g. registry.ci:5000")
+        return v
