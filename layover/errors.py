@@ -12,6 +12,7 @@
     ├── RegistryError            a registry container could not be started or reached
     ├── MountError               overlayfs could not be mounted or unmounted
     ├── LockedError              another run holds the work dir
+    ├── GitSourceError           an images.list could not be read from git (names repo, ref, path)
     └── DiskFullError            no space left; names the path and the space needed
 
 Every message says what happened and what to do next.
@@ -97,6 +98,17 @@ class MountError(LayoverError):
 
 class LockedError(LayoverError):
     """Another run holds the work dir."""
+
+
+class GitSourceError(LayoverError):
+    """The images.list could not be read from a git repository at a ref."""
+
+    def __init__(self, repo: str, ref: str, path: str, reason: str) -> None:
+        self.repo = repo
+        self.ref = ref
+        self.path = path
+        self.reason = reason
+        super().__init__(f"images.list {path!r} at {ref!r} in {repo}: {reason}")
 
 
 class DiskFullError(LayoverError):

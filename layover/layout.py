@@ -88,6 +88,10 @@ class StorageLayout:
     def uploads(self, name: str) -> Path:
         return self.repo(name) / "_uploads"
 
+    def strings(self) -> StrPaths:
+        """The same paths as plain str, for GC and verify loops over 100k entries."""
+        return StrPaths(str(self.blobs), str(self.repositories))
+
     # --- walking -----------------------------------------------------------------------
     def repository_names(self) -> list[str]:
         """Every repository: a directory below repositories/ holding any `_*` internal dir.
@@ -125,6 +129,51 @@ class StorageLayout:
         except FileNotFoundError:
             return []
         return sorted(Digest(h) for h in children if Digest.is_valid("sha256:" + h))
+
+
+@dataclass(frozen=True)
+class StrPaths:
+    """StorageLayout's paths as str, taking hex digests: building a Path costs ~5 us, and GC
+    builds hundreds of thousands. tests/unit/test_gc.py checks both agree."""
+
+    blobs: str
+    repositories: str
+
+    def blob_dir(self, hex_: str) -> str:
+        return f"{self.blobs}/{hex_[:2]}/{hex_}"
+
+    def blob_data(self, hex_: str) -> str:
+        return f"{self.blobs}/{hex_[:2]}/{hex_}/data"
+
+    def repo(self, name: str) -> str:
+        return f"{self.repositories}/{name}"
+
+    def layers(self, name: str) -> str:
+        return f"{self.repositories}/{name}/_layers/sha256"
+
+    def layer_link(self, name: str, hex_: str) -> str:
+        return f"{self.repositories}/{name}/_layers/sha256/{hex_}/link"
+
+    def revisions(self, name: str) -> str:
+        return f"{self.repositories}/{name}/_manifests/revisions/sha256"
+
+    def revision_link(self, name: str, hex_: str) -> str:
+        return f"{self.repositories}/{name}/_manifests/revisions/sha256/{hex_}/link"
+
+    def tags(self, name: str) -> str:
+        return f"{self.repositories}/{name}/_manifests/tags"
+
+    def tag_dir(self, name: str, tag: str) -> str:
+        return f"{self.repositories}/{name}/_manifests/tags/{tag}"
+
+    def tag_current_link(self, name: str, tag: str) -> str:
+        return f"{self.repositories}/{name}/_manifests/tags/{tag}/current/link"
+
+    def tag_index(self, name: str, tag: str) -> str:
+        return f"{self.repositories}/{name}/_manifests/tags/{tag}/index/sha256"
+
+    def uploads(self, name: str) -> str:
+        return f"{self.repositories}/{name}/_uploads"
 
 
 def read_link(path: Path) -> Digest:

@@ -119,13 +119,10 @@ class ImageRef:
 
     @property
     def source_suffix(self) -> str:
-        """repository[:tag][@digest] - what to read from a registry."""
-        s = self.repository
-        if self.tag is not None:
-            s += f":{self.tag}"
+        """What to read: by digest when pinned (exact bytes, and skopeo refuses tag+digest)."""
         if self.digest is not None:
-            s += f"@{self.digest}"
-        return s
+            return f"{self.repository}@{self.digest}"
+        return f"{self.repository}:{self.tag}"
 
     @property
     def destination_suffix(self) -> str:
@@ -135,4 +132,9 @@ class ImageRef:
         return f"{self.repository}@{self.digest}"
 
     def __str__(self) -> str:
-        return self.source_suffix
+        s = self.repository
+        if self.tag is not None:
+            s += f":{self.tag}"
+        if self.digest is not None:
+            s += f"@{self.digest}"
+        return s

@@ -62,6 +62,16 @@ class ReleaseRequest(BaseModel):
         description="Name of a Prefect Secret block holding a containers-auth.json document.",
     )
 
+    lock_wait_seconds: float = Field(
+        default=0,
+        ge=0,
+        le=86400,
+        description="If another run holds the work dir, wait this long for it before failing.",
+    )
+    copy_retries: int = Field(
+        default=3, ge=0, le=10, description="Retries per image copy on transient registry errors."
+    )
+
     @field_validator("source")
     @classmethod
     def _no_scheme(cls, v: str) -> str:

@@ -1,0 +1,1 @@
+"""Layover's benchmark harness: fixture, baselines, measurement, report. See bench/README.md."""

@@ -1,0 +1,70 @@
+"""Render the benchmark's markdown report: medians per scenario and runner."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+
+from bench.measure import Measurement
+
+ROW_ORDER = ("docker", "skopeo", "blog-overlay", "layover", "layover-embedded", "floor")
+LABELS = {
+    "layover": "layover (standing Prefect server)",
+    "layover-embedded": "layover (embedded server)",
+    "floor": "floor (new blobs once + dd tarball)",
+}
+COLUMNS = ("wall s", "CPU s", "svc CPU s", "written MB", "peak RSS MB", "tarball MB",
+           "× layover", "runs")
+FIELDS = ("wall_s", "cpu_s", "service_cpu_s", "written_mb", "peak_rss_mb", "tarball_mb")
+
+
+def _median(ms: Sequence[Measurement], field: str) -> float:
+    return statistics.median(getattr(m, field) for m in ms)
+
+
+def render(meta: dict, rows: Sequence[tuple[str, str, Measurement]]) -> str:
+    out = [f"# Layover benchmark {meta['date']}", "",
+           f"Scale {meta['scale']}, {meta['runs']} run(s) per cell, medians, "
+           f"{meta['cpus']} CPUs. Release 1: {meta['fixture'][1]['images']} images, "
+           f"{meta['fixture'][1]['blob_mb']:.0f} MB of blobs; release 2: "
+           f"{meta['fixture'][2]['images']} images, {meta['new_blob_mb']:.1f} MB of new blobs. "
+           f"Whole bench: {meta['total_s']:.0f} s.", ""]
+    for scenario in meta["scenarios"]:
+        title = {"cold": "Cold release (empty archive)",
+                 "incremental": "Incremental release (release 2 after release 1)"}[scenario]
+        out += [f"## {title}", "", "| runner | " + " | ".join(COLUMNS) + " |",
+                "|---|" + "---:|" * len(COLUMNS)]
+        cell = {r: [m for s, rr, m in rows if s == scenario and rr == r] for r in ROW_ORDER}
+        ok = {r: [m for m in ms if m.exit_code == 0] for r, ms in cell.items()}
+        base = _median(ok["layover"], "wall_s") if ok["layover"] else None
+        for runner in ROW_ORDER:
+            if runner not in meta["runners"] and runner != "floor":
+                continue
+            ms, good = cell[runner], ok[runner]
+            label = LABELS.get(runner, runner)
+            if not good:
+                out.append(f"| {label} | FAILED ({len(ms)}/{len(ms)} runs) |"
+                           + " |" * (len(COLUMNS) - 1))
+                continue
+            vals = [f"{_median(good, f):.1f}" for f in FIELDS]
+            ratio = f"{_median(good, 'wall_s') / base:.2f}" if base else "n/a"
+            runs = f"{len(good)}" + (f" ({len(ms) - len(good)} failed)" if len(good) < len(ms) else "")
+            out.append(f"| {label} | " + " | ".join(vals + [ratio, runs]) + " |")
+        out.append("")
+    out += [
+        "## What is measured", "",
+        "- wall s: from start until the runner exited and `sync` returned (tarball on disk).",
+        "- CPU s: user+sys of the runner's process tree (wait4 rusage of the child).",
+        "- svc CPU s: dockerd + containerd + all containers (docker cgroup), the work done for the",
+        "  runner by registries and the daemon; device-wide, so keep the machine quiet.",
+        "- written MB: growth (du) of the runner's work dir, output and registry storage",
+        "  (+ /var/lib/docker for docker). Deleted data does not count.",
+        "- peak RSS MB: ru_maxrss of the runner's tree: the largest single process.",
+        "- × layover: the runner's median wall time divided by layover's (standing server).",
+        "- floor: every blob the release needs that is not yet archived, streamed once from the",
+        "  CI registry to disk, plus `dd conv=fsync` of a file the size of the last tarball.",
+        "- docker's tarball differs in kind: `docker pull` keeps one platform of a multi-arch",
+        "  image and `docker push` recompresses layers, so digests change.",
+        "",
+    ]
+    return "\n".join(out)

@@ -1,0 +1,81 @@
+"""The release flow: images.list + CI registry -> verified release tarball.
+
+Composition only: every stage is a task in tasks/, every decision is in the library.
+"""
+
+from __future__ import annotations
+
+from prefect import flow, runtime
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from layover.adapters.lock import work_dir_lock
+from layover.report import ReleaseReport
+from layover.settings import ReleaseRequest
+from layover.workdir import WorkDir
+from tasks.archive_sync import sync_archive
+from tasks.copying import Endpoints
+from tasks.fanout import MAX_CONCURRENCY
+from tasks.gc import collect_garbage
+from tasks.load_list import load_images
+from tasks.overlay_reset import reset_overlay
+from tasks.package_sync import sync_package
+from tasks.prune import prune
+from tasks.registries import clear_stale, start_registry, stop_registry, teardown
+from tasks.report import publish_report
+from tasks.tarball import write_release_tarball
+from tasks.verify import verify_package
+
+
+@flow(
+    name="layover-release",
+    description="Package a release's images.list into a verified registry-storage tarball.",
+    task_runner=ThreadPoolTaskRunner(max_workers=MAX_CONCURRENCY),
+    validate_parameters=True,
+)
+def release(request: ReleaseRequest) -> ReleaseReport:
+    wd = WorkDir.at(request.work_dir)
+    listed = load_images(request.images)  # every bad line reported before anything is copied
+    holder = f"{runtime.flow_run.name or 'layover'} ({runtime.flow_run.id or 'no run id'})"
+    with work_dir_lock(wd.lock, holder, wait_seconds=request.lock_wait_seconds):
+        clear_stale(wd)
+        try:
+            archive = start_registry(wd, "archive", wd.lower)
+            from_ci = Endpoints(
+                request.source, archive.host, wd.lower, request.src_tls_verify, request.src_authfile
+            )
+            stages = [
+                sync_archive(
+                    listed.images, from_ci, concurrency=request.concurrency, retries=request.copy_retries
+                )
+            ]
+            # From here on the archive is history: served read-only, never written.
+            stop_registry(wd, archive)
+            archive = start_registry(wd, "archive", wd.lower, read_only=True)
+            stages.append(reset_overlay(wd))
+            stages.append(prune(wd))
+            package = start_registry(wd, "package", wd.merged)
+            to_package = Endpoints(archive.host, package.host, wd.merged, src_tls_verify=False)
+            stages.append(
+                sync_package(
+                    listed.images, to_package, concurrency=request.concurrency,
+                    retries=request.copy_retries,
+                )
+            )
+            stop_registry(wd, package)  # never delete under a running registry
+            stages.append(collect_garbage(wd, listed.images))
+            stages.append(verify_package(wd, listed.images))
+            tar_stage, sha256, size = write_release_tarball(wd, request.output)
+            stages.append(tar_stage)
+        finally:
+            teardown(wd)
+    report = ReleaseReport(
+        list_source=listed.source,
+        list_commit=listed.commit,
+        images=len(listed.images),
+        output=str(request.output),
+        sha256=sha256,
+        tarball_bytes=size,
+        stages=tuple(stages),
+    )
+    publish_report(report)
+    return report

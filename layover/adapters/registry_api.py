@@ -1,0 +1,307 @@
+"""A small client for the Distribution HTTP API v2, for registries on loopback only.
+
+Used to push the deterministic sample images (layover.samples) and to read registries back in
+tests and checks. Plain HTTP, no auth: every registry Layover starts listens on 127.0.0.1, and
+this client refuses any other host so that no test can send a byte off the machine.
+
+    push a blob      HEAD /v2/<name>/blobs/<digest>            200: already there, skip
+                     POST /v2/<name>/blobs/uploads/?mount=&from=   201: mounted from a sibling
+                     POST /v2/<name>/blobs/uploads/            202 + Location
+                     PUT  <Location>&digest=<digest>           201 (monolithic upload)
+    push a manifest  PUT  /v2/<name>/manifests/<tag|digest>    201, Content-Type = its media type
+    read             GET  /v2/_catalog, /v2/<name>/tags/list, /v2/<name>/manifests/<ref>,
+                     HEAD/GET /v2/<name>/blobs/<digest>
+    delete           DELETE /v2/<name>/manifests/<digest>, /v2/<name>/blobs/<digest>
+
+A registry checks on manifest PUT that the config and layers are linked in that repository and
+that an index's children are already stored there, so push order is: blobs, children, index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import httpx
+import tenacity
+
+from layover.errors import RegistryError
+from layover.reference import Digest
+from layover.samples import Release, SampleImage
+
+# Every manifest type Layover handles. Without the list/index types a registry may answer with
+# a different document than the one stored (or 404), so always send all of them.
+MANIFEST_ACCEPT = ", ".join((
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+))
+
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+class RegistryHTTPError(RegistryError):
+    """The registry answered with an unexpected HTTP status. Keeps the status and error codes."""
+
+    def __init__(self, method: str, url: str, status: int, codes: tuple[str, ...], detail: str, hint: str) -> None:
+        self.method = method
+        self.url = url
+        self.status = status
+        self.codes = codes  # Distribution error codes, e.g. ("MANIFEST_BLOB_UNKNOWN",)
+        what = f"{method} {url} returned {status}"
+        if codes:
+            what += f" {'/'.join(codes)}"
+        if detail:
+            what += f": {detail}"
+        super().__init__(f"{what} ({hint})" if hint else what)
+
+    @property
+    def not_found(self) -> bool:
+        return self.status == 404
+
+
+class FetchedManifest(NamedTuple):
+    """A manifest as served: the exact bytes, the Content-Type and the digest of those bytes."""
+
+    data: bytes
+    media_type: str
+    digest: Digest
+
+
+@dataclass(frozen=True)
+class PushResult:
+    image: str  # repository:tag@digest
+    blobs_uploaded: int  # bytes sent
+    blobs_mounted: int  # linked from another repository of this registry, no bytes sent
+    blobs_present: int  # already in the repository (HEAD 200)
+    manifests: int  # children + the tagged manifest
+
+
+def _sha256(data: bytes) -> Digest:
+    return Digest(hashlib.sha256(data).hexdigest())
+
+
+def _check_loopback(url: httpx.URL, what: str) -> None:
+    if url.host not in _LOOPBACK:
+        raise RegistryError(
+            f"{what} {url} is not on loopback; this client only talks to registries on 127.0.0.1 "
+            "(start the registry with REGISTRY_HTTP_ADDR=127.0.0.1:<port>)"
+        )
+
+
+class RegistryAPI:
+    """Distribution API v2 client for one registry at `host` ("127.0.0.1:PORT", plain HTTP).
+
+    `transport` is a test seam (httpx.MockTransport). Use as a context manager or call close().
+    """
+
+    def __init__(self, host: str, *, timeout: float = 60.0, transport: httpx.BaseTransport | None = None) -> None:
+        if "://" in host:
+            raise RegistryError(f"registry {host!r}: give HOST:PORT without a scheme, e.g. 127.0.0.1:5000")
+        self.host = host
+        self.base = httpx.URL(f"http://{host}")
+        _check_loopback(self.base, "registry")
+        # follow_redirects: storage drivers other than filesystem redirect blob GETs.
+        self._http = httpx.Client(base_url=self.base, timeout=timeout, transport=transport,
+                                  follow_redirects=True, trust_env=False)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> RegistryAPI:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- plumbing ------------------------------------------------------------------------
+    def _request(self, method: str, url: str | httpx.URL, *, ok: Iterable[int], hint: str = "",
+                 **kwargs: object) -> httpx.Response:
+        try:
+            resp = self._http.request(method, url, **kwargs)  # type: ignore[arg-type]
+        except httpx.TransportError as e:
+            raise RegistryError(
+                f"{method} {self.base.join(url)}: cannot reach the registry ({type(e).__name__}: {e}); "
+                "is it running and listening on that port? (RegistryAPI.wait_ready waits for it)"
+            ) from e
+        if resp.status_code not in set(ok):
+            codes, detail = _error_body(resp)
+            raise RegistryHTTPError(method, str(resp.request.url), resp.status_code, codes, detail, hint)
+        return resp
+
+    def _path(self, repository: str, kind: str, ref: str | Digest) -> str:
+        return f"/v2/{repository}/{kind}/{ref}"
+
+    # --- readiness -----------------------------------------------------------------------
+    def ping(self) -> bool:
+        """True if GET /v2/ answers 200."""
+        try:
+            return self._http.get("/v2/").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Wait until GET /v2/ answers 200; RegistryError after `timeout` seconds."""
+        try:
+            tenacity.Retrying(
+                stop=tenacity.stop_after_delay(timeout),
+                wait=tenacity.wait_exponential(multiplier=0.05, max=1.0),
+                retry=tenacity.retry_if_result(lambda ok: not ok),
+            )(self.ping)
+        except tenacity.RetryError:
+            raise RegistryError(
+                f"registry at {self.base} did not answer GET /v2/ with 200 within {timeout:g}s; "
+                "check that it started (container or process logs) and listens on that port"
+            ) from None
+
+    # --- blobs ---------------------------------------------------------------------------
+    def blob_exists(self, repository: str, digest: Digest) -> bool:
+        resp = self._request("HEAD", self._path(repository, "blobs", digest), ok=(200, 404))
+        return resp.status_code == 200
+
+    def get_blob(self, repository: str, digest: Digest) -> bytes:
+        """The blob's bytes, verified against `digest` (a stale registry cache serves truncated data)."""
+        resp = self._request("GET", self._path(repository, "blobs", digest), ok=(200,),
+                             hint=f"is {digest} linked in {repository}?")
+        got = _sha256(resp.content)
+        if got != digest:
+            raise RegistryError(
+                f"GET blob {digest} from {repository} at {self.base} returned {len(resp.content)} bytes "
+                f"with digest {got}; the registry serves corrupt data (a stale blob-descriptor cache "
+                "after deleting under a running registry does this): restart it"
+            )
+        return resp.content
+
+    def push_blob(self, repository: str, digest: Digest, data: bytes, *, mount_from: str | None = None) -> str:
+        """Put one blob into `repository`. Returns how: "present" (HEAD 200, nothing sent),
+        "mounted" (cross-repository mount from `mount_from`, no bytes sent) or "uploaded"
+        (monolithic POST + PUT)."""
+        if _sha256(data) != digest:
+            raise RegistryError(f"refusing to push blob {digest}: its data hashes to {_sha256(data)}")
+        if self.blob_exists(repository, digest):
+            return "present"
+        if mount_from is not None and mount_from != repository:
+            # 201 = linked from the other repo; 202 = the registry declined and opened an upload.
+            start = self._request("POST", f"/v2/{repository}/blobs/uploads/", ok=(201, 202),
+                                  params={"mount": str(digest), "from": mount_from},
+                                  hint="is the registry read-only?")
+            if start.status_code == 201:
+                return "mounted"
+        else:
+            start = self._request("POST", f"/v2/{repository}/blobs/uploads/", ok=(202,),
+                                  hint="is the registry read-only?")
+        location = start.headers.get("Location")
+        if not location:
+            raise RegistryError(f"POST upload for {repository} at {self.base} returned no Location header")
+        # Location is absolute in 2.8 and carries _state; resolve relative ones and keep the query.
+        url = self.base.join(location)
+        _check_loopback(url, "upload Location")
+        url = url.copy_merge_params({"digest": str(digest)})
+        self._request("PUT", url, ok=(201,), content=data,
+                      headers={"Content-Type": "application/octet-stream"},
+                      hint=f"uploading {len(data)} bytes to {repository}")
+        return "uploaded"
+
+    def delete_blob(self, repository: str, digest: Digest) -> None:
+        """Needs storage.delete.enabled; removes the repo's link, not the data (that is GC's job)."""
+        self._request("DELETE", self._path(repository, "blobs", digest), ok=(202,),
+                      hint="deletes need storage.delete.enabled: true")
+
+    # --- manifests -----------------------------------------------------------------------
+    def put_manifest(self, repository: str, ref: str | Digest, data: bytes, media_type: str) -> Digest:
+        resp = self._request(
+            "PUT", self._path(repository, "manifests", ref), ok=(201,), content=data,
+            headers={"Content-Type": media_type},
+            hint="its blobs (or an index's child manifests) must be in this repository first",
+        )
+        expected = _sha256(data)
+        served = resp.headers.get("Docker-Content-Digest")
+        if served is not None and served != str(expected):
+            raise RegistryError(
+                f"PUT manifest {repository}:{ref} stored digest {served} but the document hashes to {expected}"
+            )
+        return expected
+
+    def manifest(self, repository: str, ref: str | Digest) -> FetchedManifest:
+        """GET a manifest by tag or digest: exact bytes, media type and their digest."""
+        resp = self._request("GET", self._path(repository, "manifests", ref), ok=(200,),
+                             headers={"Accept": MANIFEST_ACCEPT})
+        digest = _sha256(resp.content)
+        if isinstance(ref, Digest) and digest != ref:
+            raise RegistryError(f"manifest {repository}@{ref} served bytes that hash to {digest}")
+        media_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
+        return FetchedManifest(resp.content, media_type, digest)
+
+    def manifest_exists(self, repository: str, ref: str | Digest) -> bool:
+        resp = self._request("HEAD", self._path(repository, "manifests", ref), ok=(200, 404),
+                             headers={"Accept": MANIFEST_ACCEPT})
+        return resp.status_code == 200
+
+    def delete_manifest(self, repository: str, digest: Digest) -> None:
+        """Delete a manifest revision by digest (the registry refuses deletes by tag)."""
+        self._request("DELETE", self._path(repository, "manifests", digest), ok=(202,),
+                      hint="deletes need storage.delete.enabled: true")
+
+    # --- listing -------------------------------------------------------------------------
+    def catalog(self) -> tuple[str, ...]:
+        """Every repository name, following pagination."""
+        names: list[str] = []
+        url: str | httpx.URL = "/v2/_catalog?n=1000"
+        while True:
+            resp = self._request("GET", url, ok=(200,))
+            names.extend(resp.json().get("repositories") or [])
+            nxt = resp.links.get("next", {}).get("url")
+            if not nxt:
+                return tuple(names)
+            url = self.base.join(nxt)
+            _check_loopback(url, "catalog next page")
+
+    def tags(self, repository: str) -> tuple[str, ...]:
+        """The repository's tags, sorted; () for a repository the registry does not know."""
+        resp = self._request("GET", f"/v2/{repository}/tags/list", ok=(200, 404))
+        if resp.status_code == 404:
+            codes, _ = _error_body(resp)
+            if "NAME_UNKNOWN" in codes:
+                return ()
+            raise RegistryHTTPError("GET", str(resp.request.url), 404, codes, "", "")
+        return tuple(sorted(resp.json().get("tags") or []))
+
+    # --- images --------------------------------------------------------------------------
+    def push_image(self, image: SampleImage, *, seen: dict[Digest, str] | None = None) -> PushResult:
+        """Blobs, then children by digest, then the manifest by tag.
+
+        `seen` (digest -> a repository that has it) lets shared base layers be mounted instead
+        of uploaded again; it is updated with this image's blobs.
+        """
+        seen = {} if seen is None else seen
+        counts = {"uploaded": 0, "mounted": 0, "present": 0}
+        for digest, data in image.blobs.items():
+            counts[self.push_blob(image.repository, digest, data, mount_from=seen.get(digest))] += 1
+            seen.setdefault(digest, image.repository)
+        for child in image.children:
+            self.put_manifest(image.repository, child.digest, child.data, child.media_type)
+        self.put_manifest(image.repository, image.tag, image.manifest, image.media_type)
+        return PushResult(str(image), counts["uploaded"], counts["mounted"], counts["present"],
+                          len(image.children) + 1)
+
+
+def _error_body(resp: httpx.Response) -> tuple[tuple[str, ...], str]:
+    """Distribution error codes and the first message from an error response (if JSON)."""
+    try:
+        errors = resp.json().get("errors") or []
+    except (ValueError, AttributeError):
+        return (), resp.text[:200].strip()
+    codes = tuple(str(e.get("code", "")) for e in errors if isinstance(e, dict))
+    messages = [str(e.get("message", "")) for e in errors if isinstance(e, dict) and e.get("message")]
+    return codes, "; ".join(messages)
+
+
+def push_release(host: str, release: Release, *, ready_timeout: float = 30.0) -> tuple[PushResult, ...]:
+    """Push every image of a sample release into the registry at `host`, in list order."""
+    with RegistryAPI(host) as api:
+        api.wait_ready(ready_timeout)
+        seen: dict[Digest, str] = {}
+        return tuple(api.push_image(img, seen=seen) for img in release.images)

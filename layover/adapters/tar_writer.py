@@ -1,0 +1,509 @@
+"""Write the release tarball: list the storage tree, resolve overlay members, move the data.
+
+The byte layout is decided by layover.tarball (pure); this module fills file data in at the
+planned offsets by one of three data paths, chosen per member and reported:
+
+    CLONE        FICLONERANGE shares the blob's whole 4 KiB blocks with the tarball (XFS with
+                 reflink=1, btrfs); the unaligned tail is written from user space.
+    KERNEL_COPY  copy_file_range: the kernel copies, nothing passes through user space (ext4,
+                 tmpfs, or a clone that failed).
+    BUFFERED     pread/pwrite in 1 MiB chunks: works everywhere.
+
+A path that fails falls back to the next one for that member; a path that fails because the
+filesystem cannot do it at all (EXDEV, EOPNOTSUPP, ...) is not tried again on that device.
+Every path writes at explicit offsets, so a fallback rewrites the member's whole data range and
+a half-done clone cannot leave stale bytes behind.
+
+An overlay merged view cannot be cloned from (EXDEV): each member is resolved to its real file
+in upper/ (whiteouts and opaque directories respected) or lower/.
+
+The output is written to a temp name in the output's directory, fsynced, renamed, and a
+`<output>.sha256` (sha256sum -c format) is written beside it the same way.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import fcntl
+import hashlib
+import os
+import queue
+import stat
+import struct
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from layover.errors import DiskFullError, StorageError
+from layover.layout import V2
+from layover.tarball import Entry, Kind, PlannedMember, data_regions, plan
+
+CHUNK = 1 << 20
+
+
+# --- sources -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PlainTree:
+    root: Path  # the registry root: holds docker/registry/v2
+
+
+@dataclass(frozen=True)
+class OverlayTree:
+    merged: Path  # the mounted merged view (the package registry's root)
+    upper: Path  # the overlay's upperdir (a registry root)
+    lower: Path  # the overlay's lowerdir (a registry root)
+
+
+TarSource = PlainTree | OverlayTree
+
+
+class DataPath(enum.Enum):
+    CLONE = "clone"
+    KERNEL_COPY = "kernel_copy"
+    BUFFERED = "buffered"
+
+
+ALL_PATHS: tuple[DataPath, ...] = (DataPath.CLONE, DataPath.KERNEL_COPY, DataPath.BUFFERED)
+
+
+@dataclass(frozen=True)
+class TarResult:
+    path: Path
+    sha256: str
+    size: int  # bytes in the tarball
+    members: int  # directories and files
+    files: int
+    bytes_cloned: int  # file data shared with the source by FICLONERANGE
+    bytes_kernel_copied: int  # file data copied by copy_file_range
+    bytes_user_copied: int  # file data that went through user space (tails, buffered copies)
+    seconds: float
+    fallbacks: int = 0  # members whose first-choice data path failed and was retried
+
+
+# --- the seam: the two system calls that may fail on a given filesystem ---------------------
+_FICLONERANGE = 0x4020940D  # _IOW(0x94, 13, struct file_clone_range)
+
+
+def ficlonerange(src_fd: int, src_offset: int, length: int, dst_fd: int, dst_offset: int) -> None:
+    """Share `length` bytes (block aligned) of src with dst; raises OSError like the ioctl."""
+    arg = struct.pack("=qQQQ", src_fd, src_offset, length, dst_offset)
+    fcntl.ioctl(dst_fd, _FICLONERANGE, arg)
+
+
+def copy_range(src_fd: int, src_offset: int, length: int, dst_fd: int, dst_offset: int) -> None:
+    done = 0
+    while done < length:
+        n = os.copy_file_range(src_fd, dst_fd, length - done, src_offset + done, dst_offset + done)
+        if n == 0:
+            raise _SourceShrank(done)
+        done += n
+
+
+@dataclass(frozen=True)
+class DataOps:
+    """System calls the writer uses for clone and in-kernel copy. Tests replace them to inject
+    failures; production uses the defaults."""
+
+    clone: Callable[[int, int, int, int, int], None] = ficlonerange
+    copy: Callable[[int, int, int, int, int], None] = copy_range
+
+
+class _SourceShrank(Exception):
+    def __init__(self, got: int) -> None:
+        self.got = got
+
+
+# errnos meaning "this filesystem (pair) cannot do it": stop trying on that device
+_UNSUPPORTED = {errno.EXDEV, errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL, errno.ENOSYS,
+                errno.EBADF, errno.EPERM}
+
+
+# --- listing and overlay resolution ----------------------------------------------------------
+@dataclass(frozen=True)
+class _Source:
+    entry: Entry
+    real: Path | None  # the file to read data from (None for directories)
+
+
+def _refuse(path: Path, st: os.stat_result) -> StorageError:
+    what = ("a symlink" if stat.S_ISLNK(st.st_mode) else
+            "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else
+            "a fifo" if stat.S_ISFIFO(st.st_mode) else
+            "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file or directory")
+    return StorageError(str(path), f"is {what}: registry storage holds only files and "
+                                   "directories; remove it and write the tarball again")
+
+
+def _walk(root: Path) -> list[tuple[Entry, Path]]:
+    """Every directory and regular file under root/docker, as (entry, path). Other file types
+    are refused: a release must not smuggle symlinks or devices into a registry host."""
+    if not (root / V2).is_dir():
+        raise StorageError(str(root / V2), "missing: this is not a registry root (expected "
+                                           "docker/registry/v2 below it)")
+    out: list[tuple[Entry, Path]] = []
+    stack = ["docker"]
+    while stack:
+        rel = stack.pop()
+        path = root / rel
+        st = os.lstat(path)
+        if stat.S_ISDIR(st.st_mode):
+            out.append((Entry(rel, Kind.DIR), path))
+            with os.scandir(path) as it:
+                stack.extend(f"{rel}/{d.name}" for d in it)
+        elif stat.S_ISREG(st.st_mode):
+            out.append((Entry(rel, Kind.FILE, st.st_size), path))
+        else:
+            raise _refuse(path, st)
+    return out
+
+
+def _xattr(path: Path, name: str) -> bytes | None:
+    try:
+        return os.getxattr(path, name, follow_symlinks=False)
+    except OSError as e:
+        if e.errno in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
+            return None
+        raise
+
+
+def _overlay_xattr(path: Path, key: str) -> bytes | None:
+    # trusted.* for a normal (root) mount, user.* for a `userxattr` mount
+    for ns in ("trusted", "user"):
+        v = _xattr(path, f"{ns}.overlay.{key}")
+        if v is not None:
+            return v
+    return None
+
+
+def _is_whiteout(path: Path, st: os.stat_result) -> bool:
+    if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+        return True
+    # kernels >= 6.7 may also write whiteouts as empty files marked by an xattr
+    return stat.S_ISREG(st.st_mode) and st.st_size == 0 and \
+        _overlay_xattr(path, "whiteout") is not None
+
+
+class OverlayResolver:
+    """Find the real file behind a merged-view path: upper first, then lower, the way
+    overlayfs does without redirect_dir/metacopy (which Layover never enables)."""
+
+    def __init__(self, upper: Path, lower: Path) -> None:
+        self.upper = upper
+        self.lower = lower
+        self._lower_visible: dict[str, bool] = {"": True}
+
+    def _lstat(self, path: Path) -> os.stat_result | None:
+        try:
+            return os.lstat(path)
+        except (FileNotFoundError, NotADirectoryError):  # ENOTDIR: an ancestor is a whiteout
+            return None
+
+    def lower_visible(self, rel_dir: str) -> bool:
+        """Can lower/<rel_dir>'s contents show through? Not below a whiteout or opaque dir."""
+        if rel_dir in self._lower_visible:
+            return self._lower_visible[rel_dir]
+        parent = rel_dir.rpartition("/")[0]
+        visible = self.lower_visible(parent)
+        up = self.upper / rel_dir
+        st = self._lstat(up)
+        if st is not None:
+            if _is_whiteout(up, st) or not stat.S_ISDIR(st.st_mode):
+                visible = False  # upper replaced or deleted the whole lower directory
+            elif _overlay_xattr(up, "opaque") == b"y":
+                visible = False  # the directory was deleted and made again in merged
+        self._lower_visible[rel_dir] = visible
+        return visible
+
+    def resolve(self, rel: str) -> Path:
+        up = self.upper / rel
+        st = self._lstat(up)
+        if st is not None:
+            if _is_whiteout(up, st):
+                raise StorageError(rel, "listed in the merged view but whited out in upper: "
+                                        "the overlay changed while the tarball was written")
+            if stat.S_ISREG(st.st_mode):
+                if _overlay_xattr(up, "metacopy") is not None:
+                    raise StorageError(str(up), "is a metacopy-only upper file: mount the "
+                                                "overlay without metacopy=on")
+                return up
+            raise _refuse(up, st)
+        if self.lower_visible(rel.rpartition("/")[0]):
+            low = self.lower / rel
+            lst = self._lstat(low)
+            if lst is not None and stat.S_ISREG(lst.st_mode):
+                return low
+        raise StorageError(rel, "listed in the merged view but found in neither upper nor "
+                                "lower: is the overlay mounted with these upper/lower dirs?")
+
+
+def list_members(source: TarSource) -> list[_Source]:
+    if isinstance(source, PlainTree):
+        return [_Source(e, p if e.kind is Kind.FILE else None) for e, p in _walk(source.root)]
+    resolver = OverlayResolver(source.upper, source.lower)
+    out = []
+    for e, _ in _walk(source.merged):
+        out.append(_Source(e, resolver.resolve(e.name) if e.kind is Kind.FILE else None))
+    return out
+
+
+# --- hashing -------------------------------------------------------------------------------
+# Why a thread reading the source files: cloned and kernel-copied data never passes through
+# user space, so hashing needs a read anyway. Reading the sources (usually page-cache warm: the
+# blobs were just written or read) in a second thread overlaps hashing with the writer; the
+# alternative, re-reading the finished tarball, is sequential and reads freshly cloned extents
+# cold. Measured in bench/tar_bench.py (see docs/reflink.md). Buffered copies feed the bytes
+# they already hold, so those are read once.
+class _Hasher(threading.Thread):
+    def __init__(self) -> None:
+        super().__init__(name="tar-sha256", daemon=True)
+        self.h = hashlib.sha256()
+        self.q: queue.Queue[bytes | tuple[int, int, int] | None] = queue.Queue(maxsize=64)
+        self.error: BaseException | None = None
+        self.pieces = 0  # how many pieces were fed: lets the writer tell whether it may retry
+
+    def run(self) -> None:
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
+        while True:
+            item = self.q.get()
+            if item is None:
+                return
+            if self.error is not None:
+                if isinstance(item, tuple):
+                    os.close(item[0])
+                continue
+            try:
+                if isinstance(item, bytes):
+                    self.h.update(item)
+                    continue
+                fd, offset, length = item
+                try:
+                    while length:
+                        n = os.preadv(fd, [view[:min(CHUNK, length)]], offset)
+                        if n == 0:
+                            raise StorageError(f"fd {fd}", "source file shrank while hashing")
+                        self.h.update(view[:n])
+                        offset += n
+                        length -= n
+                finally:
+                    os.close(fd)
+            except BaseException as e:  # re-raised in the writer thread by finish()
+                self.error = e
+
+    def feed(self, data: bytes) -> None:
+        if data:
+            self.pieces += 1
+            self.q.put(data)
+
+    def feed_file(self, fd: int, offset: int, length: int) -> None:
+        if length:
+            self.pieces += 1
+            self.q.put((os.dup(fd), offset, length))
+
+    def finish(self) -> str:
+        self.q.put(None)
+        self.join()
+        if self.error is not None:
+            raise self.error
+        return self.h.hexdigest()
+
+    def abort(self) -> None:
+        self.error = self.error or RuntimeError("aborted")
+        self.q.put(None)
+        self.join()
+
+
+# --- the writer ----------------------------------------------------------------------------
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
+
+
+@dataclass
+class _Stats:
+    cloned: int = 0
+    kernel: int = 0
+    user: int = 0
+    fallbacks: int = 0
+    disabled: set[tuple[DataPath, int]] = field(default_factory=set)  # (path, source st_dev)
+
+
+class _Writer:
+    def __init__(self, out_fd: int, paths: Sequence[DataPath], ops: DataOps) -> None:
+        self.out = out_fd
+        self.paths = tuple(paths)
+        self.ops = ops
+        self.stats = _Stats()
+        self.hasher = _Hasher()
+
+    def member(self, pm: PlannedMember, real: Path | None) -> None:
+        _pwrite_all(self.out, pm.header, pm.offset)
+        self.hasher.feed(pm.header)
+        if pm.entry.kind is Kind.FILE:
+            assert real is not None
+            self._data(pm, real)
+        if pm.padding:
+            pad = bytes(pm.padding)
+            _pwrite_all(self.out, pad, pm.data_offset + pm.entry.size)
+            self.hasher.feed(pad)
+
+    def _data(self, pm: PlannedMember, real: Path) -> None:
+        src = os.open(real, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            st = os.fstat(src)
+            if st.st_size != pm.entry.size:
+                raise StorageError(str(real), f"is {st.st_size} bytes, was {pm.entry.size} when "
+                                              "listed: storage changed while writing; run again")
+            candidates = [p for p in self.paths if (p, st.st_dev) not in self.stats.disabled]
+            for i, path in enumerate(candidates):
+                last = i == len(candidates) - 1
+                fed = self.hasher.pieces
+                try:
+                    self._by(path, pm, src)
+                    return
+                except _SourceShrank:
+                    raise StorageError(str(real), "shrank while it was copied: storage changed "
+                                                  "while writing; run again") from None
+                except OSError as e:
+                    # a buffered copy hashes as it goes: once it has fed the hasher, retrying
+                    # the member would hash its bytes twice
+                    if e.errno in (errno.ENOSPC, errno.EDQUOT) or last or self.hasher.pieces != fed:
+                        raise
+                    if e.errno in _UNSUPPORTED:
+                        self.stats.disabled.add((path, st.st_dev))
+                    self.stats.fallbacks += 1
+            if not candidates:
+                raise StorageError(str(real), "no data path left to copy it")
+        finally:
+            os.close(src)
+
+    def _by(self, path: DataPath, pm: PlannedMember, src: int) -> None:
+        size, dst = pm.entry.size, pm.data_offset
+        if path is DataPath.BUFFERED:
+            self._buffered(src, 0, size, dst)
+            self.stats.user += size
+            return
+        if path is DataPath.KERNEL_COPY:
+            self.ops.copy(src, 0, size, self.out, dst)
+            self.hasher.feed_file(src, 0, size)
+            self.stats.kernel += size
+            return
+        clonable, tail = data_regions(pm)
+        if clonable:
+            self.ops.clone(src, 0, clonable, self.out, dst)
+        tail_bytes = os.pread(src, tail, clonable) if tail else b""
+        if len(tail_bytes) != tail:
+            raise _SourceShrank(clonable + len(tail_bytes))
+        _pwrite_all(self.out, tail_bytes, dst + clonable)
+        # fed only now that the whole member is written, so a failure above can fall back
+        self.hasher.feed_file(src, 0, clonable)
+        self.hasher.feed(tail_bytes)
+        self.stats.cloned += clonable
+        self.stats.user += tail
+
+    def _buffered(self, src: int, offset: int, length: int, dst: int) -> None:
+        while length:
+            data = os.pread(src, min(CHUNK, length), offset)
+            if not data:
+                raise _SourceShrank(offset)
+            _pwrite_all(self.out, data, dst)
+            self.hasher.feed(data)
+            n = len(data)
+            offset += n
+            dst += n
+            length -= n
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_sidecar(output: Path, digest: str) -> None:
+    side = output.with_name(output.name + ".sha256")
+    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{side.name}.", suffix=".partial")
+    try:
+        _pwrite_all(fd, f"{digest}  {output.name}\n".encode(), 0)
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        os.rename(tmp, side)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_tarball(source: TarSource, output: Path, *, data_paths: Sequence[DataPath] = ALL_PATHS,
+                  ops: DataOps | None = None, mtime: int = 0) -> TarResult:
+    """Write the release tarball of `source` to `output` and `<output>.sha256` beside it.
+
+    data_paths: the data paths to try, in order, per member (the default tries clone, then
+    copy_file_range, then a buffered copy). Whatever is chosen, the bytes are the same.
+    """
+    if not data_paths:
+        raise ValueError("data_paths must name at least one data path")
+    started = time.perf_counter()
+    output = Path(output)
+    sources = list_members(source)
+    tarplan = plan((s.entry for s in sources), mtime=mtime)
+    real = {s.entry.name: s.real for s in sources}
+    if not output.parent.is_dir():
+        raise StorageError(str(output.parent), "output directory does not exist; create it first")
+
+    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".partial")
+    writer = _Writer(fd, data_paths, ops or DataOps())
+    writer.hasher.start()
+    try:
+        for pm in tarplan.members:
+            writer.member(pm, real[pm.entry.name])
+        _pwrite_all(fd, tarplan.trailer, tarplan.trailer_offset)
+        writer.hasher.feed(tarplan.trailer)
+        # a failed clone may have grown the file past its planned end; the plan is the truth
+        os.ftruncate(fd, tarplan.size)
+        digest = writer.hasher.finish()
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        # drop the old checksum first: a crash between the renames then leaves a tarball with
+        # no .sha256 (not shipped) rather than one with a stale .sha256
+        output.with_name(output.name + ".sha256").unlink(missing_ok=True)
+        os.rename(tmp, output)
+        _write_sidecar(output, digest)
+        _fsync_dir(output.parent)
+    except OSError as e:
+        if writer.hasher.is_alive():
+            writer.hasher.abort()
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(
+                f"{output.parent}: no space left writing the release tarball ({tarplan.size} "
+                "bytes planned; with reflinks on XFS/btrfs it needs far less): free space or "
+                "write it elsewhere") from e
+        raise
+    except BaseException:
+        if writer.hasher.is_alive():
+            writer.hasher.abort()
+        raise
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        Path(tmp).unlink(missing_ok=True)
+
+    st = writer.stats
+    return TarResult(
+        path=output, sha256=digest, size=tarplan.size, members=len(tarplan.members),
+        files=sum(1 for pm in tarplan.members if pm.entry.kind is Kind.FILE),
+        bytes_cloned=st.cloned, bytes_kernel_copied=st.kernel, bytes_user_copied=st.user,
+        seconds=time.perf_counter() - started, fallbacks=st.fallbacks,
+    )

@@ -1,0 +1,153 @@
+"""`layover`: the command line. Each verb parses options and makes one call.
+
+Prefect is imported only by `run` (it costs about 2 s), so `gc` and `verify` start fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+from layover.errors import LayoverError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Package a release's images into a verified Docker registry storage tarball.",
+)
+
+
+def _fail(err: BaseException) -> NoReturn:
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    typer.echo(f"layover: error: {first}", err=True)
+    rest = str(err).strip().splitlines()[1:]
+    for line in rest[:50]:
+        typer.echo(f"  {line}", err=True)
+    raise typer.Exit(1)
+
+
+def _quiet_prefect_defaults() -> None:
+    """Offline-friendly Prefect defaults, set before prefect is imported (DESIGN §5)."""
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+
+@app.command()
+def run(
+    images: Annotated[Path, typer.Option(help="The release's images.list.")],
+    source: Annotated[str, typer.Option(help="CI registry HOST[:PORT] to copy from.")],
+    work_dir: Annotated[Path, typer.Option(help="Archive + overlay state for this build host.")],
+    output: Annotated[Path, typer.Option(help="Release tarball to write (.sha256 and .json beside it).")],
+    concurrency: Annotated[int, typer.Option(min=1, max=64, help="Parallel image copies.")] = 8,
+    src_tls_verify: Annotated[
+        bool, typer.Option("--src-tls-verify/--no-src-tls-verify", help="Verify the source's TLS.")
+    ] = True,
+    src_authfile: Annotated[
+        Path | None, typer.Option(help="containers-auth.json for the source registry.")
+    ] = None,
+) -> None:
+    """Run the release pipeline: archive sync, overlay, prune, package sync, GC, verify, tarball.
+
+    Uses Prefect's embedded server unless PREFECT_API_URL is set.
+    """
+    from pydantic import ValidationError
+
+    from layover.settings import ListFromFile, ReleaseRequest
+
+    try:
+        request = ReleaseRequest(
+            images=ListFromFile(path=str(images)),
+            source=source,
+            work_dir=work_dir,
+            output=output,
+            concurrency=concurrency,
+            src_tls_verify=src_tls_verify,
+            src_authfile=src_authfile,
+        )
+    except ValidationError as e:
+        _fail(LayoverError("; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())))
+    _quiet_prefect_defaults()
+    from flows.release import release
+
+    try:
+        report = release(request)
+    except LayoverError as e:
+        _fail(e)
+    except Exception as e:  # noqa: BLE001 - the CLI's contract is a one-line reason, never a traceback
+        _fail(RuntimeError(f"{type(e).__name__}: {e}"))
+    typer.echo(report.to_text())
+
+
+@app.command()
+def gc(
+    storage_dir: Annotated[Path, typer.Argument(help="Registry root (the directory holding docker/).")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Plan only; change nothing.")] = False,
+) -> None:
+    """Garbage-collect a registry storage directory: keep exactly what tags reach."""
+    from layover.adapters.served import refuse_if_served
+    from layover.gc import apply_gc, plan_gc
+    from layover.layout import StorageLayout
+
+    try:
+        layout = StorageLayout(storage_dir.absolute())
+        if not layout.v2.is_dir():
+            raise LayoverError(f"{storage_dir}: no docker/registry/v2 inside; give the registry's root dir")
+        refuse_if_served(layout.root)
+        plan = plan_gc(layout)
+        typer.echo(plan.summary())
+        if not dry_run:
+            apply_gc(plan)
+            typer.echo("done")
+    except LayoverError as e:
+        _fail(e)
+
+
+@app.command()
+def verify(
+    target: Annotated[Path, typer.Argument(help="Registry root dir, or a release tarball.")],
+    images: Annotated[Path, typer.Option(help="The images.list the package must hold exactly.")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print the JSON report.")] = False,
+) -> None:
+    """Check a package: every listed image complete, every blob's sha256, nothing extra."""
+    from layover import imagelist
+    from layover.layout import StorageLayout
+    from layover.verify import verify_storage, verify_tarball
+
+    try:
+        listed = imagelist.load(images)
+        if target.is_dir():
+            report = verify_storage(StorageLayout(target.absolute()), listed)
+        elif target.is_file():
+            report = verify_tarball(target, listed)
+        else:
+            raise LayoverError(f"{target}: no such directory or tarball")
+    except LayoverError as e:
+        _fail(e)
+    typer.echo(report.to_json() if json_out else report.summary())
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command("registry-image")
+def registry_image() -> None:
+    """Make sure the registry image exists (registry:2, or one built from Debian's binary)."""
+    from layover.adapters.registry import docker_client
+    from layover.adapters.registry_image import ensure_registry_image
+
+    try:
+        typer.echo(ensure_registry_image(docker_client()))
+    except LayoverError as e:
+        _fail(e)
+
+
+def main() -> None:  # pragma: no cover - console entry for `python -m layover.cli`
+    sys.exit(app())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,125 @@
+"""Manifests classified by structure, as GC and the verifier need them.
+
+`mediaType` is optional in both Docker and OCI documents, so the shape decides (DESIGN §4):
+
+    schemaVersion 1          -> SCHEMA1: fsLayers[].blobSum are layers
+    has "manifests"          -> INDEX:   OCI index or Docker manifest list; children are manifests
+    has "config" + "layers"  -> IMAGE:   config blob plus layers (foreign ones flagged)
+
+Anything else, or bytes that are not a JSON object, is a StorageError naming where it came from:
+GC must stop rather than guess what a manifest references.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass
+
+from layover.errors import ReferenceError_, StorageError
+from layover.reference import Digest
+
+# Layers the registry accepts without the blob being pushed (DESIGN §3: data and link may be
+# absent). Docker's foreign type and every OCI non-distributable variant (+gzip, +zstd, ...).
+_FOREIGN_MARKERS = ("foreign", "nondistributable")
+
+
+class ManifestKind(enum.Enum):
+    SCHEMA1 = "schema1"
+    IMAGE = "image"
+    INDEX = "index"
+
+
+@dataclass(frozen=True)
+class Layer:
+    digest: Digest
+    foreign: bool = False  # has `urls` or a foreign/non-distributable media type
+    media_type: str | None = None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    kind: ManifestKind
+    media_type: str | None
+    config: Digest | None = None  # IMAGE only
+    layers: tuple[Layer, ...] = ()  # IMAGE and SCHEMA1, in document order, repeats kept
+    children: tuple[Digest, ...] = ()  # INDEX only: child manifests, stored in the same repo
+
+    @property
+    def blobs(self) -> tuple[Digest, ...]:
+        """Config and layers the repository must link and store (foreign layers excluded)."""
+        own = tuple(layer.digest for layer in self.layers if not layer.foreign)
+        return (self.config, *own) if self.config is not None else own
+
+    @property
+    def foreign_layers(self) -> tuple[Digest, ...]:
+        return tuple(layer.digest for layer in self.layers if layer.foreign)
+
+
+def is_foreign(media_type: str | None, urls: object) -> bool:
+    if urls:  # a non-empty `urls` list means "fetch from elsewhere"
+        return True
+    return media_type is not None and any(m in media_type for m in _FOREIGN_MARKERS)
+
+
+def parse_manifest(data: bytes, where: str) -> Manifest:
+    """Classify and read one manifest. `where` (a path or reference) names it in errors."""
+    try:
+        doc = json.loads(data)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise StorageError(where, f"manifest is not valid JSON ({e}); the blob is corrupt, "
+                           "re-copy the image") from None
+    if not isinstance(doc, dict):
+        raise StorageError(where, "manifest is not a JSON object; the blob is corrupt, re-copy the image")
+    media_type = doc.get("mediaType")
+    if media_type is not None and not isinstance(media_type, str):
+        raise StorageError(where, "manifest mediaType is not a string")
+    if doc.get("schemaVersion") == 1:
+        fs_layers = _list(doc, "fsLayers", where)
+        layers = tuple(Layer(_digest(_obj(x, where).get("blobSum"), where, "fsLayers[].blobSum"))
+                       for x in fs_layers)
+        return Manifest(ManifestKind.SCHEMA1, media_type, layers=layers)
+    if "manifests" in doc:
+        if "config" in doc or "layers" in doc:
+            raise StorageError(where, "manifest has both `manifests` and `config`/`layers`; "
+                               "cannot tell an index from an image, refusing to guess")
+        children = tuple(_digest(_obj(m, where).get("digest"), where, "manifests[].digest")
+                         for m in _list(doc, "manifests", where))
+        return Manifest(ManifestKind.INDEX, media_type, children=children)
+    if "config" in doc and "layers" in doc:
+        config = _digest(_obj(doc["config"], where).get("digest"), where, "config.digest")
+        layers = []
+        for entry in _list(doc, "layers", where):
+            obj = _obj(entry, where)
+            mt = obj.get("mediaType")
+            layers.append(Layer(_digest(obj.get("digest"), where, "layers[].digest"),
+                                is_foreign(mt if isinstance(mt, str) else None, obj.get("urls")),
+                                mt if isinstance(mt, str) else None))
+        return Manifest(ManifestKind.IMAGE, media_type, config=config, layers=tuple(layers))
+    raise StorageError(
+        where,
+        f"unknown manifest shape (mediaType {media_type!r}, keys {sorted(doc)[:8]}): expected "
+        "schemaVersion 1, `manifests`, or `config` + `layers`",
+    )
+
+
+def _list(doc: dict, key: str, where: str) -> list:
+    value = doc.get(key)
+    if not isinstance(value, list):
+        raise StorageError(where, f"manifest field `{key}` is missing or not a list")
+    return value
+
+
+def _obj(value: object, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise StorageError(where, "manifest descriptor is not a JSON object")
+    return value
+
+
+def _digest(value: object, where: str, field: str) -> Digest:
+    if not isinstance(value, str):
+        raise StorageError(where, f"manifest field `{field}` is missing or not a string")
+    try:
+        return Digest.parse(value)
+    except ReferenceError_ as e:
+        raise StorageError(where, f"manifest field `{field}`: {e.reason} (found {value[:90]!r})") from None

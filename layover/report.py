@@ -1,0 +1,115 @@
+"""What a release run did, per stage: typed values plus their text and markdown renderings."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class ImageCopy:
+    """One image copied by skopeo: which blobs moved and which were already there."""
+
+    image: str
+    manifest_digest: str | None
+    blobs_copied: int
+    blobs_reused: int
+    bytes_copied: int
+    seconds: float
+    attempts: int = 1
+
+
+@dataclass(frozen=True)
+class StageReport:
+    name: str
+    seconds: float
+    images: int = 0
+    blobs_copied: int = 0
+    blobs_reused: int = 0
+    bytes_moved: int = 0
+    detail: str = ""
+
+    @classmethod
+    def from_copies(cls, name: str, seconds: float, copies: list[ImageCopy]) -> StageReport:
+        return cls(
+            name=name,
+            seconds=seconds,
+            images=len(copies),
+            blobs_copied=sum(c.blobs_copied for c in copies),
+            blobs_reused=sum(c.blobs_reused for c in copies),
+            bytes_moved=sum(c.bytes_copied for c in copies),
+            detail=f"{sum(c.attempts - 1 for c in copies)} retried attempt(s)"
+            if any(c.attempts > 1 for c in copies)
+            else "",
+        )
+
+
+@dataclass(frozen=True)
+class ReleaseReport:
+    list_source: str
+    list_commit: str | None
+    images: int
+    output: str
+    sha256: str
+    tarball_bytes: int
+    stages: tuple[StageReport, ...] = field(default_factory=tuple)
+
+    @property
+    def seconds(self) -> float:
+        return sum(s.seconds for s in self.stages)
+
+    def _rows(self) -> list[tuple[str, ...]]:
+        rows = []
+        for s in self.stages:
+            rows.append(
+                (
+                    s.name,
+                    f"{s.seconds:.2f}",
+                    str(s.images) if s.images else "",
+                    str(s.blobs_copied) if s.images else "",
+                    str(s.blobs_reused) if s.images else "",
+                    human_bytes(s.bytes_moved) if s.bytes_moved else "",
+                    s.detail,
+                )
+            )
+        return rows
+
+    _HEAD = ("stage", "seconds", "images", "blobs copied", "blobs reused", "bytes moved", "detail")
+
+    def header_lines(self) -> list[str]:
+        src = self.list_source + (f" @ {self.list_commit}" if self.list_commit else "")
+        return [
+            f"images.list: {src}",
+            f"images: {self.images}",
+            f"tarball: {self.output} ({human_bytes(self.tarball_bytes)})",
+            f"sha256: {self.sha256}",
+            f"total: {self.seconds:.2f} s",
+        ]
+
+    def to_text(self) -> str:
+        rows = [self._HEAD, *self._rows()]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(self._HEAD))]
+        table = [
+            "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows
+        ]
+        return "\n".join([*self.header_lines(), "", *table])
+
+    def to_json(self) -> str:
+        """Sidecar metadata: which list (and commit) made this tarball, and how."""
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+    def to_markdown(self) -> str:
+        lines = ["# Layover release report", ""]
+        lines += [f"- {h}" for h in self.header_lines()]
+        lines += ["", "| " + " | ".join(self._HEAD) + " |", "|" + "---|" * len(self._HEAD)]
+        lines += ["| " + " | ".join(r) + " |" for r in self._rows()]
+        return "\n".join(lines) + "\n"
+
+
+def human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")

@@ -1,0 +1,464 @@
+"""Offline check that a package serves exactly the listed images, before it ships.
+
+Checks, each failure a typed Problem:
+  - every listed image resolves: tag -> current link -> revision link + manifest data; a
+    tag+digest entry's tag points at that digest; a digest-only entry has its revision link;
+  - every manifest reachable from those (index children, same repo) is stored and parses, and
+    its config and non-foreign layers have a `_layers` link and data;
+  - the sha256 of every blob on disk equals its name (streamed, 1 MiB reads);
+  - nothing else: no repository or tag outside the list, no unreferenced blob, no `_uploads`.
+
+Two sources share those checks through a small read-only view of the storage tree:
+  verify_storage  a directory; blobs are hashed on a thread pool (hashlib drops the GIL)
+  verify_tarball  a release tarball, read once as a stream (`tarfile` "r|*") and never
+                  extracted: no second copy on disk, and every byte is hashed as it is read.
+                  Link files and JSON blobs up to 4 MiB (manifests, configs) stay in memory.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import os
+import re
+import tarfile
+import threading
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from layover.errors import StorageError, VerifyError
+from layover.imagelist import ImageList
+from layover.layout import V2, StorageLayout
+from layover.manifest import parse_manifest
+
+CHUNK = 1 << 20
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_MAX_MANIFEST = 4 << 20  # the registry refuses bigger manifests
+_MAX_SMALL = 4096  # link files are 71 bytes
+
+
+class ProblemKind(enum.Enum):
+    MISSING_REPOSITORY = "missing-repository"
+    MISSING_TAG = "missing-tag"
+    TAG_MISMATCH = "tag-mismatch"
+    MISSING_MANIFEST = "missing-manifest"  # no revision link for a needed manifest
+    BAD_MANIFEST = "bad-manifest"
+    CORRUPT_LINK = "corrupt-link"
+    MISSING_LINK = "missing-link"  # a config/layer without its `_layers` link
+    MISSING_BLOB = "missing-blob"  # referenced, but no data
+    DIGEST_MISMATCH = "digest-mismatch"
+    EXTRA_REPOSITORY = "extra-repository"
+    EXTRA_TAG = "extra-tag"
+    UNREFERENCED_BLOB = "unreferenced-blob"
+    UPLOADS = "uploads"
+    STRAY = "stray"  # something in the tree that is not registry storage
+
+
+@dataclass(frozen=True)
+class Problem:
+    kind: ProblemKind
+    path: str  # the file or directory concerned ("" if none)
+    repo: str | None
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.kind.value}: {self.message}" + (f" ({self.path})" if self.path else "")
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    source: str
+    problems: tuple[Problem, ...]
+    images: int
+    manifests: int
+    blobs: int
+    bytes_hashed: int
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "source": self.source, "ok": self.ok, "images": self.images, "manifests": self.manifests,
+            "blobs": self.blobs, "bytes_hashed": self.bytes_hashed, "seconds": round(self.seconds, 3),
+            "problems": [{"kind": p.kind.value, "path": p.path, "repo": p.repo, "message": p.message}
+                         for p in self.problems],
+        }, indent=2)
+
+    def summary(self, limit: int = 5) -> str:
+        rate = self.bytes_hashed / self.seconds / 2**20 if self.seconds > 0 else 0.0
+        lines = [
+            f"verify {self.source}: {'OK' if self.ok else 'FAILED'}",
+            f"  {self.images} images, {self.manifests} manifests, {self.blobs} blobs, "
+            f"{self.bytes_hashed / 2**20:.1f} MiB hashed in {self.seconds:.2f}s ({rate:.0f} MiB/s)",
+        ]
+        if self.problems:
+            by_kind: dict[str, int] = {}
+            for p in self.problems:
+                by_kind[p.kind.value] = by_kind.get(p.kind.value, 0) + 1
+            lines.append(f"  {len(self.problems)} problem(s): "
+                         + ", ".join(f"{k} {n}" for k, n in sorted(by_kind.items())))
+            lines += [f"  - {p}" for p in self.problems[:limit]]
+        return "\n".join(lines)
+
+    def raise_for_problems(self, limit: int = 20) -> None:
+        if self.ok:
+            return
+        shown = "\n".join(f"  - {p}" for p in self.problems[:limit])
+        more = f"\n  ... and {len(self.problems) - limit} more" if len(self.problems) > limit else ""
+        raise VerifyError(
+            f"{self.source}: {len(self.problems)} problem(s); the package does not serve exactly the "
+            f"listed images. Do not ship it: re-run the release (sync, GC) and verify again.\n{shown}{more}"
+        )
+
+
+def verify_storage(layout: StorageLayout, images: ImageList, *, workers: int = 4) -> VerifyReport:
+    start = time.monotonic()
+    view = _DirView(layout)
+    problems: list[Problem] = list(view.problems)
+    problems += _hash_blobs(view, workers)
+    return _finish(str(layout.root), view, layout, images, problems, start)
+
+
+def verify_tarball(path: Path, images: ImageList, *, workers: int = 4) -> VerifyReport:
+    """`workers` is accepted for symmetry: a tar stream is read and hashed sequentially."""
+    del workers
+    start = time.monotonic()
+    try:
+        view = _TarView(path)
+    except (OSError, tarfile.TarError, EOFError) as e:
+        raise StorageError(str(path), f"cannot read the tarball ({e}); rebuild it") from None
+    return _finish(str(path), view, StorageLayout(Path(".")), images, list(view.problems), start)
+
+
+# --- the checks, shared by both views -----------------------------------------------------
+def _finish(source: str, view: _View, layout: StorageLayout, images: ImageList,
+            problems: list[Problem], start: float) -> VerifyReport:
+    checker = _Checker(view, layout, problems)
+    checker.run(images)
+    return VerifyReport(source, tuple(problems), len(images), len(checker.manifests),
+                        len(view.blob_sizes), view.bytes_hashed, time.monotonic() - start)
+
+
+class _Checker:
+    def __init__(self, view: _View, layout: StorageLayout, problems: list[Problem]) -> None:
+        self.view = view
+        self.layout = layout
+        self.paths = layout.strings()
+        self.problems = problems
+        self.referenced: set[str] = set()
+        self.manifests: set[str] = set()
+        self.walked: set[tuple[str, str]] = set()
+
+    def add(self, kind: ProblemKind, path: object, repo: str | None, message: str) -> None:
+        self.problems.append(Problem(kind, str(path), repo, message))
+
+    def run(self, images: ImageList) -> None:
+        paths, view = self.paths, self.view
+        repos = set(_repositories(view, paths.repositories))
+        listed_tags: dict[str, set[str]] = {}
+        for ref in images.refs:
+            repo = ref.repository
+            tags = listed_tags.setdefault(repo, set())
+            if repo not in repos:
+                self.add(ProblemKind.MISSING_REPOSITORY, paths.repo(repo), repo,
+                         f"{ref}: repository {repo} is not in the package")
+                continue
+            if ref.tag is None:
+                assert ref.digest is not None  # the parser guarantees a tag or a digest
+                self._walk(repo, ref.digest.hex, f"{ref}")
+                continue
+            tags.add(ref.tag)
+            link = paths.tag_current_link(repo, ref.tag)
+            hex_ = self._link(link, repo, f"{ref}: tag", ProblemKind.MISSING_TAG)
+            if hex_ is None:
+                continue
+            if ref.digest is not None and ref.digest.hex != hex_:
+                self.add(ProblemKind.TAG_MISMATCH, link, repo,
+                         f"{ref}: tag points at sha256:{hex_}, the list pins {ref.digest}")
+            self._walk(repo, hex_, f"{ref}")
+
+        for repo in sorted(repos - set(listed_tags)):
+            self.add(ProblemKind.EXTRA_REPOSITORY, paths.repo(repo), repo,
+                     f"repository {repo} is not in the list")
+        for repo in sorted(repos & set(listed_tags)):
+            for tag in sorted(set(view.subdirs(paths.tags(repo))) - listed_tags[repo]):
+                self.add(ProblemKind.EXTRA_TAG, paths.tag_dir(repo, tag), repo,
+                         f"tag {repo}:{tag} is not in the list")
+        for repo in sorted(repos):
+            if view.is_dir(paths.uploads(repo)):
+                self.add(ProblemKind.UPLOADS, paths.uploads(repo), repo,
+                         f"{repo} has upload sessions; run GC before packaging")
+        for hex_ in sorted(set(view.blob_sizes) - self.referenced):
+            self.add(ProblemKind.UNREFERENCED_BLOB, paths.blob_data(hex_), None,
+                     f"blob sha256:{hex_} is not referenced by any listed image; run GC")
+
+    def _link(self, path: str, repo: str, what: str, missing: ProblemKind) -> str | None:
+        raw = self.view.read_small(str(path))
+        if raw is None:
+            self.add(missing, path, repo, f"{what} link is missing")
+            return None
+        if len(raw) != 71 or not raw.startswith(b"sha256:") or not _HEX64.fullmatch(raw[7:].decode("ascii", "replace")):
+            self.add(ProblemKind.CORRUPT_LINK, path, repo, f"{what} link is corrupt: {raw[:80]!r}")
+            return None
+        return raw[7:].decode()
+
+    def _walk(self, repo: str, root: str, what: str) -> None:
+        paths, view = self.paths, self.view
+        stack = [(root, what)]
+        while stack:
+            hex_, named_by = stack.pop()
+            if (repo, hex_) in self.walked:
+                continue
+            self.walked.add((repo, hex_))
+            self.referenced.add(hex_)
+            rev = paths.revision_link(repo, hex_)
+            got = self._link(rev, repo, f"{named_by}: manifest sha256:{hex_} revision", ProblemKind.MISSING_MANIFEST)
+            if got is not None and got != hex_:
+                self.add(ProblemKind.CORRUPT_LINK, rev, repo, f"revision link names sha256:{got}, not its directory")
+            data_path = paths.blob_data(hex_)
+            data = view.manifest_bytes(hex_)
+            if data is None:
+                self.add(ProblemKind.MISSING_BLOB, data_path, repo,
+                         f"{named_by}: manifest sha256:{hex_} has no data")
+                continue
+            try:
+                m = parse_manifest(data, data_path)
+            except StorageError as e:
+                self.add(ProblemKind.BAD_MANIFEST, data_path, repo, f"{named_by}: {e.reason}")
+                continue
+            self.manifests.add(hex_)
+            for child in m.children:
+                stack.append((child.hex, f"{named_by} -> sha256:{hex_[:12]}"))
+            for blob in m.blobs:
+                self.referenced.add(blob.hex)
+                if (repo, "blob:" + blob.hex) in self.walked:
+                    continue
+                self.walked.add((repo, "blob:" + blob.hex))
+                link = paths.layer_link(repo, blob.hex)
+                got = self._link(link, repo, f"{named_by}: blob {blob}", ProblemKind.MISSING_LINK)
+                if got is not None and got != blob.hex:
+                    self.add(ProblemKind.CORRUPT_LINK, link, repo, f"layer link names sha256:{got}, not {blob}")
+                if blob.hex not in view.blob_sizes:
+                    self.add(ProblemKind.MISSING_BLOB, paths.blob_data(blob.hex), repo,
+                             f"{named_by}: blob {blob} has no data")
+            # A foreign layer's data may be absent; when present it is referenced, not stray.
+            self.referenced.update(d.hex for d in m.foreign_layers)
+
+
+def _repositories(view: _View, top: str) -> Iterable[str]:
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        children = view.subdirs(f"{top}/{rel}" if rel else top)
+        if rel and any(c.startswith("_") for c in children):
+            yield rel
+        stack.extend(f"{rel}/{c}" if rel else c for c in children if not c.startswith("_"))
+
+
+# --- views ------------------------------------------------------------------------------
+class _View:
+    """Read-only access to a storage tree by the path strings StorageLayout builds."""
+
+    blob_sizes: dict[str, int]  # hex -> size, for blob dirs that hold data
+    bytes_hashed: int
+    problems: list[Problem]
+
+    def read_small(self, path: str) -> bytes | None: ...
+    def subdirs(self, path: str) -> list[str]: ...
+    def is_dir(self, path: str) -> bool: ...
+    def manifest_bytes(self, hex_: str) -> bytes | None: ...
+
+
+class _DirView(_View):
+    def __init__(self, layout: StorageLayout) -> None:
+        self.layout = layout
+        self.paths = layout.strings()
+        self.blob_sizes = {}
+        self.bytes_hashed = 0
+        self.problems = []
+        top = self.paths.blobs
+        for prefix in self.subdirs(top):
+            pdir = f"{top}/{prefix}"
+            with os.scandir(pdir) as it:
+                for e in it:
+                    if e.name[:2] != prefix or not _HEX64.fullmatch(e.name) or not e.is_dir():
+                        self.problems.append(Problem(ProblemKind.STRAY, e.path, None, "not a blob directory"))
+                        continue
+                    try:
+                        self.blob_sizes[e.name] = os.stat(e.path + "/data").st_size
+                    except FileNotFoundError:
+                        self.problems.append(Problem(ProblemKind.STRAY, e.path, None, "blob directory without data"))
+
+    def read_small(self, path: str) -> bytes | None:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        try:
+            return os.read(fd, _MAX_SMALL)
+        except IsADirectoryError:
+            return None
+        finally:
+            os.close(fd)
+
+    def subdirs(self, path: str) -> list[str]:
+        try:
+            with os.scandir(path) as it:
+                return sorted(e.name for e in it if e.is_dir(follow_symlinks=False))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
+    def is_dir(self, path: str) -> bool:
+        return os.path.isdir(path)
+
+    def manifest_bytes(self, hex_: str) -> bytes | None:
+        if hex_ not in self.blob_sizes:
+            return None
+        with open(self.paths.blob_data(hex_), "rb") as f:
+            return f.read(_MAX_MANIFEST + 1)
+
+
+_local = threading.local()
+
+
+def _hash_file(path: str) -> tuple[str, int]:
+    # One 1 MiB buffer per thread: allocating it per file would cost more than hashing a
+    # small blob. hashlib releases the GIL on large updates, so big blobs hash in parallel.
+    view = getattr(_local, "view", None)
+    if view is None:
+        view = _local.view = memoryview(bytearray(CHUNK))
+    h = hashlib.sha256()
+    n = 0
+    with open(path, "rb", buffering=0) as f:
+        while size := f.readinto(view):
+            h.update(view[:size])
+            n += size
+    return h.hexdigest(), n
+
+
+def _hash_slice(paths: list[tuple[str, str]]) -> tuple[list[Problem], int]:
+    problems = []
+    total = 0
+    for hex_, path in paths:
+        got, n = _hash_file(path)
+        total += n
+        if got != hex_:
+            problems.append(Problem(ProblemKind.DIGEST_MISMATCH, path, None,
+                                    f"content hashes to sha256:{got}, not its name; the blob is corrupt"))
+    return problems, total
+
+
+def _hash_blobs(view: _DirView, workers: int) -> list[Problem]:
+    """Hash every blob; each worker takes every n-th blob, so sizes spread evenly enough."""
+    items = [(h, view.paths.blob_data(h)) for h in sorted(view.blob_sizes)]
+    workers = max(1, workers)
+    problems: list[Problem] = []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for found, total in pool.map(_hash_slice, [items[i::workers] for i in range(workers)]):
+            problems += found
+            view.bytes_hashed += total
+    return sorted(problems, key=lambda p: p.path)
+
+
+_BLOB_MEMBER = re.compile(r"blobs/sha256/([0-9a-f]{2})/([0-9a-f]{64})/data")
+
+
+class _TarView(_View):
+    """The tarball read once; member names are normalised to start at docker/registry/v2."""
+
+    def __init__(self, path: Path) -> None:
+        self.blob_sizes = {}
+        self.bytes_hashed = 0
+        self.problems = []
+        self.files: dict[str, bytes | None] = {}
+        self.dirs: dict[str, set[str]] = {}
+        self.json_blobs: dict[str, bytes] = {}
+        anchor = V2.as_posix()
+        with tarfile.open(path, "r|*") as tf:
+            for member in tf:
+                name = member.name.removeprefix("./").strip("/")
+                cut = name.find(anchor)
+                if cut < 0 or (cut > 0 and name[cut - 1] != "/"):
+                    if member.isdir():  # the directories holding the tree
+                        continue
+                    self.problems.append(Problem(ProblemKind.STRAY, member.name, None, "not under docker/registry/v2"))
+                    continue
+                name = name[cut:]
+                self._add_parents(name)
+                if member.isdir():
+                    self.dirs.setdefault(name, set())
+                    continue
+                if not member.isreg():
+                    self.problems.append(Problem(ProblemKind.STRAY, name, None,
+                                                 "not a regular file or directory (links do not belong in a package)"))
+                    continue
+                rel = name[len(anchor) + 1:]
+                blob = _BLOB_MEMBER.fullmatch(rel)
+                f = tf.extractfile(member)
+                assert f is not None
+                if blob and blob.group(2)[:2] == blob.group(1):
+                    self._blob(blob.group(2), name, f, member.size)
+                elif member.size <= _MAX_SMALL:
+                    self.files[name] = f.read()
+                else:
+                    self.files[name] = None
+        top = StorageLayout(Path(".")).strings().blobs
+        for prefix in self.subdirs(top):
+            for entry in sorted(self.dirs[f"{top}/{prefix}"]):
+                if entry[:2] != prefix or entry not in self.blob_sizes:
+                    self.problems.append(Problem(ProblemKind.STRAY, f"{top}/{prefix}/{entry}", None,
+                                                 "not a blob directory with data"))
+
+    def _add_parents(self, name: str) -> None:
+        child = name
+        parent = os.path.dirname(child)
+        while parent:
+            kids = self.dirs.setdefault(parent, set())
+            base = os.path.basename(child)
+            if base in kids:
+                break
+            kids.add(base)
+            child, parent = parent, os.path.dirname(parent)
+
+    def _blob(self, hex_: str, name: str, f, size: int) -> None:
+        h = hashlib.sha256()
+        keep: list[bytes] | None = [] if size <= _MAX_MANIFEST else None
+        first = True
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+            if first:
+                first = False
+                if not chunk.lstrip().startswith(b"{"):
+                    keep = None  # layers are not JSON: only manifests and configs are kept
+            if keep is not None:
+                keep.append(chunk)
+        self.bytes_hashed += size
+        self.blob_sizes[hex_] = size
+        self.files[name] = None
+        if keep is not None:
+            self.json_blobs[hex_] = b"".join(keep)
+        if h.hexdigest() != hex_:
+            self.problems.append(Problem(ProblemKind.DIGEST_MISMATCH, name, None,
+                                         f"content hashes to sha256:{h.hexdigest()}, not its name; the blob is corrupt"))
+
+    def read_small(self, path: str) -> bytes | None:
+        return self.files.get(path)
+
+    def subdirs(self, path: str) -> list[str]:
+        return sorted(c for c in self.dirs.get(path, ()) if f"{path}/{c}" in self.dirs)
+
+    def is_dir(self, path: str) -> bool:
+        return path in self.dirs
+
+    def manifest_bytes(self, hex_: str) -> bytes | None:
+        if hex_ not in self.blob_sizes:
+            return None
+        # A referenced manifest that is not JSON (or too big) still gets parsed, and fails.
+        return self.json_blobs.get(hex_, b"<not JSON>")

@@ -1,0 +1,90 @@
+"""The per-image copy both sync stages fan out: one `skopeo copy`, retried on transient errors.
+
+Retries live here, on the Prefect task, and nowhere below it (skopeo runs with
+`--retry-times 0`): stacking retry layers multiplies attempts (DESIGN §5).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from prefect import Task, task
+from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import TaskRun
+from prefect.states import State
+from prefect.tasks import exponential_backoff
+
+from layover.adapters import skopeo
+from layover.errors import TransientCommandError
+from layover.layout import StorageLayout
+from layover.reference import ImageRef
+from layover.report import ImageCopy
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Where one stage copies from and to."""
+
+    src_host: str
+    dst_host: str
+    dst_storage: Path  # the destination registry's root dir, to size the blobs that moved
+    src_tls_verify: bool = True
+    src_authfile: Path | None = None
+
+
+def _transient_only(task: Task, task_run: TaskRun, state: State) -> bool:
+    """Retry connection errors, 5xx and timeouts; an unknown image or a denied login stays failed."""
+    try:
+        state.result()
+    except TransientCommandError:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+def copy_one(ref: ImageRef, ends: Endpoints) -> ImageCopy:
+    started = time.monotonic()
+    result = skopeo.copy(
+        f"docker://{ref.at(ends.src_host)}",
+        f"docker://{ends.dst_host}/{ref.destination_suffix}",
+        src_tls_verify=ends.src_tls_verify,
+        dest_tls_verify=False,  # our registries listen on 127.0.0.1, plain HTTP
+        src_authfile=ends.src_authfile,
+    )
+    layout = StorageLayout(ends.dst_storage)
+    moved = 0
+    for digest in result.copied:
+        try:
+            moved += layout.blob_data(digest).stat().st_size
+        except FileNotFoundError:
+            pass  # a foreign layer has no data; nothing moved
+    return ImageCopy(
+        image=str(ref),
+        manifest_digest=str(result.manifest_digest) if result.manifest_digest else None,
+        blobs_copied=len(result.copied),
+        blobs_reused=len(result.skipped),
+        bytes_copied=moved,
+        seconds=time.monotonic() - started,
+    )
+
+
+def copy_task(stage: str) -> Task:
+    """A copy task for one stage, named so the UI shows `archive-sync: lib/app:1.0`."""
+
+    @task(
+        name=f"{stage}-copy",
+        task_run_name=f"{stage}: {{ref}}",
+        retries=3,
+        retry_delay_seconds=exponential_backoff(backoff_factor=2),
+        retry_jitter_factor=0.5,
+        retry_condition_fn=_transient_only,
+        cache_policy=NO_CACHE,
+        tags=["layover", stage],
+    )
+    def copy_image(ref: ImageRef, ends: Endpoints) -> ImageCopy:
+        return copy_one(ref, ends)
+
+    return copy_image

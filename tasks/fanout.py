@@ -1,0 +1,60 @@
+"""Fan one copy task out over a release's images, at most `concurrency` at a time.
+
+The flow's thread pool is sized for the largest allowed concurrency; the window here is what
+enforces the per-run setting, so one flow serves every deployment's parameters.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from prefect import Task, get_run_logger
+from prefect.futures import PrefectFuture, as_completed
+
+from layover.errors import LayoverError
+from layover.reference import ImageRef
+from layover.report import ImageCopy, StageReport
+from tasks.copying import Endpoints
+
+MAX_CONCURRENCY = 64
+
+
+class StageFailed(LayoverError):
+    """One or more images could not be copied; every one is named."""
+
+
+def fan_out(
+    stage: str, copy: Task, refs: Sequence[ImageRef], ends: Endpoints, concurrency: int
+) -> StageReport:
+    logger = get_run_logger()
+    started = time.monotonic()
+    window = max(1, min(concurrency, MAX_CONCURRENCY))
+    todo = list(refs)
+    pending: dict[PrefectFuture, ImageRef] = {}
+    copies: list[ImageCopy] = []
+    failures: list[tuple[ImageRef, BaseException]] = []
+    next_log = started + 5
+    while todo or pending:
+        while todo and len(pending) < window:
+            ref = todo.pop(0)
+            pending[copy.submit(ref, ends)] = ref
+        done = next(as_completed(list(pending)))
+        ref = pending.pop(done)
+        outcome = done.result(raise_on_failure=False)
+        if isinstance(outcome, BaseException):
+            failures.append((ref, outcome))
+        else:
+            copies.append(outcome)
+        now = time.monotonic()
+        if now >= next_log or not (todo or pending):
+            logger.info(
+                "%s: %d/%d images done, %d failed", stage, len(copies) + len(failures), len(refs),
+                len(failures),
+            )
+            next_log = now + 5
+    if failures:
+        named = "; ".join(f"{ref}: {err}" for ref, err in failures[:10])
+        more = f" (and {len(failures) - 10} more)" if len(failures) > 10 else ""
+        raise StageFailed(f"{stage}: {len(failures)} image(s) failed: {named}{more}")
+    return StageReport.from_copies(stage, time.monotonic() - started, copies)

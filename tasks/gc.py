@@ -1,0 +1,27 @@
+"""Stage 5: mark-and-sweep the package storage (the merged view; `lower` is never written).
+
+The package registry is stopped before this runs: deleting under a running registry leaves its
+blob-descriptor cache stale (DESIGN §3).
+"""
+
+from __future__ import annotations
+
+import time
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from layover.digests import pinned_roots
+from layover.gc import apply_gc, plan_gc
+from layover.imagelist import ImageList
+from layover.report import StageReport
+from layover.workdir import WorkDir
+
+
+@task(name="garbage-collect", cache_policy=NO_CACHE, tags=["layover"])
+def collect_garbage(wd: WorkDir, images: ImageList) -> StageReport:
+    started = time.monotonic()
+    plan = plan_gc(wd.package, extra_roots=pinned_roots(images))
+    get_run_logger().info("gc plan: %s", plan.summary())
+    apply_gc(plan)
+    return StageReport("gc", time.monotonic() - started, detail=plan.summary())

@@ -1,0 +1,23 @@
+"""Stage 3: prune every `_manifests` in the merged view (never under a running registry)."""
+
+from __future__ import annotations
+
+import time
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from layover.prune import prune_manifests
+from layover.report import StageReport
+from layover.workdir import WorkDir
+
+
+@task(name="prune-manifests", cache_policy=NO_CACHE, tags=["layover"])
+def prune(wd: WorkDir) -> StageReport:
+    started = time.monotonic()
+    result = prune_manifests(wd.package)
+    return StageReport(
+        "manifest pruning",
+        time.monotonic() - started,
+        detail=f"{result.pruned} of {result.repositories} repositories pruned",
+    )

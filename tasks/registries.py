@@ -1,0 +1,64 @@
+"""Registry containers for one work dir: started, restarted read-only, stopped, cleaned up.
+
+Every container is labelled with the work dir's scope, so the next run removes whatever a
+crashed run left behind.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from layover.adapters import overlay
+from layover.adapters.registry import Registry, RegistryManager, docker_client
+from layover.adapters.registry_image import ensure_registry_image
+from layover.workdir import WorkDir
+
+
+@functools.cache
+def manager(wd: WorkDir) -> RegistryManager:
+    client = docker_client()
+    wd.run.mkdir(parents=True, exist_ok=True)
+    return RegistryManager(client, ensure_registry_image(client), wd.scope, config_dir=wd.run)
+
+
+@task(name="start-registry", cache_policy=NO_CACHE, tags=["layover"])
+def start_registry(wd: WorkDir, role: str, storage: Path, read_only: bool = False) -> Registry:
+    storage.mkdir(parents=True, exist_ok=True)
+    return manager(wd).start(role, storage, read_only=read_only)
+
+
+@task(name="stop-registry", cache_policy=NO_CACHE, tags=["layover"])
+def stop_registry(wd: WorkDir, registry: Registry) -> None:
+    manager(wd).stop(registry)
+
+
+def _release_all(wd: WorkDir) -> tuple[int, bool]:
+    """Remove this work dir's containers and unmount its overlay; say what was there."""
+    removed = len(manager(wd).remove_scope())
+    mounted = overlay.is_mounted(wd.merged)
+    if mounted:
+        overlay.unmount(wd.merged)
+    return removed, mounted
+
+
+@task(name="clear-stale-state", cache_policy=NO_CACHE, tags=["layover"])
+def clear_stale(wd: WorkDir) -> None:
+    """Undo what a crashed run of this work dir left behind: containers, the overlay mount.
+
+    Archive sync must not run while anything is mounted over `lower` (DESIGN §1)."""
+    removed, mounted = _release_all(wd)
+    if removed or mounted:
+        get_run_logger().warning(
+            "cleaned up after an earlier run: %d container(s) removed, overlay %s",
+            removed, "unmounted" if mounted else "was not mounted",
+        )
+
+
+@task(name="teardown", cache_policy=NO_CACHE, tags=["layover"])
+def teardown(wd: WorkDir) -> None:
+    """Stop every registry of this work dir and unmount the overlay, on success and failure."""
+    _release_all(wd)

@@ -1,0 +1,260 @@
+"""layover.samples: deterministic sample release history; plus the registry client's guards."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+
+import httpx
+import pytest
+
+from layover import samples
+from layover.adapters.registry_api import RegistryAPI, RegistryHTTPError
+from layover.errors import RegistryError
+from layover.imagelist import parse_text
+from layover.reference import Digest
+from layover.samples import (
+    DOCKER_CONFIG,
+    DOCKER_LAYER,
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+    OCI_CONFIG,
+    OCI_INDEX,
+    OCI_LAYER,
+    OCI_MANIFEST,
+    release,
+)
+
+SMALL = 0.05  # most tests do not need full-size layers
+
+CHILD_TYPES = {
+    DOCKER_MANIFEST_LIST: (DOCKER_MANIFEST, DOCKER_CONFIG, DOCKER_LAYER),
+    OCI_INDEX: (OCI_MANIFEST, OCI_CONFIG, OCI_LAYER),
+}
+SINGLE_TYPES = {
+    DOCKER_MANIFEST: (DOCKER_CONFIG, DOCKER_LAYER),
+    OCI_MANIFEST: (OCI_CONFIG, OCI_LAYER),
+}
+
+
+def digest_of(data: bytes) -> Digest:
+    return Digest(hashlib.sha256(data).hexdigest())
+
+
+def fingerprint(r: samples.Release) -> list[tuple[str, str, str, list[str], list[str]]]:
+    return [
+        (i.repository, i.tag, str(i.digest), [str(c.digest) for c in i.children], sorted(map(str, i.blobs)))
+        for i in r.images
+    ]
+
+
+def by_repo(r: samples.Release) -> dict[str, samples.SampleImage]:
+    return {i.repository: i for i in r.images}
+
+
+# --- determinism ---------------------------------------------------------------------------
+def test_generating_twice_in_one_process_gives_identical_bytes() -> None:
+    first = release(1, SMALL)
+    samples.release.cache_clear()
+    samples._layer.cache_clear()
+    second = release(1, SMALL)
+    assert first is not second
+    assert fingerprint(first) == fingerprint(second)
+    for a, b in zip(first.images, second.images, strict=True):
+        assert a.manifest == b.manifest
+        assert dict(a.blobs) == dict(b.blobs)
+
+
+def test_another_process_with_another_hash_seed_gives_identical_digests() -> None:
+    code = (
+        "import json; from layover.samples import release\n"
+        "print(json.dumps([[str(i), [str(d) for d in sorted(i.blobs)]] "
+        "for n in (1, 2) for i in release(n, 0.05).images]))"
+    )
+    env = dict(os.environ, PYTHONHASHSEED="12345")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, check=True, text=True)
+    here = [[str(i), [str(d) for d in sorted(i.blobs)]] for n in (1, 2) for i in release(n, SMALL).images]
+    assert json.loads(out.stdout) == here
+
+
+def test_layers_are_reproducible_tars_with_fixed_metadata() -> None:
+    img = release(1, SMALL).image("apps/team-a/web")
+    for digest, data in img.blobs.items():
+        if data[:2] != b"\x1f\x8b":
+            continue  # the config
+        assert data[4:8] == b"\0\0\0\0", "gzip mtime must be 0"
+        assert not data[3] & 0x08, "gzip header must not carry a file name"
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+            members = tar.getmembers()
+        names = [m.name for m in members]
+        assert names == sorted(names)
+        assert {(m.mtime, m.uid, m.gid) for m in members} == {(samples._MTIME, 0, 0)}
+        assert any(m.isdir() for m in members) and any(m.isfile() for m in members)
+
+
+# --- structure -----------------------------------------------------------------------------
+@pytest.mark.parametrize("n", [1, 2])
+def test_every_referenced_blob_exists_with_its_digest_and_size(n: int) -> None:
+    for img in release(n, SMALL).images:
+        referenced: set[Digest] = set()
+        if img.is_index:
+            index = json.loads(img.manifest)
+            assert index["mediaType"] == img.media_type
+            child_type, config_type, layer_type = CHILD_TYPES[img.media_type]
+            assert [d["digest"] for d in index["manifests"]] == [str(c.digest) for c in img.children]
+            assert [d["size"] for d in index["manifests"]] == [c.size for c in img.children]
+            assert {d["mediaType"] for d in index["manifests"]} == {child_type}
+            assert [d["platform"]["architecture"] for d in index["manifests"]] == ["amd64", "arm64"]
+            singles = [(c.json(), c.media_type) for c in img.children]
+        else:
+            assert img.children == ()
+            config_type, layer_type = SINGLE_TYPES[img.media_type]
+            singles = [(json.loads(img.manifest), img.media_type)]
+        for doc, media_type in singles:
+            assert doc["schemaVersion"] == 2 and doc["mediaType"] == media_type
+            assert doc["config"]["mediaType"] == config_type
+            assert {layer["mediaType"] for layer in doc["layers"]} == {layer_type}
+            assert 2 <= len(doc["layers"]) <= 3, "a base layer plus 1-2 app layers"
+            for desc in [doc["config"], *doc["layers"]]:
+                d = Digest.parse(desc["digest"])
+                data = img.blobs[d]
+                assert digest_of(data) == d and len(data) == desc["size"], f"{img}: {d}"
+                referenced.add(d)
+            config = json.loads(img.blobs[Digest.parse(doc["config"]["digest"])])
+            diff_ids = [str(digest_of(gzip.decompress(img.blobs[Digest.parse(x["digest"])])))
+                        for x in doc["layers"]]
+            assert config["rootfs"]["diff_ids"] == diff_ids
+        assert referenced == set(img.blobs), f"{img}: blobs must be exactly what it references"
+
+
+def test_release_1_covers_the_shapes_the_pipeline_must_handle() -> None:
+    r = release(1, SMALL)
+    repos = by_repo(r)
+    assert len(r.images) == 12
+    assert {"apps/team-a/lib", "apps/team-a/lib/tools"} <= set(repos)  # nested names
+    assert {repo.split("/")[0] for repo in repos} == {"base", "platform", "apps"}
+    types = {i.media_type for i in r.images}
+    assert types == {DOCKER_MANIFEST, OCI_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX}
+    for img in r.images:
+        if img.is_index:
+            assert len(img.children) == 2 and len({c.digest for c in img.children}) == 2
+    # The three bases are shared: each one's layer is in several images.
+    first_layers = [json.loads(i.manifests[0].data)["layers"][0]["digest"] for i in r.images]
+    assert len(set(first_layers)) == 3
+    assert all(first_layers.count(d) >= 3 for d in set(first_layers))
+
+
+def test_full_size_base_layers_are_a_few_hundred_kib() -> None:
+    for base in samples._BASES:
+        size = samples._base_layer(base, 1.0).size
+        assert 150 * 1024 < size < 1024 * 1024, (base, size)
+
+
+def test_scale_shrinks_layers_and_bad_arguments_are_refused() -> None:
+    small = sum(map(len, release(1, SMALL).blobs.values()))
+    big = sum(map(len, release(1, 0.2).blobs.values()))
+    assert small * 2 < big
+    with pytest.raises(ValueError, match="release 3 does not exist"):
+        release(3)
+    with pytest.raises(ValueError, match="out of range"):
+        release(1, 0)
+
+
+# --- release 2 vs release 1 ----------------------------------------------------------------
+def test_release_2_changes_a_few_top_layers_drops_two_adds_two_keeps_the_rest() -> None:
+    one, two = by_repo(release(1, SMALL)), by_repo(release(2, SMALL))
+    assert set(one) - set(two) == {"apps/team-b/batch", "apps/team-b/legacy"}
+    assert set(two) - set(one) == {"platform/search", "apps/team-c/report"}
+    changed = {repo for repo in set(one) & set(two) if one[repo].digest != two[repo].digest}
+    assert changed == {"platform/gateway", "platform/auth", "apps/team-a/web"}
+    for repo in changed:
+        old, new = one[repo], two[repo]
+        assert old.tag != new.tag, "a changed image gets a new tag"
+        assert old.media_type == new.media_type
+        for a, b in zip(old.manifests[:-1] or (old.manifests[-1],),
+                        new.manifests[:-1] or (new.manifests[-1],), strict=True):
+            la, lb = a.json()["layers"], b.json()["layers"]
+            assert la[:-1] == lb[:-1], f"{repo}: only the top layer changes"
+            assert la[-1]["digest"] != lb[-1]["digest"]
+    for repo in (set(one) & set(two)) - changed:
+        assert (one[repo].tag, one[repo].manifest, dict(one[repo].blobs)) == (
+            two[repo].tag, two[repo].manifest, dict(two[repo].blobs))
+    assert len((set(one) & set(two)) - changed) >= 6, "most images are unchanged"
+
+
+# --- images.list ---------------------------------------------------------------------------
+@pytest.mark.parametrize("n", [1, 2])
+@pytest.mark.parametrize("pin", [False, True])
+def test_list_text_parses_to_exactly_the_release_images(n: int, pin: bool) -> None:
+    r = release(n, SMALL)
+    text = r.list_text(pin_digests=pin)
+    assert text.startswith("#") and "# Docker manifest list" in text and "# OCI index" in text
+    parsed = parse_text(text)
+    assert parsed.duplicates == ()
+    expected = [(i.repository, i.tag, i.digest if pin else None) for i in r.images]
+    assert [(ref.repository, ref.tag, ref.digest) for ref in parsed.refs] == expected
+
+
+# --- registry client guards (no network: MockTransport) -----------------------------------
+def test_client_refuses_hosts_off_loopback() -> None:
+    for host in ("10.0.0.5:5000", "registry.example.com", "172.17.0.2:5000"):
+        with pytest.raises(RegistryError, match="not on loopback"):
+            RegistryAPI(host)
+    with pytest.raises(RegistryError, match="without a scheme"):
+        RegistryAPI("http://127.0.0.1:5000")
+
+
+def test_upload_location_off_loopback_is_refused_before_sending_bytes() -> None:
+    sent: list[str] = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        sent.append(req.url.host)
+        if req.method == "HEAD":
+            return httpx.Response(404)
+        return httpx.Response(202, headers={"Location": "http://192.0.2.1:5000/v2/x/blobs/uploads/u"})
+
+    data = b"hello"
+    with RegistryAPI("127.0.0.1:5000", transport=httpx.MockTransport(handler)) as api:
+        with pytest.raises(RegistryError, match="upload Location .* not on loopback"):
+            api.push_blob("x", digest_of(data), data)
+    assert sent == ["127.0.0.1", "127.0.0.1"]  # HEAD and POST; no PUT went anywhere
+
+
+def test_http_errors_name_the_request_and_the_registry_error_code() -> None:
+    body = {"errors": [{"code": "MANIFEST_UNKNOWN", "message": "manifest unknown"}]}
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        return httpx.Response(404, json=body)
+
+    with RegistryAPI("127.0.0.1:5000", transport=httpx.MockTransport(handler)) as api:
+        with pytest.raises(RegistryHTTPError) as info:
+            api.manifest("apps/team-a/web", "9.9.9")
+    err = info.value
+    assert err.not_found and err.codes == ("MANIFEST_UNKNOWN",)
+    assert "GET http://127.0.0.1:5000/v2/apps/team-a/web/manifests/9.9.9 returned 404" in str(err)
+
+
+def test_a_blob_whose_bytes_do_not_match_its_digest_is_an_error() -> None:
+    def handler(req: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=b"truncat")
+
+    with RegistryAPI("127.0.0.1:5000", transport=httpx.MockTransport(handler)) as api:
+        with pytest.raises(RegistryError, match="corrupt data"):
+            api.get_blob("x", digest_of(b"truncated"))
+
+
+def test_unreachable_registry_says_what_to_check() -> None:
+    def handler(req: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=req)
+
+    with RegistryAPI("127.0.0.1:5000", transport=httpx.MockTransport(handler)) as api:
+        with pytest.raises(RegistryError, match="cannot reach the registry"):
+            api.catalog()
+        with pytest.raises(RegistryError, match="did not answer GET /v2/ with 200 within 0.3s"):
+            api.wait_ready(0.3)
