@@ -199,7 +199,7 @@ class Bench:
         copy = measure([PY, "-m", "bench.floor", self.ci.host, str(spec), str(work / "blobs")],
                        env=env, write_dirs=[work], log=work / "floor.log")
         size_mb = max(1, round(self.tar_mb.get(scenario, 0)))
-        dd = measure(["dd", "if=/dev/zero", f"of={work / 'tarball'}", "bs=1M",
+        dd = measure(["dd", "if=/dev/zero", f"of={work / 'tarball'}", "bs=1MB",
                       f"count={size_mb}", "conv=fsync", "status=none"],
                      write_dirs=[work], tarball=work / "tarball")
         m = Measurement(copy.wall_s + dd.wall_s, copy.cpu_s + dd.cpu_s,
@@ -254,6 +254,8 @@ class Bench:
             for p in self.root.glob("*"):
                 if p.is_dir() and p.name != "logs":
                     self.drop_work(p)
+            if not (self.root / "logs").exists():  # nothing failed: nothing worth keeping
+                shutil.rmtree(self.root, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -295,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
                         "blob_mb": b.fx.blob_bytes(b.fx.blob_digests(n)) / 1e6} for n in (1, 2)},
         "new_blob_mb": b.fx.blob_bytes(b.fx.blob_digests(2) - b.fx.blob_digests(1)) / 1e6,
         "total_s": time.monotonic() - started, "cpus": os.cpu_count(),
+        "scope": b.scope, "work_root": str(b.root),
     }
     text = render(meta, [(r.scenario, r.runner, r.m) for r in b.rows])
     out = Path(a.results)

@@ -14,6 +14,7 @@ from layover.settings import ReleaseRequest
 from layover.workdir import WorkDir
 from tasks.archive_sync import sync_archive
 from tasks.copying import Endpoints
+from tasks.credentials import source_authfile
 from tasks.fanout import MAX_CONCURRENCY
 from tasks.gc import collect_garbage
 from tasks.load_list import load_images
@@ -37,11 +38,13 @@ def release(request: ReleaseRequest) -> ReleaseReport:
     listed = load_images(request.images)  # every bad line reported before anything is copied
     holder = f"{runtime.flow_run.name or 'layover'} ({runtime.flow_run.id or 'no run id'})"
     with work_dir_lock(wd.lock, holder, wait_seconds=request.lock_wait_seconds):
-        clear_stale(wd)
+        clear_stale(wd, request.output)
         try:
+            authfile = source_authfile(wd, request)
             archive = start_registry(wd, "archive", wd.lower)
             from_ci = Endpoints(
-                request.source, archive.host, wd.lower, request.src_tls_verify, request.src_authfile
+                request.source, archive.host, wd.lower, request.src_tls_verify, authfile,
+                own=(archive,), wd=wd, timeout=request.copy_timeout_seconds,
             )
             stages = [
                 sync_archive(
@@ -54,7 +57,10 @@ def release(request: ReleaseRequest) -> ReleaseReport:
             stages.append(reset_overlay(wd))
             stages.append(prune(wd))
             package = start_registry(wd, "package", wd.merged)
-            to_package = Endpoints(archive.host, package.host, wd.merged, src_tls_verify=False)
+            to_package = Endpoints(
+                archive.host, package.host, wd.merged, src_tls_verify=False,
+                own=(archive, package), wd=wd, timeout=request.copy_timeout_seconds,
+            )
             stages.append(
                 sync_package(
                     listed.images, to_package, concurrency=request.concurrency,

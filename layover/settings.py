@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 _HOSTPORT = r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$|^\[[0-9a-fA-F:.]+\](:[0-9]{1,5})?$"
 
@@ -68,9 +68,19 @@ class ReleaseRequest(BaseModel):
         le=86400,
         description="If another run holds the work dir, wait this long for it before failing.",
     )
+    copy_timeout_seconds: float = Field(
+        default=900, gt=0, le=86400,
+        description="Give up one attempt of one image copy after this long (a stalled registry).",
+    )
     copy_retries: int = Field(
         default=3, ge=0, le=10, description="Retries per image copy on transient registry errors."
     )
+
+    @model_validator(mode="after")
+    def _one_credential_source(self) -> ReleaseRequest:
+        if self.src_authfile is not None and self.src_credentials_block is not None:
+            raise ValueError("give src_authfile or src_credentials_block, not both")
+        return self
 
     @field_validator("source")
     @classmethod

@@ -5,7 +5,7 @@
       upper/     overlay upper layer: what this release changed (disposable)
       work/      overlayfs workdir (disposable; must share upper's filesystem)
       merged/    the package registry's storage: the overlay view (disposable)
-      run/       registry configs and other per-run scratch (disposable)
+      run/       registry configs, a decoded credentials file (0600) during a run (disposable)
       lock       fcntl lock + holder description: one run per work dir
 
 Keeping all of them in one directory keeps upper/work on lower's filesystem (DESIGN §3).
@@ -47,6 +47,11 @@ class WorkDir:
     @property
     def run(self) -> Path:
         return self.root / "run"
+
+    @property
+    def src_auth(self) -> Path:
+        """Credentials from a Prefect Secret block, written for skopeo only while a run needs them."""
+        return self.run / "src-auth.json"
 
     @property
     def lock(self) -> Path:

@@ -17,10 +17,13 @@ from prefect.states import State
 from prefect.tasks import exponential_backoff
 
 from layover.adapters import skopeo
+from layover.adapters.registry import Registry
 from layover.errors import TransientCommandError
 from layover.layout import StorageLayout
 from layover.reference import ImageRef
 from layover.report import ImageCopy
+from layover.workdir import WorkDir
+from tasks.registries import revive
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,10 @@ class Endpoints:
     dst_storage: Path  # the destination registry's root dir, to size the blobs that moved
     src_tls_verify: bool = True
     src_authfile: Path | None = None
+    # Registries this run owns on either end: revived before a retry if they stopped answering.
+    own: tuple[Registry, ...] = ()
+    wd: WorkDir | None = None
+    timeout: float = 900
 
 
 def _transient_only(task: Task, task_run: TaskRun, state: State) -> bool:
@@ -53,6 +60,7 @@ def copy_one(ref: ImageRef, ends: Endpoints) -> ImageCopy:
         src_tls_verify=ends.src_tls_verify,
         dest_tls_verify=False,  # our registries listen on 127.0.0.1, plain HTTP
         src_authfile=ends.src_authfile,
+        timeout=ends.timeout,
     )
     layout = StorageLayout(ends.dst_storage)
     moved = 0
@@ -85,6 +93,14 @@ def copy_task(stage: str) -> Task:
         tags=["layover", stage],
     )
     def copy_image(ref: ImageRef, ends: Endpoints) -> ImageCopy:
-        return copy_one(ref, ends)
+        try:
+            return copy_one(ref, ends)
+        except TransientCommandError:
+            # A registry of ours that died (killed, engine restart) is brought back before
+            # Prefect's retry, so the retry has something to talk to.
+            if ends.wd is not None:
+                for reg in ends.own:
+                    revive(ends.wd, reg)
+            raise
 
     return copy_image

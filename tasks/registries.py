@@ -7,6 +7,7 @@ crashed run left behind.
 from __future__ import annotations
 
 import functools
+import threading
 from pathlib import Path
 
 from prefect import get_run_logger, task
@@ -23,6 +24,16 @@ def manager(wd: WorkDir) -> RegistryManager:
     client = docker_client()
     wd.run.mkdir(parents=True, exist_ok=True)
     return RegistryManager(client, ensure_registry_image(client), wd.scope, config_dir=wd.run)
+
+
+_revive_lock = threading.Lock()
+
+
+def revive(wd: WorkDir, registry: Registry) -> None:
+    """Restart `registry` if it stopped answering; one copy task at a time does it."""
+    with _revive_lock:
+        if manager(wd).ensure_serving(registry):
+            get_run_logger().warning("registry %s stopped answering and was restarted", registry.name)
 
 
 @task(name="start-registry", cache_policy=NO_CACHE, tags=["layover"])
@@ -46,19 +57,26 @@ def _release_all(wd: WorkDir) -> tuple[int, bool]:
 
 
 @task(name="clear-stale-state", cache_policy=NO_CACHE, tags=["layover"])
-def clear_stale(wd: WorkDir) -> None:
-    """Undo what a crashed run of this work dir left behind: containers, the overlay mount.
+def clear_stale(wd: WorkDir, output: Path) -> None:
+    """Undo what a killed run of this work dir left behind: containers, the overlay mount,
+    half-written tarballs, a decoded credentials file.
 
     Archive sync must not run while anything is mounted over `lower` (DESIGN §1)."""
     removed, mounted = _release_all(wd)
-    if removed or mounted:
+    partial = sorted(output.parent.glob(f".{output.name}.*.partial")) if output.parent.is_dir() else []
+    for p in partial:
+        p.unlink(missing_ok=True)
+    wd.src_auth.unlink(missing_ok=True)
+    if removed or mounted or partial:
         get_run_logger().warning(
-            "cleaned up after an earlier run: %d container(s) removed, overlay %s",
-            removed, "unmounted" if mounted else "was not mounted",
+            "cleaned up after an earlier run: %d container(s) removed, overlay %s, "
+            "%d partial tarball(s) removed",
+            removed, "unmounted" if mounted else "was not mounted", len(partial),
         )
 
 
 @task(name="teardown", cache_policy=NO_CACHE, tags=["layover"])
 def teardown(wd: WorkDir) -> None:
     """Stop every registry of this work dir and unmount the overlay, on success and failure."""
+    wd.src_auth.unlink(missing_ok=True)
     _release_all(wd)

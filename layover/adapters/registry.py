@@ -20,6 +20,7 @@ Never remount or delete storage under a running registry: `stop` it (or `restart
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import shutil
@@ -181,6 +182,28 @@ class RegistryManager:
             raise RegistryError(f"cannot restart registry {reg.name}: {e}; {_SETUP_HINT}") from None
         self.wait_healthy(reg, timeout=timeout)
         return reg
+
+    def ensure_serving(self, reg: Registry, timeout: float = 30) -> bool:
+        """Bring `reg` back if it stopped answering (killed, engine restarted). True if revived.
+
+        Looks the container up by name, not id: a recreated container keeps the name and port.
+        """
+        try:
+            if httpx.get(f"{reg.url}/v2/", timeout=2.0).status_code == 200:
+                return False
+        except httpx.HTTPError:
+            pass
+        log.warning("registry %s (%s) is not answering; restarting it", reg.name, reg.url)
+        try:
+            container = self.client.containers.get(reg.name)
+            container.restart(timeout=2)
+            current = dataclasses.replace(reg, container_id=container.id)
+        except docker.errors.NotFound:
+            current = self._create(reg.role, reg.name, reg.storage, reg.read_only, reg.port)
+        except docker.errors.APIError as e:
+            raise RegistryError(f"cannot restart registry {reg.name}: {e}; {_SETUP_HINT}") from None
+        self.wait_healthy(current, timeout=timeout)
+        return True
 
     def stop(self, reg: Registry) -> None:
         """Stop and remove the container (no error if it is already gone)."""

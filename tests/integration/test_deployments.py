@@ -302,7 +302,23 @@ def stack(postgres: Postgres, project: Path, ci: CI) -> Iterator[Stack]:
     finally:
         http.close()
         procs.stop_all()
+        _release_work_dirs(base / "hosts")
         shutil.rmtree(base, ignore_errors=True)
+
+
+def _release_work_dirs(hosts: Path) -> None:
+    """Containers and overlay mounts a killed run may have left: never leak them."""
+    from layover.adapters import overlay
+    from layover.workdir import WorkDir
+    from tasks.registries import manager
+
+    for work in sorted(hosts.glob("*/work")):
+        wd = WorkDir.at(work)
+        try:
+            manager(wd).remove_scope()
+        finally:
+            if overlay.is_mounted(wd.merged):
+                overlay.unmount(wd.merged)
 
 
 def _fingerprint(project: Path) -> tuple[str, bool]:
@@ -578,6 +594,37 @@ def test_one_work_dir_one_release_at_a_time(stack: Stack, shared_work_dir: Share
     why = refused["state"]["message"] + stack.logs_of(refused["id"])
     assert "in use by" in why and (first["name"] in why or second["name"] in why), why
     assert not (stack.out / "refused.tar").exists()
+
+
+def _descends_from(pid: int, ancestor: int) -> bool:
+    while pid > 1:
+        if pid == ancestor:
+            return True
+        status = Path(f"/proc/{pid}/status").read_text()
+        pid = int(re.search(r"^PPid:\s+(\d+)", status, re.M)[1])
+    return False
+
+
+def test_a_killed_holder_does_not_block_the_next_run(
+        stack: Stack, ci: CI, parallel_runs: ParallelRuns) -> None:
+    """kill -9 the flow-run process while it holds host-b's work dir; the next run builds."""
+    def make(name: str) -> dict[str, Any]:
+        req = {**request_json(stack, ci, "host-b", f"{name}.tar"), "lock_wait_seconds": 0}
+        return create_run(stack, "manual", ui_run_request(name, req, "host-b"))
+
+    victim = make("killed-holder")
+    lock = stack.work["host-b"] / "lock"
+    holder = wait_for("the victim to hold the lock", lambda: lock.exists() and victim["name"]
+                      in lock.read_text() and json.loads(lock.read_text()), timeout=120, every=0.2)
+    time.sleep(2)  # let it start its registries: the next run must clean up after it
+    worker = next(p for name, p in stack.procs.started if name == "worker-host-b")
+    assert _descends_from(holder["pid"], worker.pid), "only kill what this test started"
+    os.kill(holder["pid"], signal.SIGKILL)
+    assert stack.wait_final(victim["id"])["state"]["type"] in {"CRASHED", "FAILED"}
+    after = stack.wait_final(make("after-kill")["id"])
+    assert after["state"]["type"] == "COMPLETED", stack.explain(after)
+    assert_verified_release(stack.out / "after-kill.tar", ci.rel[2],
+                            git(Path(stack.env["LAYOVER_LIST_REPO"]), "rev-parse", "release"))
 
 
 # --- the Prefect UI, rendered by Debian's chromium ------------------------------------------
