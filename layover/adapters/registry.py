@@ -82,9 +82,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def render_config(port: int, *, read_only: bool, validation_urls_allow: Sequence[str]) -> str:
-    """The registry config.yml. JSON-quoted strings are valid YAML and need no yaml library."""
+def render_config(
+    port: int, *, read_only: bool, validation_urls_allow: Sequence[str], blob_cache: bool = False
+) -> str:
+    """The registry config.yml. JSON-quoted strings are valid YAML and need no yaml library.
+
+    `blob_cache` exists only for the negative-control test: the in-memory blob-descriptor cache
+    goes stale when storage changes underneath a running registry (DESIGN §3).
+    """
     import json
+
+    cache = "\n  cache:\n    blobdescriptor: inmemory" if blob_cache else ""
 
     allow = "".join(f"\n        - {json.dumps(p)}" for p in validation_urls_allow)
     return f"""\
@@ -102,7 +110,7 @@ storage:
     uploadpurging:
       enabled: false
     readonly:
-      enabled: {"true" if read_only else "false"}
+      enabled: {"true" if read_only else "false"}{cache}
 http:
   addr: 127.0.0.1:{port}
 validation:
@@ -127,11 +135,13 @@ class RegistryManager:
         *,
         config_dir: Path | None = None,
         validation_urls_allow: Sequence[str] = (".*",),
+        blob_cache: bool = False,
     ) -> None:
         self.client = client
         self.image = image
         self.label_scope = label_scope
         self.validation_urls_allow = tuple(validation_urls_allow)
+        self.blob_cache = blob_cache
         self._own_config_dir = config_dir is None
         self._config_dir = config_dir
 
@@ -288,7 +298,10 @@ class RegistryManager:
     def _create(self, role: str, name: str, storage: Path, read_only: bool, port: int) -> Registry:
         config = self._config_path(role)
         config.write_text(
-            render_config(port, read_only=read_only, validation_urls_allow=self.validation_urls_allow)
+            render_config(
+                port, read_only=read_only, validation_urls_allow=self.validation_urls_allow,
+                blob_cache=self.blob_cache,
+            )
         )
         try:
             container = self.client.containers.run(
