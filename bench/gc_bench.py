@@ -1,6 +1,6 @@
 """GC and verify at release scale: ~100,000 blobs, 5,000 repositories, 20,000 tags.
 
-    python bench/gc_bench.py [--scale 1.0] [--layer-size 1024] [--keep DIR]
+    python bench/gc_bench.py [--scale 1.0] [--layer-size 1024] [--big-mib 512] [--keep DIR]
 
 Builds a storage tree in a temp dir (4/5 of repositories tagged, each tag moved once so half of
 its history is garbage, 1 tag in 20 an OCI index of two images, a pool of shared base layers,
@@ -114,6 +114,34 @@ def generate(root: str, scale: float, layer_size: int) -> tuple[Gen, list[str]]:
     return g, listed
 
 
+def big_blobs(tmp: str, total_mib: int, workers: int) -> tuple[float, float, float, int]:
+    """Verify, `cat` and `sha256sum` seconds for one image of 64 MiB layers: hashing throughput proper."""
+    from layover.imagelist import parse_text
+    from layover.layout import StorageLayout
+    from layover.verify import verify_storage
+
+    root = os.path.join(tmp, "big")
+    g = Gen(root, 0)
+    chunk = os.urandom(1 << 20)
+    layers = []
+    for i in range(max(1, total_mib // 64)):
+        data = i.to_bytes(4, "big") + chunk * 64
+        layers.append(g.layer("big", data))
+    cfg = g.layer("big", b"{}")
+    m = g.manifest("big", {"schemaVersion": 2, "config": {"digest": f"sha256:{cfg}", "size": 2},
+                           "layers": [{"digest": f"sha256:{h}", "size": 1} for h in layers]})
+    g.tag("big", "1", m, [])
+    report = verify_storage(StorageLayout(Path(root)), parse_text("big:1\n"), workers=workers)
+    assert report.ok, report.summary()
+    files = [os.path.join(dp, f) for dp, _, fs in os.walk(os.path.join(root, V2, "blobs")) for f in fs]
+    t0 = time.perf_counter()
+    subprocess.run(["cat", *files], stdout=subprocess.DEVNULL, check=True)
+    cat_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    subprocess.run(["sha256sum", *files], stdout=subprocess.DEVNULL, check=True)
+    return report.seconds, cat_s, time.perf_counter() - t0, report.bytes_hashed
+
+
 def measure(root: str, list_path: str, workers: int) -> dict:
     """Runs in a fresh process so ru_maxrss is GC's own."""
     from layover.gc import apply_gc, plan_gc
@@ -154,6 +182,7 @@ def main() -> int:
     ap.add_argument("--scale", type=float, default=1.0)
     ap.add_argument("--layer-size", type=int, default=1024)
     ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--big-mib", type=int, default=512, help="also hash this many MiB of 64 MiB blobs (0: skip)")
     ap.add_argument("--keep", help="build the tree in this (new) directory and keep it")
     ap.add_argument("--measure", nargs=2, metavar=("ROOT", "LIST"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -196,6 +225,11 @@ def main() -> int:
             ("cat baseline", f"{cat_s:.2f} s", f"{len(files)} files, {mb / cat_s:.0f} MiB/s"),
             ("peak RSS", f"{m['peak_rss_mb']:.0f} MB", "whole child: plan + apply + verify"),
         ]
+        if args.big_mib:
+            v_s, c_s, s_s, n = big_blobs(tmp, args.big_mib, args.workers)
+            mib = n / 2**20
+            rows.append(("verify big", f"{v_s:.2f} s", f"{mib:.0f} MiB in 64 MiB blobs, {mib / v_s:.0f} MiB/s "
+                                                       f"({args.workers} workers); cat {mib / c_s:.0f}, sha256sum {mib / s_s:.0f} MiB/s"))
         for name, value, note in rows:
             print(f"{name:<15} {value:>10}   {note}")
         return 0 if m["replan_deletions"] == 0 and m["verify_ok"] else 1

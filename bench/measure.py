@@ -52,9 +52,15 @@ def du_bytes(paths: Sequence[Path]) -> int:
                     continue
                 seen.add((st.st_dev, st.st_ino))
                 total += st.st_blocks * 512
-            dirnames[:] = [d for d in dirnames
-                           if os.lstat(os.path.join(dirpath, d)).st_dev == dev]
+            dirnames[:] = [d for d in dirnames if _dev(os.path.join(dirpath, d)) == dev]
     return total
+
+
+def _dev(path: str) -> int | None:
+    try:
+        return os.lstat(path).st_dev
+    except FileNotFoundError:  # removed while we walk (dockerd works concurrently)
+        return None
 
 
 def disk_sectors_written() -> int:

@@ -133,6 +133,39 @@ def verify(
         raise typer.Exit(1)
 
 
+@app.command("repair-archive")
+def repair_archive(
+    work_dir: Annotated[Path, typer.Argument(help="The work dir whose archive (lower/) to repair.")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Report damage; change nothing.")] = False,
+) -> None:
+    """Remove damaged archive files (bad blob digests, garbage links) so the next `layover run`
+    fetches them again from the source. Exits 1 if damage was found in a dry run."""
+    from layover.adapters import overlay
+    from layover.adapters.served import refuse_if_served
+    from layover.repair import apply_repair, scan
+    from layover.workdir import WorkDir
+
+    try:
+        wd = WorkDir.at(work_dir)
+        if not wd.archive.v2.is_dir():
+            raise LayoverError(f"{wd.lower}: no archive here (no docker/registry/v2); check --work-dir")
+        if overlay.is_mounted(wd.merged):
+            raise LayoverError(f"{wd.merged} is mounted over the archive: is a run in progress? "
+                               "wait for it, or run `layover run` once to clean up a killed run")
+        refuse_if_served(wd.lower)
+        plan = scan(wd.archive)
+        typer.echo(plan.summary())
+        if plan.ok:
+            return
+        if dry_run:
+            raise typer.Exit(1)
+        n = apply_repair(plan)
+        typer.echo(f"removed {n} damaged entries; run `layover run` for each affected release: "
+                   "archive sync fetches them again from the source")
+    except LayoverError as e:
+        _fail(e)
+
+
 @app.command("registry-image")
 def registry_image() -> None:
     """Make sure the registry image exists (registry:2, or one built from Debian's binary)."""

@@ -20,11 +20,13 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import lzma
 import os
 import re
 import tarfile
 import threading
 import time
+import zlib
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -121,9 +123,23 @@ class VerifyReport:
 def verify_storage(layout: StorageLayout, images: ImageList, *, workers: int = 4) -> VerifyReport:
     start = time.monotonic()
     view = _DirView(layout)
-    problems: list[Problem] = list(view.problems)
-    problems += _hash_blobs(view, workers)
-    return _finish(str(layout.root), view, layout, images, problems, start)
+    workers = max(1, workers)
+    items = [(h, view.paths.blob_data(h)) for h in sorted(view.blob_sizes)]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        # Hash in the background while the structure is checked; each worker takes every n-th
+        # blob so sizes spread evenly enough.
+        hashing = [pool.submit(_hash_slice, items[i::workers]) for i in range(workers)]
+        problems: list[Problem] = list(view.problems)
+        checker = _Checker(view, layout, problems)
+        checker.run(images)
+        found: list[Problem] = []
+        for f in hashing:
+            part, total = f.result()
+            found += part
+            view.bytes_hashed += total
+    problems += sorted(found, key=lambda p: p.path)
+    return VerifyReport(str(layout.root), tuple(problems), len(images), len(checker.manifests),
+                        len(view.blob_sizes), view.bytes_hashed, time.monotonic() - start)
 
 
 def verify_tarball(path: Path, images: ImageList, *, workers: int = 4) -> VerifyReport:
@@ -132,7 +148,7 @@ def verify_tarball(path: Path, images: ImageList, *, workers: int = 4) -> Verify
     start = time.monotonic()
     try:
         view = _TarView(path)
-    except (OSError, tarfile.TarError, EOFError) as e:
+    except (OSError, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as e:  # truncated/corrupt
         raise StorageError(str(path), f"cannot read the tarball ({e}); rebuild it") from None
     return _finish(str(path), view, StorageLayout(Path(".")), images, list(view.problems), start)
 
@@ -353,18 +369,6 @@ def _hash_slice(paths: list[tuple[str, str]]) -> tuple[list[Problem], int]:
             problems.append(Problem(ProblemKind.DIGEST_MISMATCH, path, None,
                                     f"content hashes to sha256:{got}, not its name; the blob is corrupt"))
     return problems, total
-
-
-def _hash_blobs(view: _DirView, workers: int) -> list[Problem]:
-    """Hash every blob; each worker takes every n-th blob, so sizes spread evenly enough."""
-    items = [(h, view.paths.blob_data(h)) for h in sorted(view.blob_sizes)]
-    workers = max(1, workers)
-    problems: list[Problem] = []
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for found, total in pool.map(_hash_slice, [items[i::workers] for i in range(workers)]):
-            problems += found
-            view.bytes_hashed += total
-    return sorted(problems, key=lambda p: p.path)
 
 
 _BLOB_MEMBER = re.compile(r"blobs/sha256/([0-9a-f]{2})/([0-9a-f]{64})/data")

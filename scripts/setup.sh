@@ -10,7 +10,7 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$REPO/.venv"
 DOCKERD_LOG=/var/log/layover-dockerd.log
-PACKAGES=(docker.io skopeo docker-registry fuse-overlayfs git)
+PACKAGES=(docker.io skopeo docker-registry fuse-overlayfs git apache2-utils e2fsprogs)  # apache2-utils: htpasswd (auth tests); e2fsprogs: loop-disk tests
 
 say() { printf 'setup: %s\n' "$*"; }
 die() { printf 'setup: ERROR: %s\n' "$*" >&2; exit 1; }

@@ -6,6 +6,7 @@ Retries live here, on the Prefect task, and nowhere below it (skopeo runs with
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,12 +19,19 @@ from prefect.tasks import exponential_backoff
 
 from layover.adapters import skopeo
 from layover.adapters.registry import Registry
-from layover.errors import TransientCommandError
+from layover.errors import (
+    CommandError,
+    DiskFullError,
+    LayoverError,
+    StorageError,
+    TransientCommandError,
+)
 from layover.layout import StorageLayout
 from layover.reference import ImageRef
+from layover.repair import scan_repository
 from layover.report import ImageCopy
 from layover.workdir import WorkDir
-from tasks.registries import revive
+from tasks.registries import manager, revive
 
 
 @dataclass(frozen=True)
@@ -95,12 +103,65 @@ def copy_task(stage: str) -> Task:
     def copy_image(ref: ImageRef, ends: Endpoints) -> ImageCopy:
         try:
             return copy_one(ref, ends)
-        except TransientCommandError:
-            # A registry of ours that died (killed, engine restart) is brought back before
-            # Prefect's retry, so the retry has something to talk to.
-            if ends.wd is not None:
+        except CommandError as e:
+            # A full disk or a damaged file under a registry of ours shows up as a bare HTTP 500:
+            # name the directory or file instead (and do not retry: neither clears itself).
+            better = _disk_full(ref, ends) or _damaged_storage(ref, ends, e)
+            if better is not None:
+                raise better from e
+            if isinstance(e, TransientCommandError) and ends.wd is not None:
+                # A registry of ours that died (killed, engine restart) is brought back before
+                # Prefect's retry, so the retry has something to talk to.
                 for reg in ends.own:
                     revive(ends.wd, reg)
             raise
 
     return copy_image
+
+
+def _disk_full(ref: ImageRef, ends: Endpoints) -> DiskFullError | None:
+    """A registry of ours writing to a full disk answers 500 (which looks transient); its log
+    says "no space left on device"."""
+    if ends.wd is None:
+        return None
+    storage = os.path.realpath(ends.dst_storage)
+    for reg in ends.own:
+        if os.path.realpath(reg.storage) != storage:
+            continue
+        try:
+            said = "no space left on device" in manager(ends.wd).logs(reg)[-20000:]
+        except LayoverError:
+            said = False
+        if said:
+            st = os.statvfs(storage)
+            # ENOSPC also means "no inodes left": registry storage is many small files and dirs
+            inodes = f", {st.f_favail} inodes free" if st.f_files else ""
+            return DiskFullError(
+                f"{ends.dst_storage}: no space left on device while copying {ref} "
+                f"({st.f_bavail * st.f_frsize} bytes{inodes}; the image's new blobs and links "
+                "need more): free space (or inodes) or move the work dir to a bigger disk and run "
+                "again. The archive keeps everything already copied; nothing was shipped"
+            )
+    return None
+
+
+def _damaged_storage(ref: ImageRef, ends: Endpoints, e: CommandError) -> StorageError | None:
+    """Our registry answering 500 is usually a damaged file in its storage (a garbage link, a
+    manifest blob that is not what its digest says): name the file rather than a bare HTTP 500."""
+    if ends.wd is None or not ends.own:
+        return None
+    seen: set[str] = set()
+    for reg in ends.own:
+        storage = os.path.realpath(reg.storage)
+        if storage in seen:
+            continue
+        seen.add(storage)
+        damage = scan_repository(StorageLayout(Path(storage)), ref.repository)
+        if damage:
+            return StorageError(
+                str(damage[0].path),
+                f"{damage[0].reason} ({len(damage)} damaged file(s) for {ref.repository}, found "
+                f"after: {e}); nothing shipped. Run `layover repair-archive {ends.wd.root}` and "
+                "run again: archive sync re-fetches the removed files from the source",
+            )
+    return None

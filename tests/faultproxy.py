@@ -95,9 +95,11 @@ class FaultProxy:
     def stop(self) -> None:
         self._stop.set()
         try:
-            self._listener.close()
+            # close() alone does not wake a thread blocked in accept(); shutdown() does
+            self._listener.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+        self._listener.close()
         self._acceptor.join(timeout=5)
         for t in list(self._threads):
             t.join(timeout=5)
@@ -139,6 +141,7 @@ class FaultProxy:
 
     def _serve(self, client: socket.socket) -> None:
         upstream: socket.socket | None = None
+        fault: Fault | None = None
         try:
             client.settimeout(30)
             head, rest = _read_head(client)
@@ -167,25 +170,35 @@ class FaultProxy:
             pump = threading.Thread(target=_pipe, args=(client, upstream), daemon=True)
             pump.start()  # request body (uploads), if any
             if fault is Fault.TRUNCATE:
-                _truncated_response(upstream, client)
+                _truncated_response(upstream, client, head_only=method == "HEAD")
             else:
                 _pipe(upstream, client)
         except OSError:
             pass  # the client or upstream went away: nothing to report to anyone
         finally:
             for s in (client, upstream):
-                if s is not None:
+                if s is None:
+                    continue
+                if fault is not Fault.RESET:
                     try:
-                        s.close()
+                        # wakes the pump thread's recv(); a bare close() would wait for it and
+                        # the peer would see no EOF (RESET must skip it: it sends a FIN)
+                        s.shutdown(socket.SHUT_RDWR)
                     except OSError:
                         pass
+                try:
+                    s.close()
+                except OSError:
+                    pass
 
 
 def _read_head(sock: socket.socket) -> tuple[bytes | None, bytes]:
     buf = b""
     while b"\r\n\r\n" not in buf:
         chunk = sock.recv(65536)
-        if not chunk:
+        if not chunk or (not buf and chunk[:1] == b"\x16"):
+            # EOF, or a TLS ClientHello: skopeo tries HTTPS first and falls back to plain HTTP
+            # at once when the connection closes (waiting would cost its 10 s handshake timeout)
             return None, b""
         buf += chunk
         if len(buf) > HEAD_LIMIT:
@@ -216,9 +229,12 @@ def _pipe(src: socket.socket, dst: socket.socket) -> None:
         pass
 
 
-def _truncated_response(upstream: socket.socket, client: socket.socket) -> None:
+def _truncated_response(upstream: socket.socket, client: socket.socket, *, head_only: bool) -> None:
     head, body = _read_head(upstream)
     if head is None:
+        return
+    if head_only:  # a HEAD answer has no body to cut
+        client.sendall(head[: len(head) // 2])
         return
     length = 0
     for line in head.split(b"\r\n")[1:]:

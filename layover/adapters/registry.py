@@ -65,6 +65,7 @@ class Registry:
     host: str  # "127.0.0.1:<port>", for docker:// references
     storage: Path
     read_only: bool
+    auth_htpasswd: Path | None = None  # basic auth (htpasswd, bcrypt) when set
 
     @property
     def url(self) -> str:
@@ -82,8 +83,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+CONTAINER_HTPASSWD = "/etc/docker/registry/htpasswd"
+
+
 def render_config(
-    port: int, *, read_only: bool, validation_urls_allow: Sequence[str], blob_cache: bool = False
+    port: int, *, read_only: bool, validation_urls_allow: Sequence[str], blob_cache: bool = False,
+    auth_htpasswd: bool = False,
 ) -> str:
     """The registry config.yml. JSON-quoted strings are valid YAML and need no yaml library.
 
@@ -95,6 +100,9 @@ def render_config(
     cache = "\n  cache:\n    blobdescriptor: inmemory" if blob_cache else ""
 
     allow = "".join(f"\n        - {json.dumps(p)}" for p in validation_urls_allow)
+    # basic auth for test registries that stand in for a CI registry with credentials
+    auth = (f"auth:\n  htpasswd:\n    realm: layover\n    path: {CONTAINER_HTPASSWD}\n"
+            if auth_htpasswd else "")
     return f"""\
 version: 0.1
 log:
@@ -117,7 +125,7 @@ validation:
   manifests:
     urls:
       allow:{allow if allow else " []"}
-"""
+{auth}"""
 
 
 class RegistryManager:
@@ -147,11 +155,13 @@ class RegistryManager:
 
     # --- public API --------------------------------------------------------------------
     def start(
-        self, role: str, storage: Path, *, read_only: bool = False, port: int | None = None
+        self, role: str, storage: Path, *, read_only: bool = False, port: int | None = None,
+        auth_htpasswd: Path | None = None,
     ) -> Registry:
         """Create and start a registry serving `storage`, and wait until it answers /v2/.
 
         A stale container of the same scope and role (a crashed run) is removed first.
+        `auth_htpasswd` (an htpasswd file with bcrypt entries) turns on basic auth.
         """
         storage = Path(storage).resolve()
         if not storage.is_dir():
@@ -163,7 +173,7 @@ class RegistryManager:
         last: RegistryError | None = None
         for _ in range(attempts):
             chosen = port if port is not None else free_port()
-            reg = self._create(role, name, storage, read_only, chosen)
+            reg = self._create(role, name, storage, read_only, chosen, auth_htpasswd)
             try:
                 self.wait_healthy(reg)
                 return reg
@@ -185,7 +195,8 @@ class RegistryManager:
             self.client.containers.get(reg.container_id).restart(timeout=10)
         except docker.errors.NotFound:
             log.warning("registry %s vanished; recreating it", reg.name)
-            new = self._create(reg.role, reg.name, reg.storage, reg.read_only, reg.port)
+            new = self._create(reg.role, reg.name, reg.storage, reg.read_only, reg.port,
+                               reg.auth_htpasswd)
             self.wait_healthy(new, timeout=timeout)
             return new
         except docker.errors.APIError as e:
@@ -199,7 +210,7 @@ class RegistryManager:
         Looks the container up by name, not id: a recreated container keeps the name and port.
         """
         try:
-            if httpx.get(f"{reg.url}/v2/", timeout=2.0).status_code == 200:
+            if httpx.get(f"{reg.url}/v2/", timeout=2.0).status_code in _answering(reg):
                 return False
         except httpx.HTTPError:
             pass
@@ -209,7 +220,8 @@ class RegistryManager:
             container.restart(timeout=2)
             current = dataclasses.replace(reg, container_id=container.id)
         except docker.errors.NotFound:
-            current = self._create(reg.role, reg.name, reg.storage, reg.read_only, reg.port)
+            current = self._create(reg.role, reg.name, reg.storage, reg.read_only, reg.port,
+                                   reg.auth_htpasswd)
         except docker.errors.APIError as e:
             raise RegistryError(f"cannot restart registry {reg.name}: {e}; {_SETUP_HINT}") from None
         self.wait_healthy(current, timeout=timeout)
@@ -253,7 +265,7 @@ class RegistryManager:
             if status in ("exited", "dead"):
                 raise _Exited(status)
             r = httpx.get(f"{reg.url}/v2/", timeout=2.0)
-            if r.status_code != 200:
+            if r.status_code not in _answering(reg):
                 raise httpx.HTTPStatusError(f"{r.status_code}", request=r.request, response=r)
 
         try:
@@ -295,14 +307,21 @@ class RegistryManager:
         self._config_dir.mkdir(parents=True, exist_ok=True)
         return self._config_dir / f"{_NAME_UNSAFE.sub('-', role)}.yml"
 
-    def _create(self, role: str, name: str, storage: Path, read_only: bool, port: int) -> Registry:
+    def _create(self, role: str, name: str, storage: Path, read_only: bool, port: int,
+                auth_htpasswd: Path | None = None) -> Registry:
         config = self._config_path(role)
         config.write_text(
             render_config(
                 port, read_only=read_only, validation_urls_allow=self.validation_urls_allow,
-                blob_cache=self.blob_cache,
+                blob_cache=self.blob_cache, auth_htpasswd=auth_htpasswd is not None,
             )
         )
+        volumes = {
+            str(storage): {"bind": CONTAINER_STORAGE, "mode": "ro" if read_only else "rw"},
+            str(config): {"bind": CONTAINER_CONFIG, "mode": "ro"},
+        }
+        if auth_htpasswd is not None:
+            volumes[str(Path(auth_htpasswd).resolve())] = {"bind": CONTAINER_HTPASSWD, "mode": "ro"}
         try:
             container = self.client.containers.run(
                 self.image,
@@ -311,10 +330,7 @@ class RegistryManager:
                 detach=True,
                 network_mode="host",
                 environment={"REGISTRY_HTTP_ADDR": f"127.0.0.1:{port}"},
-                volumes={
-                    str(storage): {"bind": CONTAINER_STORAGE, "mode": "ro" if read_only else "rw"},
-                    str(config): {"bind": CONTAINER_CONFIG, "mode": "ro"},
-                },
+                volumes=volumes,
                 labels={
                     "layover": "1",
                     "layover.scope": self.label_scope,
@@ -330,7 +346,8 @@ class RegistryManager:
             raise RegistryError(f"cannot start registry {name}: {e}; {_SETUP_HINT}") from None
         log.info("registry %s (%s) on 127.0.0.1:%d serving %s%s", name, role, port, storage,
                  " read-only" if read_only else "")
-        return Registry(role, container.id, name, f"127.0.0.1:{port}", storage, read_only)
+        return Registry(role, container.id, name, f"127.0.0.1:{port}", storage, read_only,
+                        auth_htpasswd)
 
     def _remove_by_name(self, name: str) -> None:
         try:
@@ -357,6 +374,11 @@ class RegistryManager:
         except docker.errors.APIError as e:
             raise RegistryError(f"cannot read logs of {reg.name}: {e}; {_SETUP_HINT}") from None
         return raw.decode("utf-8", "replace")
+
+
+def _answering(reg: Registry) -> tuple[int, ...]:
+    # with basic auth on, an anonymous GET /v2/ gets 401: the registry is up
+    return (200, 401) if reg.auth_htpasswd is not None else (200,)
 
 
 class _Exited(Exception):

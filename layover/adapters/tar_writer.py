@@ -445,6 +445,25 @@ def _write_sidecar(output: Path, digest: str) -> None:
         raise
 
 
+def _free(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def _preflight_space(source: TarSource, output: Path, need: int) -> None:
+    """Fail before writing when the tarball cannot fit. Only when the output is on another
+    filesystem than the sources: on the same one, reflinks may need almost no new space."""
+    src = source.root if isinstance(source, PlainTree) else source.lower
+    if os.stat(src).st_dev == os.stat(output.parent).st_dev:
+        return
+    free = _free(output.parent)
+    if free < need:
+        raise DiskFullError(
+            f"{output.parent}: not enough space for the release tarball: {need} bytes needed, "
+            f"{free} bytes free (a different filesystem from {src}, so nothing can be "
+            "reflinked); free space or write it elsewhere. Nothing was written.")
+
+
 def write_tarball(source: TarSource, output: Path, *, data_paths: Sequence[DataPath] = ALL_PATHS,
                   ops: DataOps | None = None, mtime: int = 0) -> TarResult:
     """Write the release tarball of `source` to `output` and `<output>.sha256` beside it.
@@ -461,6 +480,7 @@ def write_tarball(source: TarSource, output: Path, *, data_paths: Sequence[DataP
     real = {s.entry.name: s.real for s in sources}
     if not output.parent.is_dir():
         raise StorageError(str(output.parent), "output directory does not exist; create it first")
+    _preflight_space(source, output, tarplan.size)
 
     fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".partial")
     writer = _Writer(fd, data_paths, ops or DataOps())
@@ -488,8 +508,9 @@ def write_tarball(source: TarSource, output: Path, *, data_paths: Sequence[DataP
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise DiskFullError(
                 f"{output.parent}: no space left writing the release tarball ({tarplan.size} "
-                "bytes planned; with reflinks on XFS/btrfs it needs far less): free space or "
-                "write it elsewhere") from e
+                f"bytes planned, {_free(output.parent)} bytes free before writing; with reflinks "
+                "on XFS/btrfs it needs far less): free space or write it elsewhere; the partial "
+                "file was removed") from e
         raise
     except BaseException:
         if writer.hasher.is_alive():

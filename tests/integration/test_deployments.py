@@ -198,7 +198,10 @@ class Stack:
             fr = self.flow_run(run_id)
             return fr if fr["state"] and fr["state"]["type"] in {
                 "COMPLETED", "FAILED", "CRASHED", "CANCELLED"} else None
-        return wait_for(f"flow run {run_id} to finish", final, timeout, every=2)
+        try:
+            return wait_for(f"flow run {run_id} to finish", final, timeout, every=2)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{self.explain(self.flow_run(run_id))}") from None
 
     def logs_of(self, run_id: str) -> str:
         r = self.http.post("/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}},
@@ -554,46 +557,94 @@ def test_tag_push_builds_the_list_as_it_was_at_the_tag(
     assert images_repo.tag_commit in artifact(stack, fr["id"])["data"]
 
 
+class SilentRegistry:
+    """Accepts connections on 127.0.0.1 and never answers, until `close()` resets them all.
+
+    A run copying from it sits inside the work-dir lock for as long as the test wants."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.host = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        self.conns: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+
+    def close(self) -> None:
+        # shutdown() first: close() alone leaves the socket listening while accept() blocks on
+        # it, and new connections would then hang in the backlog instead of being refused.
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        self.thread.join(timeout=5)
+        for c in self.conns:
+            c.close()
+
+
 @dataclass(frozen=True)
 class SharedWorkDir:
-    first: dict[str, Any]  # got the lock first
-    second: dict[str, Any]  # waited for it (lock_wait_seconds=300)
-    refused: dict[str, Any]  # lock_wait_seconds=0
+    blocker: dict[str, Any]  # holds the lock while its source hangs
+    waiter: dict[str, Any]  # lock_wait_seconds=300: builds after the blocker lets go
+    refused: dict[str, Any]  # lock_wait_seconds=0: fails at once
+    waiter_loaded_before_release: bool
 
 
 @pytest.fixture(scope="module")
-def shared_work_dir(stack: Stack, ci: CI, tag_run: dict[str, Any]) -> SharedWorkDir:
-    """Three runs aimed at host-a's work dir; two created together, so they contend."""
-    def make(name: str, wait: float) -> dict[str, Any]:
-        req = {**request_json(stack, ci, "host-a", f"{name}.tar"), "lock_wait_seconds": wait}
+def shared_work_dir(stack: Stack, ci: CI, tag_run: dict[str, Any]) -> Iterator[SharedWorkDir]:
+    """Three runs aimed at host-a's work dir while the first one holds it."""
+    def make(name: str, wait: float, source: str) -> dict[str, Any]:
+        req = {**request_json(stack, ci, "host-a", f"{name}.tar"), "lock_wait_seconds": wait,
+               "source": source, "copy_retries": 0}
         return create_run(stack, "manual", ui_run_request(name, req, "host-a"))
 
-    pair = [make("shared-1", 300), make("shared-2", 300)]
-    lock = stack.work["host-a"] / "lock"
-    holder = wait_for("one of the pair to hold the work dir lock", lambda: next(
-        (fr for fr in pair if lock.exists() and fr["name"] in lock.read_text()), None),
-        timeout=120, every=0.25)
-    refused = make("refused", 0)
-    done = [stack.wait_final(fr["id"]) for fr in pair]
-    first, second = done if done[0]["id"] == holder["id"] else done[::-1]
-    return SharedWorkDir(first, second, stack.wait_final(refused["id"]))
+    silent = SilentRegistry()
+    try:
+        blocker = make("blocker", 0, silent.host)
+        lock = stack.work["host-a"] / "lock"
+        wait_for("the blocker to hold the work dir", lambda: lock.exists()
+                 and blocker["name"] in lock.read_text() and silent.conns, timeout=120, every=0.25)
+        waiter = make("waiter", 300, ci.host)
+        refused = make("refused", 0, ci.host)
+        refused = stack.wait_final(refused["id"])
+
+        def waiter_loaded() -> bool:
+            return any(t["name"].startswith("load-images") and t["state_type"] == "COMPLETED"
+                       for t in task_runs(stack, waiter["id"]))
+        wait_for("the waiter to be waiting for the lock", waiter_loaded, timeout=60)
+        loaded = waiter_loaded() and stack.flow_run(blocker["id"])["state"]["type"] == "RUNNING"
+    finally:
+        silent.close()  # the blocker's copies fail now, and it lets go of the work dir
+    yield SharedWorkDir(stack.wait_final(blocker["id"]), stack.wait_final(waiter["id"]), refused,
+                        loaded)
 
 
-def test_one_work_dir_one_release_at_a_time(stack: Stack, shared_work_dir: SharedWorkDir) -> None:
-    first, second, refused = shared_work_dir.first, shared_work_dir.second, shared_work_dir.refused
-    for fr in (first, second):
-        assert fr["state"]["type"] == "COMPLETED", stack.explain(fr)
-    held = locked_window(stack, first["id"])
-    # the second asked for the lock while the first held it, and only then went on
-    loaded = next(t for t in task_runs(stack, second["id"]) if t["name"].startswith("load-images"))
-    from datetime import datetime
-    assert datetime.fromisoformat(loaded["end_time"]).timestamp() < held[1]
-    assert locked_window(stack, second["id"])[0] >= held[1]
-    # the third did not wait, and its failure names the run holding the work dir
+def test_one_work_dir_one_release_at_a_time(stack: Stack, ci: CI,
+                                            shared_work_dir: SharedWorkDir) -> None:
+    blocker, waiter, refused = (shared_work_dir.blocker, shared_work_dir.waiter,
+                                shared_work_dir.refused)
+    # the refused run did not wait, and its failure names the run holding the work dir
     assert refused["state"]["type"] == "FAILED", stack.explain(refused)
     why = refused["state"]["message"] + stack.logs_of(refused["id"])
-    assert "in use by" in why and (first["name"] in why or second["name"] in why), why
+    assert f"in use by run '{blocker['name']}" in why, why
     assert not (stack.out / "refused.tar").exists()
+    # the waiter was ready while the blocker held the lock, and built only after it let go
+    assert shared_work_dir.waiter_loaded_before_release
+    assert blocker["state"]["type"] == "FAILED", stack.explain(blocker)
+    assert waiter["state"]["type"] == "COMPLETED", stack.explain(waiter)
+    assert locked_window(stack, waiter["id"])[0] >= interval(blocker)[1] - 1.0
+    assert_verified_release(stack.out / "waiter.tar", ci.rel[2],
+                            git(Path(stack.env["LAYOVER_LIST_REPO"]), "rev-parse", "release"))
 
 
 def _descends_from(pid: int, ancestor: int) -> bool:

@@ -10,12 +10,9 @@ from layover.errors import GCError
 from layover.gc import DeletionKind, apply_gc, plan_gc
 from layover.reference import Digest
 
-try:  # tests/unit is not a package today; keep working if it becomes one
-    from tests.unit.storage_builder import (
+from tests.unit.storage_builder import (
         StorageBuilder, blob_path, digest_of, layer_path, revision_path, tag_paths,
     )
-except ImportError:
-    from storage_builder import StorageBuilder, blob_path, digest_of, layer_path, revision_path, tag_paths
 
 
 @pytest.fixture
@@ -374,3 +371,15 @@ def test_odd_entries_are_deleted_too(sb):
     empty_rev.mkdir()  # a revision dir without its link
     gc(sb)
     assert sorted(os.listdir(sb.layout.revisions("r"))) == [m.hex]
+
+
+def test_link_that_is_a_directory_aborts_marking(sb):
+    m = sb.image("r")
+    sb.tag("r", "v", m)
+    link = sb.layout.tag_current_link("r", "v")
+    link.unlink()
+    link.mkdir()  # a directory where the link file belongs: EISDIR on read
+    before = snapshot(sb)
+    with pytest.raises(GCError, match="nothing was deleted"):
+        plan_gc(sb.layout)
+    assert snapshot(sb) == before

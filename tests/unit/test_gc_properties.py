@@ -17,10 +17,7 @@ from hypothesis import strategies as st
 
 from layover.gc import apply_gc, plan_gc
 
-try:  # tests/unit is not a package today; keep working if it becomes one
-    from tests.unit.storage_builder import StorageBuilder
-except ImportError:
-    from storage_builder import StorageBuilder
+from tests.unit.storage_builder import StorageBuilder
 
 REPOS = ["a", "a/b", "a/b/c", "d", "d/e", "f"]
 LAYERS = [b"", b"L1", b"L2", b"L3", b"shared base"]

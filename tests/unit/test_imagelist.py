@@ -97,3 +97,66 @@ def test_hostile_fragments(parts):
     else:
         for ref in got.refs:
             assert ".." not in ref.repository.split("/") and ref.repository.isascii()
+
+
+# --- hostile lines among good ones: the typed error names exactly the hostile line -----------
+_good_line = st.builds(
+    lambda ns, name, tag: f"{ns}/{name}:{tag}",
+    st.sampled_from(["apps", "base", "platform/x", "a-b"]),
+    st.from_regex(r"[a-z0-9]{1,8}(?:[._-][a-z0-9]{1,4})?", fullmatch=True),
+    st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,10}", fullmatch=True),
+)
+_LOOKALIKES = {"a": "\u0430", "e": "\u0435", "o": "\u043e", "p": "\u0440", "/": "\u2215",
+               ":": "\uff1a", "l": "\u04cf", "1": "\uff11", "-": "\u2010"}
+
+
+def _hostile(kind: str, good: str, rng_index: int) -> bytes:
+    name, _, tag = good.rpartition(":")
+    if kind == "traversal":
+        return f"{name}/../../etc:{tag}".encode() if rng_index % 2 else f"../{good}".encode()
+    if kind == "dot-segment":
+        return f"./{good}".encode()
+    if kind == "absolute":
+        return f"/{good}".encode()
+    if kind == "nul":
+        at = rng_index % len(good)
+        return (good[:at] + "\x00" + good[at:]).encode()
+    if kind == "long":
+        return f"{name}{'x' * (300 + rng_index)}:{tag}".encode()
+    if kind == "huge-line":
+        return ("a" * (5000 + rng_index)).encode()
+    if kind == "non-utf8":
+        return good.encode()[:3] + b"\xff\xfe" + good.encode()[3:]
+    if kind == "lookalike":
+        swappable = [i for i, c in enumerate(name) if c in _LOOKALIKES]
+        i = swappable[rng_index % len(swappable)]
+        return (name[:i] + _LOOKALIKES[name[i]] + name[i + 1:] + ":" + tag).encode()
+    if kind == "upper":
+        return (name[:1].upper() + name[1:] + ":" + tag).encode()
+    if kind == "empty-tag":
+        return f"{name}:".encode()
+    raise AssertionError(kind)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(_good_line, min_size=0, max_size=6, unique=True),
+    st.integers(min_value=0, max_value=6),
+    st.sampled_from(["traversal", "dot-segment", "absolute", "nul", "long", "huge-line",
+                     "non-utf8", "lookalike", "upper", "empty-tag"]),
+    _good_line,
+    st.integers(min_value=0, max_value=1000),
+    st.booleans(),
+)
+def test_one_hostile_line_among_good_ones_is_named_by_its_line_number(
+    good, at, kind, victim, n, crlf
+):
+    at = min(at, len(good))
+    hostile = _hostile(kind, victim, n)
+    lines = [g.encode() for g in good[:at]] + [hostile] + [g.encode() for g in good[at:]]
+    data = (b"\r\n" if crlf else b"\n").join(lines) + b"\n"
+    with pytest.raises(ImageListError) as info:
+        imagelist.parse_bytes(data, "fuzz.list")
+    assert [n_ for n_, _, _ in info.value.problems] == [at + 1], (kind, info.value.problems)
+    assert f"fuzz.list:{at + 1}:" in str(info.value)
+    assert "\x00" not in str(info.value).replace("\\x00", "")  # the raw NUL is never echoed

@@ -1,6 +1,5 @@
-import multiprocessing as mp
-import os
-import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -8,29 +7,38 @@ import pytest
 from layover.adapters.lock import work_dir_lock
 from layover.errors import LockedError
 
-
-def _hold(path, ready, release):
-    with work_dir_lock(path, "nightly-2026-11-28 (abc)"):
-        ready.set()
-        release.wait(30)
+HOLDER = """
+import sys, time
+from pathlib import Path
+from layover.adapters.lock import work_dir_lock
+with work_dir_lock(Path(sys.argv[1]), "nightly-2026-11-28 (abc)"):
+    print("ready", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
 
 
 @pytest.fixture
-def holder(tmp_path):
-    ctx = mp.get_context("fork")
-    ready, release = ctx.Event(), ctx.Event()
-    proc = ctx.Process(target=_hold, args=(tmp_path / "lock", ready, release))
-    proc.start()
-    assert ready.wait(10)
-    yield proc, release
-    release.set()
-    proc.join(10)
-    if proc.is_alive():
-        proc.kill()
+def hold(tmp_path):
+    """Start another process holding the lock for `seconds`; killed at teardown."""
+    procs = []
+
+    def start(seconds: float) -> subprocess.Popen:
+        p = subprocess.Popen(
+            [sys.executable, "-c", HOLDER, str(tmp_path / "lock"), str(seconds)],
+            stdout=subprocess.PIPE, text=True,
+        )
+        procs.append(p)
+        assert p.stdout.readline().strip() == "ready"
+        return p
+
+    yield start
+    for p in procs:
+        p.kill()
+        p.wait(10)
 
 
-def test_second_run_fails_at_once_naming_the_holder(tmp_path, holder):
-    proc, _ = holder
+def test_second_run_fails_at_once_naming_the_holder(tmp_path, hold):
+    proc = hold(30)
     t0 = time.monotonic()
     with pytest.raises(LockedError) as info, work_dir_lock(tmp_path / "lock", "manual"):
         pass
@@ -38,16 +46,17 @@ def test_second_run_fails_at_once_naming_the_holder(tmp_path, holder):
     assert "nightly-2026-11-28 (abc)" in str(info.value) and f"pid {proc.pid}" in str(info.value)
 
 
-def test_second_run_waits_for_the_holder(tmp_path, holder):
-    _, release = holder
-    mp.get_context("fork").Process(target=lambda: (time.sleep(0.5), release.set())).start()
+def test_second_run_waits_for_the_holder(tmp_path, hold):
+    hold(1.0)
+    t0 = time.monotonic()
     with work_dir_lock(tmp_path / "lock", "manual", wait_seconds=20):
-        pass
+        waited = time.monotonic() - t0
+    assert 0.3 < waited < 20
 
 
-def test_killed_holder_never_blocks(tmp_path, holder):
-    proc, _ = holder
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.join(10)
+def test_killed_holder_never_blocks(tmp_path, hold):
+    proc = hold(30)
+    proc.kill()
+    proc.wait(10)
     with work_dir_lock(tmp_path / "lock", "next", wait_seconds=0):
         assert '"run": "next"' in (tmp_path / "lock").read_text()

@@ -12,10 +12,7 @@ from layover.imagelist import parse_text
 from layover.reference import Digest
 from layover.verify import ProblemKind, verify_storage, verify_tarball
 
-try:  # tests/unit is not a package today; keep working if it becomes one
-    from tests.unit.storage_builder import StorageBuilder, digest_of
-except ImportError:
-    from storage_builder import StorageBuilder, digest_of
+from tests.unit.storage_builder import StorageBuilder, digest_of
 
 
 class Tree:
@@ -169,3 +166,46 @@ def test_raise_lists_first_n(tree):
         report.raise_for_problems(limit=2)
     msg = str(e.value)
     assert msg.count("unreferenced-blob") == 2 and "and 3 more" in msg
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_large_blob_hashed_across_chunks(tree, mode):
+    big = bytes(range(256)) * (10 * 1024 + 7)  # ~2.5 MiB: several 1 MiB reads
+    m = tree.sb.image("big", layers=[big], salt="big")
+    tree.sb.tag("big", "1", m)
+    images = parse_text(tree.text + "big:1\n")
+    assert tree.verify(mode, images).ok
+    path = tree.sb.layout.blob_data(digest_of(big))
+    with open(path, "r+b") as f:  # flip the very last byte: same size, wrong content
+        f.seek(-1, 2)
+        last = f.read(1)
+        f.seek(-1, 2)
+        f.write(bytes([last[0] ^ 1]))
+    report = tree.verify(mode, images)
+    assert kinds(report) == {ProblemKind.DIGEST_MISMATCH}
+    assert report.problems[0].path.endswith(f"{digest_of(big).hex}/data")
+
+
+def test_tarball_member_names_with_a_leading_directory(tree, tmp_path):
+    tar = tmp_path / "nested.tar"
+    with tarfile.open(tar, "w") as tf:
+        tf.add(tree.sb.layout.root / "docker", arcname="release-1/docker")
+    assert verify_tarball(tar, tree.images).ok
+
+
+def test_tarball_with_a_file_outside_the_tree(tree, tmp_path):
+    (tmp_path / "README").write_text("hi")
+    tar = tmp_path / "extra.tar"
+    with tarfile.open(tar, "w") as tf:
+        tf.add(tree.sb.layout.root / "docker", arcname="docker")
+        tf.add(tmp_path / "README", arcname="README")
+    assert kinds(verify_tarball(tar, tree.images)) == {ProblemKind.STRAY}
+
+
+def test_unreadable_tarball_is_a_storage_error(tmp_path, tree):
+    from layover.errors import StorageError
+
+    bad = tmp_path / "bad.tar.gz"
+    bad.write_bytes(b"\x1f\x8b\x08\x00 truncated")
+    with pytest.raises(StorageError, match="rebuild it"):
+        verify_tarball(bad, tree.images)

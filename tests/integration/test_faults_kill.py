@@ -1,0 +1,309 @@
+"""The run itself is killed: SIGKILL of `layover run`'s whole process group at each stage.
+
+Every CLI run talks to ONE standing `prefect server start` (module fixture), so killing the CLI
+leaves no embedded server behind and a run costs seconds, not the 15 s of a temporary server.
+
+How a moment is hit: the run is watched (its log lines, the mount table, the output dir); at the
+moment it is frozen with SIGSTOP, the state it is in is asserted (that is the state it is killed
+in, honestly), then the group gets SIGKILL. The next run of the same release must clean up and
+produce a tarball with the same sha256 as an uninterrupted run, leaving the archive as it was
+apart from what archive sync added.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from layover.adapters.registry import free_port
+from layover.adapters.registry_api import push_release
+from layover.samples import Release, release
+from layover.workdir import WorkDir
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = REPO / ".venv" / "bin"
+SCALE = 0.3
+
+
+# --- a standing Prefect server and a CLI runner ----------------------------------------------
+@pytest.fixture(scope="module")
+def prefect_api(tmp_path_factory) -> Iterator[dict[str, str]]:
+    """`prefect server start` on 127.0.0.1; yields the environment for CLI runs against it."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(home), DO_NOT_TRACK="1", PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               PYTHONUNBUFFERED="1")
+    port = free_port()
+    log = open(home / "server.log", "wb")  # noqa: SIM115 - closed below
+    server = subprocess.Popen(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    api = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if httpx.get(f"{api}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert server.poll() is None, (home / "server.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "prefect server did not answer within 180 s"
+            time.sleep(0.5)
+        yield {**env, "PREFECT_API_URL": api}
+    finally:
+        _kill_group(server)
+        log.close()
+
+
+def _kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+    if sig == signal.SIGKILL:
+        proc.wait(timeout=30)
+
+
+@dataclass
+class Run:
+    proc: subprocess.Popen
+    lines: list[str] = field(default_factory=list)
+    reader: threading.Thread | None = None
+
+    def text(self) -> str:
+        return "".join(self.lines)
+
+    def saw(self, pattern: str) -> bool:
+        return re.search(pattern, self.text(), re.MULTILINE) is not None
+
+
+@dataclass
+class Site:
+    ci_host: str
+    rel: Release
+    images: Path
+    base: Path
+    env: dict[str, str]
+    runs: list[Run] = field(default_factory=list)
+
+    def start(self, work: Path, output: Path) -> Run:
+        argv = [str(BIN / "layover"), "run", "--images", str(self.images), "--source", self.ci_host,
+                "--no-src-tls-verify", "--work-dir", str(work), "--output", str(output),
+                "--concurrency", "4"]
+        proc = subprocess.Popen(argv, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True, text=True)
+        run = Run(proc)
+        run.reader = threading.Thread(target=lambda: run.lines.extend(iter(proc.stdout.readline, "")),
+                                      daemon=True)
+        run.reader.start()
+        self.runs.append(run)
+        return run
+
+    def complete(self, work: Path, output: Path, timeout: float = 240) -> Run:
+        run = self.start(work, output)
+        run.proc.wait(timeout=timeout)
+        run.reader.join(timeout=10)
+        assert run.proc.returncode == 0, run.text()[-5000:]
+        return run
+
+
+@pytest.fixture(scope="module")
+def site(prefect_api, module_registries, tmp_path_factory) -> Iterator[Site]:
+    base = Path(tempfile.mkdtemp(prefix="layover-faults-kill-"))
+    (base / "ci").mkdir()
+    ci = module_registries.start("ci", base / "ci")
+    rel = release(1, scale=SCALE)
+    push_release(ci.host, rel)
+    images = base / "release-1.list"
+    images.write_text(rel.list_text())
+    s = Site(ci.host, rel, images, base, prefect_api)
+    try:
+        yield s
+    finally:
+        for run in s.runs:
+            if run.proc.poll() is None:
+                _kill_group(run.proc)
+        for wd in base.glob("work*"):
+            _cleanup_work_dir(module_registries.client, WorkDir.at(wd))
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _cleanup_work_dir(client, wd: WorkDir) -> None:
+    """What a killed run may leave, removed whatever the test's outcome."""
+    for c in client.containers.list(all=True, filters={"label": [f"layover.scope={wd.scope}"]}):
+        c.remove(force=True, v=True)
+    if _mounted(wd.merged):
+        subprocess.run(["umount", "-l", str(wd.merged)], check=False)
+
+
+def _mounted(path: Path) -> bool:
+    return any(line.split()[1] == str(path) for line in Path("/proc/self/mounts").read_text().splitlines())
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _blobs(lower: Path) -> dict[str, str]:
+    """Archive content: blob path -> sha256 of its data (uploads and links aside)."""
+    root = lower / "docker/registry/v2/blobs"
+    return {str(p.relative_to(root)): _sha256(p) for p in root.rglob("data")} if root.exists() else {}
+
+
+def _tree(lower: Path) -> dict[str, str]:
+    out = {}
+    for dirpath, _dirs, files in os.walk(lower):
+        rel = os.path.relpath(dirpath, lower)
+        out[rel + "/"] = "dir"
+        for f in files:
+            out[os.path.join(rel, f)] = _sha256(Path(dirpath, f))
+    return out
+
+
+@pytest.fixture(scope="module")
+def baseline(site) -> tuple[str, Path]:
+    """An uninterrupted run: the sha256 every recovered run must reproduce, and its work dir."""
+    work, out = site.base / "work-baseline", site.base / "out" / "baseline.tar"
+    site.complete(work, out)
+    return _sha256(out), work
+
+
+# --- the kill ----------------------------------------------------------------------------------
+def _stop_when(run: Run, moment: Callable[[], bool], timeout: float = 180) -> None:
+    """Poll tightly until `moment()` holds, then freeze the whole run with SIGSTOP."""
+    deadline = time.monotonic() + timeout
+    while not moment():
+        if run.proc.poll() is not None:
+            pytest.fail(f"the run ended before the moment came:\n{run.text()[-4000:]}")
+        if time.monotonic() > deadline:
+            _kill_group(run.proc)
+            pytest.fail(f"the moment never came within {timeout:g} s:\n{run.text()[-4000:]}")
+        time.sleep(0.002)
+    os.killpg(run.proc.pid, signal.SIGSTOP)
+    time.sleep(0.3)  # let the reader thread drain what was printed before the freeze
+
+
+def _finish_kill(run: Run) -> None:
+    _kill_group(run.proc)  # SIGKILL works on stopped processes
+    run.reader.join(timeout=10)
+
+
+def _scope_containers(docker_client, wd: WorkDir) -> list[str]:
+    return [c.name for c in docker_client.containers.list(
+        all=True, filters={"label": [f"layover.scope={wd.scope}"]})]
+
+
+def _partials(out: Path) -> list[Path]:
+    return sorted(out.parent.glob(f".{out.name}.*.partial")) if out.parent.exists() else []
+
+
+def _finished(task: str) -> str:
+    return rf"Task run '{task}[^']*' - Finished in state Completed"
+
+
+def _assert_recovered(site: Site, docker_client, wd: WorkDir, out: Path, want_sha: str) -> Run:
+    again = site.complete(wd.root, out)
+    assert _sha256(out) == want_sha, "a recovered run must give the uninterrupted run's tarball"
+    assert (out.with_name(out.name + ".sha256")).read_text().split()[0] == want_sha
+    assert not _partials(out)
+    assert not _scope_containers(docker_client, wd)
+    assert not _mounted(wd.merged)
+    assert not wd.src_auth.exists()
+    return again
+
+
+def test_killed_during_archive_sync(site, baseline, docker_client):
+    want, base_work = baseline
+    wd = WorkDir.at(site.base / "work-archive-sync")
+    out = site.base / "out" / "archive-sync.tar"
+    run = site.start(wd.root, out)
+    _stop_when(run, lambda: run.saw(r"Task run 'archive-sync: "))
+    n = len(site.rel.images)
+    assert not run.saw(f"archive sync: {n}/{n} images done"), "stage already over"
+    assert _scope_containers(docker_client, wd), "the archive registry was running"
+
+    # While the frozen run holds the lock, a second run fails at once naming the holder.
+    started = time.monotonic()
+    second = site.start(wd.root, site.base / "out" / "second.tar")
+    second.proc.wait(timeout=120)
+    second.reader.join(timeout=10)
+    assert second.proc.returncode == 1
+    assert "is in use by run" in second.text() and f"pid {run.proc.pid}" in second.text(), second.text()
+    assert time.monotonic() - started < 60
+    _finish_kill(run)
+
+    # The killed holder does not block: the next run goes straight through.
+    _assert_recovered(site, docker_client, wd, out, want)
+    # Archive sync only ever adds, and what it added is the complete release.
+    assert _blobs(wd.lower) == _blobs(base_work / "lower")
+
+
+@pytest.mark.parametrize("stage", ["overlay-mounted", "prune", "package-sync", "gc", "tarball"])
+def test_killed_at_a_later_stage(site, baseline, docker_client, stage):
+    want, base_work = baseline
+    wd = WorkDir.at(base_work)  # its archive already holds the release: nothing to add
+    out = site.base / "out" / f"{stage}.tar"
+    lower_before = _tree(wd.lower)
+    upper_repos = wd.upper / "docker/registry/v2/repositories"
+
+    def whiteouts() -> bool:
+        try:
+            # a deleted lower dir leaves a whiteout (a 0/0 char device, or an xattr-marked
+            # file on newer kernels): anything named _manifests in upper that is not a dir
+            return any(not p.is_dir() for p in upper_repos.rglob("_manifests"))
+        except OSError:
+            return False
+
+    for attempt in range(5):  # a very short stage can be missed; try again, never pretend
+        run = site.start(wd.root, out)
+        if stage == "overlay-mounted":
+            _stop_when(run, lambda: run.saw(_finished("overlay-reset")))
+            ok = _mounted(wd.merged) and not run.saw(_finished("prune-manifests"))
+        elif stage == "prune":
+            _stop_when(run, lambda: run.saw(_finished("overlay-reset")) and whiteouts())
+            ok = _mounted(wd.merged) and not run.saw(_finished("prune-manifests"))
+        elif stage == "package-sync":
+            _stop_when(run, lambda: run.saw(r"Task run 'package-sync: "))
+            ok = not run.saw(r"package sync: \d+/\d+ images done")
+        elif stage == "gc":
+            _stop_when(run, lambda: run.saw(r"gc plan: "))
+            ok = not run.saw(_finished("garbage-collect"))
+        else:
+            _stop_when(run, lambda: bool(_partials(out)) or run.saw(_finished("write-tarball")))
+            ok = bool(_partials(out)) and not out.exists()
+        _finish_kill(run)
+        if ok:
+            break
+        print(f"\n{stage}: attempt {attempt + 1} missed the moment; the run got past it")
+        # a run that got past the moment may have finished the tarball: start from no output
+        out.unlink(missing_ok=True)
+        out.with_name(out.name + ".sha256").unlink(missing_ok=True)
+    assert ok, f"could not freeze the run during {stage} in 5 attempts"
+    assert _mounted(wd.merged), "a killed run leaves its overlay mounted"
+    if stage == "tarball":
+        assert _partials(out), "killed while the partial tarball was being written"
+
+    _assert_recovered(site, docker_client, wd, out, want)
+    assert _tree(wd.lower) == lower_before, "only archive sync may change the archive"
