@@ -13,6 +13,5 @@ set -eu
 : "${PREFECT_API_URL:?set PREFECT_API_URL, e.g. http://prefect.internal:4200/api}"
 : "${LAYOVER_CHECKOUT:?set LAYOVER_CHECKOUT to this host's checkout of Layover}"
 export LAYOVER_CHECKOUT
-cd "$LAYOVER_CHECKOUT"
 exec "$LAYOVER_CHECKOUT/.venv/bin/prefect" worker start --pool "${LAYOVER_POOL:-layover-builds}" \
     --work-queue default --work-queue "$1" --name "layover-$1" --type process

@@ -44,7 +44,7 @@ def release(request: ReleaseRequest) -> ReleaseReport:
             archive = start_registry(wd, "archive", wd.lower)
             from_ci = Endpoints(
                 request.source, archive.host, wd.lower, request.src_tls_verify, authfile,
-                own=(archive,), wd=wd, timeout=request.copy_timeout_seconds,
+                own=(archive,), wd=wd, timeout=request.copy_timeout_seconds, skip_archived=True,
             )
             stages = [
                 sync_archive(
@@ -60,6 +60,7 @@ def release(request: ReleaseRequest) -> ReleaseReport:
             to_package = Endpoints(
                 archive.host, package.host, wd.merged, src_tls_verify=False,
                 own=(archive, package), wd=wd, timeout=request.copy_timeout_seconds,
+                copier="manifests",
             )
             stages.append(
                 sync_package(

@@ -7,9 +7,11 @@ Retries live here, on the Prefect task, and nowhere below it (skopeo runs with
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
@@ -18,7 +20,11 @@ from prefect.states import State
 from prefect.tasks import exponential_backoff
 
 from layover.adapters import skopeo
+from layover.adapters.manifest_copy import ManifestCopyError, TransientCopyError, copy_manifests
 from layover.adapters.registry import Registry
+from layover.adapters.registry_api import RegistryAPI
+from layover.adapters.source_probe import SourceProbe
+from layover.digests import image_complete, resolve
 from layover.errors import (
     CommandError,
     DiskFullError,
@@ -47,13 +53,18 @@ class Endpoints:
     own: tuple[Registry, ...] = ()
     wd: WorkDir | None = None
     timeout: float = 900
+    # "skopeo": a real copy that moves blobs (archive sync). "manifests": write manifests only,
+    # in process (package sync: every blob is already there).
+    copier: Literal["skopeo", "manifests"] = "skopeo"
+    # Skip the copy when the source's digest for the tag is already whole in dst_storage.
+    skip_archived: bool = False
 
 
 def _transient_only(task: Task, task_run: TaskRun, state: State) -> bool:
     """Retry connection errors, 5xx and timeouts; an unknown image or a denied login stays failed."""
     try:
         state.result()
-    except TransientCommandError:
+    except (TransientCommandError, TransientCopyError):
         return True
     except Exception:
         return False
@@ -62,6 +73,18 @@ def _transient_only(task: Task, task_run: TaskRun, state: State) -> bool:
 
 def copy_one(ref: ImageRef, ends: Endpoints) -> ImageCopy:
     started = time.monotonic()
+    layout = StorageLayout(ends.dst_storage)
+    if ends.copier == "manifests":
+        digest, _ = copy_manifests(_api(ends.src_host), _api(ends.dst_host), ref)
+        blobs = image_complete(layout, ref.repository, digest)
+        if blobs is None:
+            raise ManifestCopyError(f"{ref}: written, but the package does not hold it whole")
+        return ImageCopy(str(ref), str(digest), 0, blobs, 0, time.monotonic() - started)
+    if ends.skip_archived:
+        digest = _probe(ends).digest(ref)
+        blobs = image_complete(layout, ref.repository, digest) if digest is not None else None
+        if digest is not None and blobs is not None and resolve(layout, ref) == digest:
+            return ImageCopy(str(ref), str(digest), 0, blobs, 0, time.monotonic() - started)
     result = skopeo.copy(
         f"docker://{ref.at(ends.src_host)}",
         f"docker://{ends.dst_host}/{ref.destination_suffix}",
@@ -70,7 +93,6 @@ def copy_one(ref: ImageRef, ends: Endpoints) -> ImageCopy:
         src_authfile=ends.src_authfile,
         timeout=ends.timeout,
     )
-    layout = StorageLayout(ends.dst_storage)
     moved = 0
     for digest in result.copied:
         try:
@@ -85,6 +107,30 @@ def copy_one(ref: ImageRef, ends: Endpoints) -> ImageCopy:
         bytes_copied=moved,
         seconds=time.monotonic() - started,
     )
+
+
+_clients: dict[str, object] = {}
+_clients_lock = threading.Lock()
+
+
+def _api(host: str) -> RegistryAPI:
+    """One HTTP client per registry of ours, shared by the copy threads."""
+    with _clients_lock:
+        api = _clients.get(host)
+        if api is None:
+            api = _clients[host] = RegistryAPI(host)
+        return api  # type: ignore[return-value]
+
+
+def _probe(ends: Endpoints) -> SourceProbe:
+    key = f"probe:{ends.src_host}:{ends.src_tls_verify}:{ends.src_authfile}"
+    with _clients_lock:
+        probe = _clients.get(key)
+        if probe is None:
+            probe = _clients[key] = SourceProbe(
+                ends.src_host, tls_verify=ends.src_tls_verify, authfile=ends.src_authfile
+            )
+        return probe  # type: ignore[return-value]
 
 
 def copy_task(stage: str) -> Task:
@@ -109,14 +155,22 @@ def copy_task(stage: str) -> Task:
             better = _disk_full(ref, ends) or _damaged_storage(ref, ends, e)
             if better is not None:
                 raise better from e
-            if isinstance(e, TransientCommandError) and ends.wd is not None:
-                # A registry of ours that died (killed, engine restart) is brought back before
-                # Prefect's retry, so the retry has something to talk to.
-                for reg in ends.own:
-                    revive(ends.wd, reg)
+            if isinstance(e, TransientCommandError):
+                _revive_own(ends)
+            raise
+        except TransientCopyError:
+            _revive_own(ends)
             raise
 
     return copy_image
+
+
+def _revive_own(ends: Endpoints) -> None:
+    """A registry of ours that died (killed, engine restart) is brought back before Prefect's
+    retry, so the retry has something to talk to."""
+    if ends.wd is not None:
+        for reg in ends.own:
+            revive(ends.wd, reg)
 
 
 def _disk_full(ref: ImageRef, ends: Endpoints) -> DiskFullError | None:

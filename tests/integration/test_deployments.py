@@ -3,8 +3,8 @@
 One module-scoped setup, like two build hosts and a Prefect server host:
   PostgreSQL (Debian's, private cluster on 127.0.0.1) -> `prefect server start` on 127.0.0.1
   -> deployments/work-pool.sh -> `prefect deploy --all` from the repository's prefect.yaml
-  -> two process workers (host-a polls default + host-a, host-b polls host-b), each with its
-     own work dir -> a CI registry holding the sample releases -> a bare git repository with
+  -> two process workers (deployments/worker.sh: each polls `default` and its own queue),
+     each with its own work dir -> a CI registry holding the sample releases -> a bare git repository with
      deployments/hooks/post-receive installed.
 Every process is started in its own session and killed as a group in teardown.
 """
@@ -25,7 +25,6 @@ import sys
 import tarfile
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -293,20 +292,21 @@ def stack(postgres: Postgres, project: Path, ci: CI) -> Iterator[Stack]:
         sh([str(project / "deployments" / "deploy.sh")], env=env, cwd=project, timeout=180)
         assert _fingerprint(project) == before, "prefect deploy must not modify the checkout"
 
-        for host, queues in (("host-a", ["default", "host-a"]), ("host-b", ["host-b"])):
+        for host in ("host-a", "host-b"):
+            # the shipped script: polls `default` and the host's queue; started outside the
+            # checkout, so only the deployments' pull step puts the run in it
             wenv = {**env, "LAYOVER_CHECKOUT": str(project),
                     "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_PREFETCH_SECONDS": "5"}
-            argv = [str(BIN / "prefect"), "worker", "start", "--pool", "layover-builds",
-                    "--type", "process", "--name", f"layover-{host}"]
-            for q in queues:
-                argv += ["--work-queue", q]
-            procs.start(f"worker-{host}", argv, wenv, cwd=base)
+            procs.start(f"worker-{host}", ["sh", str(project / "deployments" / "worker.sh"), host],
+                        wenv, cwd=base)
         yield Stack(api, ui, env, procs, base, work, out, http)
     finally:
         http.close()
         procs.stop_all()
-        _release_work_dirs(base / "hosts")
-        shutil.rmtree(base, ignore_errors=True)
+        try:
+            _release_work_dirs(base / "hosts")
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
 
 
 def _release_work_dirs(hosts: Path) -> None:

@@ -138,12 +138,14 @@ def site(prefect_api, module_registries, tmp_path_factory) -> Iterator[Site]:
     try:
         yield s
     finally:
-        for run in s.runs:
-            if run.proc.poll() is None:
-                _kill_group(run.proc)
-        for wd in base.glob("work*"):
-            _cleanup_work_dir(module_registries.client, WorkDir.at(wd))
-        shutil.rmtree(base, ignore_errors=True)
+        try:
+            for run in s.runs:
+                if run.proc.poll() is None:
+                    _kill_group(run.proc)
+            for wd in base.glob("work*"):
+                _cleanup_work_dir(module_registries.client, WorkDir.at(wd))
+        finally:  # even if the engine went away: the temp dir never outlives the module
+            shutil.rmtree(base, ignore_errors=True)
 
 
 def _cleanup_work_dir(client, wd: WorkDir) -> None:
