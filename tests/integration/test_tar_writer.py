@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import require
+
 from layover.adapters.tar_writer import (
     ALL_PATHS,
     DataOps,
@@ -38,13 +40,6 @@ pytestmark = pytest.mark.integration
 V2 = "docker/registry/v2"
 
 
-def _need(ok: bool, reason: str) -> None:
-    if ok:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI=true and {reason}")
-    pytest.skip(reason)
-
 
 def _run(*argv: str | Path, cwd: Path | None = None) -> str:
     p = subprocess.run([str(a) for a in argv], cwd=cwd, capture_output=True, text=True)
@@ -54,9 +49,9 @@ def _run(*argv: str | Path, cwd: Path | None = None) -> str:
 
 @pytest.fixture(scope="module")
 def root_tools() -> None:
-    _need(os.geteuid() == 0, "these tests need root (mount, losetup, mknod)")
+    require(os.geteuid() == 0, "these tests need root (mount, losetup, mknod)")
     for tool in ("mkfs.xfs", "losetup", "mount", "umount", "tar", "bsdtar", "filefrag"):
-        _need(shutil.which(tool) is not None, f"{tool} is not installed")
+        require(shutil.which(tool) is not None, f"{tool} is not installed")
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +91,7 @@ def tmpfs(root_tools, tmp_path_factory) -> Iterator[Path]:
 @pytest.fixture
 def ext4(root_tools, tmp_path) -> Path:
     fstype = _run("stat", "-f", "-c", "%T", tmp_path).strip()
-    _need(fstype == "ext2/ext3", f"tmp_path should be on ext4, is on {fstype}")
+    require(fstype == "ext2/ext3", f"tmp_path should be on ext4, is on {fstype}")
     return tmp_path
 
 
