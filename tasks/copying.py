@@ -149,17 +149,14 @@ def copy_task(stage: str) -> Task:
     def copy_image(ref: ImageRef, ends: Endpoints) -> ImageCopy:
         try:
             return copy_one(ref, ends)
-        except CommandError as e:
+        except (CommandError, ManifestCopyError) as e:
             # A full disk or a damaged file under a registry of ours shows up as a bare HTTP 500:
             # name the directory or file instead (and do not retry: neither clears itself).
             better = _disk_full(ref, ends) or _damaged_storage(ref, ends, e)
             if better is not None:
                 raise better from e
-            if isinstance(e, TransientCommandError):
+            if isinstance(e, (TransientCommandError, TransientCopyError)):
                 _revive_own(ends)
-            raise
-        except TransientCopyError:
-            _revive_own(ends)
             raise
 
     return copy_image
@@ -199,7 +196,7 @@ def _disk_full(ref: ImageRef, ends: Endpoints) -> DiskFullError | None:
     return None
 
 
-def _damaged_storage(ref: ImageRef, ends: Endpoints, e: CommandError) -> StorageError | None:
+def _damaged_storage(ref: ImageRef, ends: Endpoints, e: LayoverError) -> StorageError | None:
     """Our registry answering 500 is usually a damaged file in its storage (a garbage link, a
     manifest blob that is not what its digest says): name the file rather than a bare HTTP 500."""
     if ends.wd is None or not ends.own:

@@ -128,18 +128,19 @@ class Site:
 @pytest.fixture(scope="module")
 def site(prefect_api, module_registries, tmp_path_factory) -> Iterator[Site]:
     base = Path(tempfile.mkdtemp(prefix="layover-faults-kill-"))
-    (base / "ci").mkdir()
-    ci = module_registries.start("ci", base / "ci")
-    rel = release(1, scale=SCALE)
-    push_release(ci.host, rel)
-    images = base / "release-1.list"
-    images.write_text(rel.list_text())
-    s = Site(ci.host, rel, images, base, prefect_api)
+    s: Site | None = None
     try:
+        (base / "ci").mkdir()
+        ci = module_registries.start("ci", base / "ci")
+        rel = release(1, scale=SCALE)
+        push_release(ci.host, rel)
+        images = base / "release-1.list"
+        images.write_text(rel.list_text())
+        s = Site(ci.host, rel, images, base, prefect_api)
         yield s
     finally:
         try:
-            for run in s.runs:
+            for run in s.runs if s is not None else ():
                 if run.proc.poll() is None:
                     _kill_group(run.proc)
             for wd in base.glob("work*"):
