@@ -37,6 +37,7 @@ from layover import imagelist
 from layover.adapters.registry_api import push_release
 from layover.samples import Release, release
 from layover.verify import verify_tarball
+from layover.workdir import WorkDir
 from tests.conftest import require
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.prefect_server]
@@ -657,7 +658,7 @@ def _descends_from(pid: int, ancestor: int) -> bool:
 
 
 def test_a_killed_holder_does_not_block_the_next_run(
-        stack: Stack, ci: CI, parallel_runs: ParallelRuns) -> None:
+        stack: Stack, ci: CI, parallel_runs: ParallelRuns, docker_client) -> None:
     """kill -9 the flow-run process while it holds host-b's work dir; the next run builds."""
     def make(name: str) -> dict[str, Any]:
         req = {**request_json(stack, ci, "host-b", f"{name}.tar"), "lock_wait_seconds": 0}
@@ -666,10 +667,18 @@ def test_a_killed_holder_does_not_block_the_next_run(
     victim = make("killed-holder")
     lock = stack.work["host-b"] / "lock"
     holder = wait_for("the victim to hold the lock", lambda: lock.exists() and victim["name"]
-                      in lock.read_text() and json.loads(lock.read_text()), timeout=120, every=0.2)
-    time.sleep(2)  # let it start its registries: the next run must clean up after it
+                      in lock.read_text() and json.loads(lock.read_text()), timeout=120, every=0.05)
     worker = next(p for name, p in stack.procs.started if name == "worker-host-b")
     assert _descends_from(holder["pid"], worker.pid), "only kill what this test started"
+    # An incremental release takes only seconds: freeze the holder the moment its first
+    # registry container exists (the next run must clean that up), then kill it.
+    scope = WorkDir.at(stack.work["host-b"]).scope
+    wait_for("the victim's registry", lambda: docker_client.containers.list(
+        all=True, filters={"label": [f"layover.scope={scope}"]}), timeout=60, every=0.02)
+    os.kill(holder["pid"], signal.SIGSTOP)
+    status = Path(f"/proc/{holder['pid']}/status")
+    wait_for("the victim to stop (not to finish)", lambda: status.exists()
+             and "\tT" in status.read_text().split("State:")[1][:4], timeout=5, every=0.01)
     os.kill(holder["pid"], signal.SIGKILL)
     assert stack.wait_final(victim["id"])["state"]["type"] in {"CRASHED", "FAILED"}
     after = stack.wait_final(make("after-kill")["id"])
