@@ -38,10 +38,20 @@ class StageReport:
             blobs_copied=sum(c.blobs_copied for c in copies),
             blobs_reused=sum(c.blobs_reused for c in copies),
             bytes_moved=sum(c.bytes_copied for c in copies),
-            detail=f"{sum(c.attempts - 1 for c in copies)} retried attempt(s)"
-            if any(c.attempts > 1 for c in copies)
-            else "",
+            detail=_copy_detail(copies),
         )
+
+
+def _copy_detail(copies: list[ImageCopy]) -> str:
+    """Where a sync stage's time went: skipped images, time inside copies, retries."""
+    skipped = sum(1 for c in copies if c.blobs_copied == 0 and c.bytes_copied == 0)
+    parts = [f"{sum(c.seconds for c in copies):.2f} s in copies"]
+    if skipped:
+        parts.append(f"{skipped} image(s) moved no blob")
+    retried = sum(c.attempts - 1 for c in copies)
+    if retried:
+        parts.append(f"{retried} retried attempt(s)")
+    return ", ".join(parts)
 
 
 @dataclass(frozen=True)

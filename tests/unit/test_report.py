@@ -18,7 +18,7 @@ def _report():
 def test_stage_totals_from_copies():
     s = _report().stages[0]
     assert (s.images, s.blobs_copied, s.blobs_reused, s.bytes_moved) == (2, 3, 5, 3 * 1024 * 1024)
-    assert s.detail == "1 retried attempt(s)"
+    assert s.detail == "0.70 s in copies, 1 image(s) moved no blob, 1 retried attempt(s)"
 
 
 def test_renderings_carry_the_numbers():
