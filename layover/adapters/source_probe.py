@@ -55,11 +55,12 @@ class SourceProbe:
     """HEAD manifests on one source registry; thread-safe, one connection pool."""
 
     def __init__(self, host: str, *, tls_verify: bool = True, authfile: Path | None = None,
-                 timeout: float = 10.0) -> None:
+                 timeout: float = 10.0, transport: httpx.BaseTransport | None = None) -> None:
         self.host = host
         self.tls_verify = tls_verify
         self._creds = _credentials(authfile, host)
-        self._http = httpx.Client(verify=tls_verify, timeout=timeout, trust_env=False)
+        self._http = httpx.Client(verify=tls_verify, timeout=timeout, trust_env=False,
+                                  transport=transport)  # transport: a test seam
         # Like skopeo: https first; plain http only when TLS verification is off.
         self._schemes = ["https"] if tls_verify else ["https", "http"]
         self._lock = threading.Lock()
