@@ -44,7 +44,7 @@ def release(request: ReleaseRequest) -> ReleaseReport:
             archive = start_registry(wd, "archive", wd.lower)
             from_ci = Endpoints(
                 request.source, archive.host, wd.lower, request.src_tls_verify, authfile,
-                own=(archive,), wd=wd, timeout=request.copy_timeout_seconds, skip_archived=True,
+                own=(archive,), wd=wd, timeout=request.copy_timeout_seconds,
             )
             stages = [
                 sync_archive(

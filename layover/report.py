@@ -17,6 +17,9 @@ class ImageCopy:
     bytes_copied: int
     seconds: float
     attempts: int = 1
+    # (digest hex, size) of every blob this copy uploaded: two images copied at the same time
+    # may both upload a new blob they share, and the stage counts it once.
+    copied: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -31,13 +34,14 @@ class StageReport:
 
     @classmethod
     def from_copies(cls, name: str, seconds: float, copies: list[ImageCopy]) -> StageReport:
+        distinct = {hex_: size for c in copies for hex_, size in c.copied}
         return cls(
             name=name,
             seconds=seconds,
             images=len(copies),
-            blobs_copied=sum(c.blobs_copied for c in copies),
+            blobs_copied=len(distinct) + sum(c.blobs_copied for c in copies if not c.copied),
             blobs_reused=sum(c.blobs_reused for c in copies),
-            bytes_moved=sum(c.bytes_copied for c in copies),
+            bytes_moved=sum(distinct.values()) + sum(c.bytes_copied for c in copies if not c.copied),
             detail=_copy_detail(copies),
         )
 

@@ -33,7 +33,7 @@ from layover.errors import (
     TransientCommandError,
 )
 from layover.layout import StorageLayout
-from layover.reference import ImageRef
+from layover.reference import Digest, ImageRef
 from layover.repair import scan_repository
 from layover.report import ImageCopy
 from layover.workdir import WorkDir
@@ -56,8 +56,6 @@ class Endpoints:
     # "skopeo": a real copy that moves blobs (archive sync). "manifests": write manifests only,
     # in process (package sync: every blob is already there).
     copier: Literal["skopeo", "manifests"] = "skopeo"
-    # Skip the copy when the source's digest for the tag is already whole in dst_storage.
-    skip_archived: bool = False
 
 
 def _transient_only(task: Task, task_run: TaskRun, state: State) -> bool:
@@ -71,6 +69,20 @@ def _transient_only(task: Task, task_run: TaskRun, state: State) -> bool:
     return False
 
 
+def already_archived(ref: ImageRef, ends: Endpoints) -> ImageCopy | None:
+    """The copy's result without copying, if the archive already holds, whole, the digest the
+    source's tag has now (one HEAD request); None means a real copy must run."""
+    started = time.monotonic()
+    layout = StorageLayout(ends.dst_storage)
+    digest = _probe(ends).digest(ref)
+    if digest is None or resolve(layout, ref) != digest:
+        return None
+    blobs = image_complete(layout, ref.repository, digest)
+    if blobs is None:
+        return None
+    return ImageCopy(str(ref), str(digest), 0, blobs, 0, time.monotonic() - started)
+
+
 def copy_one(ref: ImageRef, ends: Endpoints) -> ImageCopy:
     started = time.monotonic()
     layout = StorageLayout(ends.dst_storage)
@@ -80,11 +92,6 @@ def copy_one(ref: ImageRef, ends: Endpoints) -> ImageCopy:
         if blobs is None:
             raise ManifestCopyError(f"{ref}: written, but the package does not hold it whole")
         return ImageCopy(str(ref), str(digest), 0, blobs, 0, time.monotonic() - started)
-    if ends.skip_archived:
-        digest = _probe(ends).digest(ref)
-        blobs = image_complete(layout, ref.repository, digest) if digest is not None else None
-        if digest is not None and blobs is not None and resolve(layout, ref) == digest:
-            return ImageCopy(str(ref), str(digest), 0, blobs, 0, time.monotonic() - started)
     result = skopeo.copy(
         f"docker://{ref.at(ends.src_host)}",
         f"docker://{ends.dst_host}/{ref.destination_suffix}",
@@ -93,20 +100,23 @@ def copy_one(ref: ImageRef, ends: Endpoints) -> ImageCopy:
         src_authfile=ends.src_authfile,
         timeout=ends.timeout,
     )
-    moved = 0
-    for digest in result.copied:
-        try:
-            moved += layout.blob_data(digest).stat().st_size
-        except FileNotFoundError:
-            pass  # a foreign layer has no data; nothing moved
+    copied = tuple(sorted((d.hex, _size(layout, d)) for d in result.copied))
     return ImageCopy(
         image=str(ref),
         manifest_digest=str(result.manifest_digest) if result.manifest_digest else None,
         blobs_copied=len(result.copied),
         blobs_reused=len(result.skipped),
-        bytes_copied=moved,
+        bytes_copied=sum(size for _, size in copied),
         seconds=time.monotonic() - started,
+        copied=copied,
     )
+
+
+def _size(layout: StorageLayout, digest: Digest) -> int:
+    try:
+        return layout.blob_data(digest).stat().st_size
+    except FileNotFoundError:
+        return 0  # a foreign layer has no data; nothing moved
 
 
 _clients: dict[str, object] = {}

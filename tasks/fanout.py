@@ -14,7 +14,7 @@ from prefect.futures import PrefectFuture, as_completed
 
 from layover.errors import LayoverError
 from layover.reference import ImageRef
-from layover.report import ImageCopy, StageReport
+from layover.report import ImageCopy
 from tasks.copying import Endpoints
 
 MAX_CONCURRENCY = 64
@@ -26,7 +26,7 @@ class StageFailed(LayoverError):
 
 def fan_out(
     stage: str, copy: Task, refs: Sequence[ImageRef], ends: Endpoints, concurrency: int
-) -> StageReport:
+) -> list[ImageCopy]:
     logger = get_run_logger()
     started = time.monotonic()
     window = max(1, min(concurrency, MAX_CONCURRENCY))
@@ -57,4 +57,4 @@ def fan_out(
         named = "; ".join(f"{ref}: {err}" for ref, err in failures[:10])
         more = f" (and {len(failures) - 10} more)" if len(failures) > 10 else ""
         raise StageFailed(f"{stage}: {len(failures)} image(s) failed: {named}{more}")
-    return StageReport.from_copies(stage, time.monotonic() - started, copies)
+    return copies

@@ -3,6 +3,8 @@ manifests are written (the pruned overlay kept every blob and `_layers` link).""
 
 from __future__ import annotations
 
+import time
+
 from layover.imagelist import ImageList
 from layover.report import StageReport
 from tasks.copying import Endpoints, copy_task
@@ -12,6 +14,8 @@ copy_to_package = copy_task("package-sync")
 
 
 def sync_package(images: ImageList, ends: Endpoints, *, concurrency: int, retries: int) -> StageReport:
-    return fan_out(
+    started = time.monotonic()
+    copies = fan_out(
         "package sync", copy_to_package.with_options(retries=retries), images.refs, ends, concurrency
     )
+    return StageReport.from_copies("package sync", time.monotonic() - started, copies)

@@ -106,8 +106,14 @@ def test_release_2_copies_only_new_blobs_into_the_archive(scenario):
     assert _stage(r1, "archive sync").blobs_copied > 0
     # ... release 2 only what release 2 added. Manifests are not "blobs" in skopeo's count.
     manifests2 = {m.digest.hex for img in scenario.rel[2].images for m in img.manifests}
-    new_non_manifest = _new_blobs(scenario) - manifests2
-    assert _stage(r2, "archive sync").blobs_copied == len(new_non_manifest)
+    new_anywhere = _new_blobs(scenario) - manifests2
+    # A blob the archive has, but not in this repository, may be uploaded again or mounted
+    # across repositories, depending on skopeo's blob-info cache: that is the upper bound.
+    in_repo_1 = {(i.repository, d.hex) for i in scenario.rel[1].images for d in i.blobs}
+    new_to_repo = {d.hex for i in scenario.rel[2].images for d in i.blobs
+                   if (i.repository, d.hex) not in in_repo_1} - manifests2
+    copied = _stage(r2, "archive sync").blobs_copied
+    assert len(new_anywhere) <= copied <= len(new_to_repo), (copied, new_anywhere, new_to_repo)
     assert _stage(scenario.reports["r2-again"], "archive sync").blobs_copied == 0
 
 

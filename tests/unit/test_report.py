@@ -33,3 +33,13 @@ def test_renderings_carry_the_numbers():
 
 def test_human_bytes():
     assert [human_bytes(n) for n in (5, 2048, 5 * 1024**3)] == ["5 B", "2.0 KiB", "5.0 GiB"]
+
+
+def test_a_blob_two_copies_uploaded_counts_once():
+    shared, own = ("a" * 64, 100), ("b" * 64, 5)
+    copies = [
+        ImageCopy("x:1", None, 2, 0, 105, 0.1, copied=(shared, own)),
+        ImageCopy("y:1", None, 1, 1, 100, 0.1, copied=(shared,)),
+    ]
+    s = StageReport.from_copies("archive sync", 0.2, copies)
+    assert (s.blobs_copied, s.bytes_moved) == (2, 105)
