@@ -71,6 +71,12 @@ def run(
         )
     except ValidationError as e:
         _fail(LayoverError("; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())))
+    from layover import imagelist
+
+    try:
+        imagelist.load(images)  # every bad line, at once, before Prefect spends seconds starting
+    except LayoverError as e:
+        _fail(e)
     _quiet_prefect_defaults()
     from flows.release import release
 

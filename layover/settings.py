@@ -5,6 +5,7 @@ Nothing here reads the environment at import time.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -42,7 +43,6 @@ class ReleaseRequest(BaseModel):
     images: ListLocation = Field(description="Where the release's images.list comes from.")
     source: str = Field(
         description="CI registry to copy from, HOST[:PORT] (no scheme).",
-        pattern=_HOSTPORT,
         examples=["127.0.0.1:5000"],
     )
     work_dir: Path = Field(
@@ -84,7 +84,9 @@ class ReleaseRequest(BaseModel):
 
     @field_validator("source")
     @classmethod
-    def _no_scheme(cls, v: str) -> str:
+    def _host_port(cls, v: str) -> str:
         if "://" in v:
-            raise ValueError("give HOST[:PORT] without a scheme, e.g. registry.ci:5000")
+            raise ValueError(f"{v!r}: give HOST[:PORT] without a scheme, e.g. registry.ci:5000")
+        if not re.fullmatch(_HOSTPORT, v):
+            raise ValueError(f"{v!r} is not HOST[:PORT], e.g. registry.ci:5000 or 127.0.0.1:5000")
         return v

@@ -1,0 +1,48 @@
+"""The CLI's contract for scripts: exact options, exit codes, reasons on stderr."""
+
+from typer.testing import CliRunner
+
+from layover.cli import app
+
+runner = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1"})
+
+
+def _run(*args):
+    return runner.invoke(app, list(args))
+
+
+def test_run_lists_every_bad_line_and_exits_1_before_anything_starts(tmp_path):
+    bad = tmp_path / "images.list"
+    bad.write_text("ok/a:1\nBad/a:1\n\nno-tag\n")
+    work = tmp_path / "work"
+    r = _run("run", "--images", str(bad), "--source", "127.0.0.1:5000", "--work-dir", str(work),
+             "--output", str(tmp_path / "r.tar"))
+    assert r.exit_code == 1
+    assert r.output.startswith("layover: error: ")
+    assert f"{bad}:2:" in r.output and f"{bad}:4:" in r.output
+    assert not work.exists()
+
+
+def test_run_rejects_a_scheme_in_source(tmp_path):
+    lst = tmp_path / "images.list"
+    lst.write_text("a:1\n")
+    r = _run("run", "--images", str(lst), "--source", "https://ci:5000", "--work-dir",
+             str(tmp_path / "w"), "--output", str(tmp_path / "r.tar"))
+    assert r.exit_code == 1 and "without a scheme" in r.output
+
+
+def test_run_has_exactly_the_documented_options():
+    r = _run("run", "--help")
+    assert r.exit_code == 0
+    for opt in ("--images", "--source", "--work-dir", "--output", "--concurrency",
+                "--src-tls-verify", "--no-src-tls-verify", "--src-authfile"):
+        assert opt in r.output
+
+
+def test_gc_and_verify_name_a_missing_storage_dir(tmp_path):
+    r = _run("gc", str(tmp_path))
+    assert r.exit_code == 1 and "docker/registry/v2" in r.output
+    lst = tmp_path / "images.list"
+    lst.write_text("a:1\n")
+    r = _run("verify", str(tmp_path / "nope"), "--images", str(lst))
+    assert r.exit_code == 1 and "no such directory or tarball" in r.output
