@@ -157,19 +157,24 @@ def copy_task(stage: str) -> Task:
         tags=["layover", stage],
     )
     def copy_image(ref: ImageRef, ends: Endpoints) -> ImageCopy:
-        try:
-            return copy_one(ref, ends)
-        except (CommandError, ManifestCopyError) as e:
-            # A full disk or a damaged file under a registry of ours shows up as a bare HTTP 500:
-            # name the directory or file instead (and do not retry: neither clears itself).
-            better = _disk_full(ref, ends) or _damaged_storage(ref, ends, e)
-            if better is not None:
-                raise better from e
-            if isinstance(e, (TransientCommandError, TransientCopyError)):
-                _revive_own(ends)
-            raise
+        return copy_diagnosed(ref, ends)
 
     return copy_image
+
+
+def copy_diagnosed(ref: ImageRef, ends: Endpoints) -> ImageCopy:
+    """copy_one, with failures turned into what to do about them."""
+    try:
+        return copy_one(ref, ends)
+    except (CommandError, ManifestCopyError) as e:
+        # A full disk or a damaged file under a registry of ours shows up as a bare HTTP 500:
+        # name the directory or file instead (and do not retry: neither clears itself).
+        better = _disk_full(ref, ends) or _damaged_storage(ref, ends, e)
+        if better is not None:
+            raise better from e
+        if isinstance(e, (TransientCommandError, TransientCopyError)):
+            _revive_own(ends)
+        raise
 
 
 def _revive_own(ends: Endpoints) -> None:

@@ -1,21 +1,61 @@
-"""Stage 4: copy every listed image archive -> package; blobs are already there, so only
-manifests are written (the pruned overlay kept every blob and `_layers` link)."""
+"""Stage 4: write every listed image's manifests archive -> package.
+
+The pruned overlay kept every blob and `_layers` link, so each image costs a few HTTP PUTs of a
+few milliseconds. A Prefect task per image costs about 40 ms of orchestration on this 2-core
+machine (measured on the bench: 64 images, 3.3 s of stage for 0.7 s of copying), more than the
+work, so this stage is one retrying task that copies the images on a thread pool and reports each
+one. PUTting a manifest again is harmless, so a retry of the whole stage is safe.
+"""
 
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
+
+from layover.adapters.manifest_copy import TransientCopyError
+from layover.errors import TransientCommandError
 from layover.imagelist import ImageList
-from layover.report import StageReport
-from tasks.copying import Endpoints, copy_task
-from tasks.fanout import fan_out
+from layover.reference import ImageRef
+from layover.report import ImageCopy, StageReport
+from tasks.copying import Endpoints, _transient_only, copy_diagnosed
+from tasks.fanout import StageFailed
 
-copy_to_package = copy_task("package-sync")
+
+@task(
+    name="package-sync",
+    retries=3,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_jitter_factor=0.5,
+    retry_condition_fn=_transient_only,
+    cache_policy=NO_CACHE,
+    tags=["layover", "package-sync"],
+)
+def copy_manifests_to_package(refs: tuple[ImageRef, ...], ends: Endpoints, concurrency: int) -> list[ImageCopy]:
+    def one(ref: ImageRef) -> ImageCopy | BaseException:
+        try:
+            return copy_diagnosed(ref, ends)
+        except Exception as e:  # noqa: BLE001 - collected, then reported together below
+            return e
+
+    with ThreadPoolExecutor(max(1, concurrency)) as pool:
+        outcomes = list(pool.map(one, refs))
+    failures = [(ref, o) for ref, o in zip(refs, outcomes, strict=True) if isinstance(o, BaseException)]
+    if failures:
+        named = "; ".join(f"{ref}: {err}" for ref, err in failures[:10])
+        more = f" (and {len(failures) - 10} more)" if len(failures) > 10 else ""
+        message = f"package sync: {len(failures)} image(s) failed: {named}{more}"
+        if all(isinstance(e, (TransientCommandError, TransientCopyError)) for _, e in failures):
+            raise TransientCopyError(message)  # Prefect retries the stage
+        raise StageFailed(message)
+    get_run_logger().info("package sync: %d images written", len(refs))
+    return [o for o in outcomes if isinstance(o, ImageCopy)]
 
 
 def sync_package(images: ImageList, ends: Endpoints, *, concurrency: int, retries: int) -> StageReport:
     started = time.monotonic()
-    copies = fan_out(
-        "package sync", copy_to_package.with_options(retries=retries), images.refs, ends, concurrency
-    )
+    copies = copy_manifests_to_package.with_options(retries=retries)(images.refs, ends, concurrency)
     return StageReport.from_copies("package sync", time.monotonic() - started, copies)
