@@ -41,14 +41,16 @@ BASE_BUDGETS = {"os": 150 * MiB, "python": 120 * MiB, "java": 190 * MiB, "node":
 APP_DEPS_MEAN = 60 * MiB
 APP_TOP_MEAN = 8 * MiB
 
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
-DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+from layover.samples import (  # noqa: E402  one list of media types for the project
+    DOCKER_CONFIG,
+    DOCKER_LAYER,
+    DOCKER_MANIFEST,
+    OCI_CONFIG,
+    OCI_INDEX,
+    OCI_LAYER,
+    OCI_MANIFEST,
+)
+from layover.samples import DOCKER_MANIFEST_LIST as DOCKER_LIST  # noqa: E402
 
 FIXED_MTIME = 1_700_000_000  # member mtimes inside layers; gzip header mtime is 0
 
