@@ -217,6 +217,16 @@ class Bench:
         print(f"  {scenario} floor run {run}: {m.wall_s:.1f}s", flush=True)
         self.drop_work(work)
 
+    def prefect_alone(self, scenario: str, run: int) -> None:
+        """Import Prefect, one flow run with one task against the standing server, exit."""
+        work = self.root / f"{scenario}-prefect-{run}"
+        work.mkdir(parents=True, exist_ok=True)
+        m = measure([PY, "-m", "bench.empty_flow"], env=dict(self.prefect_env, PYTHONPATH=str(REPO)),
+                    log=work / "empty.log")
+        self.rows.append(Row(scenario, "prefect-alone", run, m, str(work / "empty.log")))
+        print(f"  {scenario} prefect-alone run {run}: {m.wall_s:.1f}s", flush=True)
+        self.drop_work(work)
+
     # --- cleanup -------------------------------------------------------------------------
     def clean_docker_images(self) -> None:
         """Remove every image the docker baseline pulled from our 127.0.0.1 registries."""
@@ -288,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
                 for runner in runners:  # interleaved, so drift hits every runner alike
                     b.one(scenario, runner, run)
                 b.floor(scenario, run)
+                if "layover" in runners:
+                    b.prefect_alone(scenario, run)
     finally:
         b.close()
     meta = {

@@ -81,6 +81,20 @@ def _push(host: str, n: int) -> list[str]:
     return names
 
 
+def _group_cpu_s(pgid: int) -> float:
+    """user+sys seconds of every live process in a process group (the Prefect server's)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # fields after "comm)": state ppid pgrp ...
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
 BASELINE = r"""
 import subprocess, sys
 from concurrent.futures import ThreadPoolExecutor
@@ -126,20 +140,39 @@ def main() -> int:
                         str(lst), str(root / "base"), str(root / "base.tar")],
                        tarball=root / "base.tar", log=root / "baseline.log")
         mgr.stop(dst)
+        srv = bench.prefect.pid
+        s0 = _group_cpu_s(srv)
         lay = measure([str(REPO / ".venv/bin/layover"), "run", "--images", str(lst), "--source",
                        ci.host, "--no-src-tls-verify", "--work-dir", str(root / "work"),
                        "--output", str(root / "layover.tar"), "--concurrency", str(a.concurrency)],
                       env=bench.prefect_env, tarball=root / "layover.tar", log=root / "layover.log")
-        if base.exit_code or lay.exit_code:
-            print(f"a run failed: baseline {base.exit_code}, layover {lay.exit_code}; see {root}")
+        lay_srv = _group_cpu_s(srv) - s0
+        # Prefect's share: the same fan-out of no-op tasks, against the same server
+        s0 = _group_cpu_s(srv)
+        empty = measure([sys.executable, "-m", "bench.empty_flow", "--tasks", str(a.images),
+                         "--concurrency", str(a.concurrency)],
+                        env=dict(bench.prefect_env, PYTHONPATH=str(REPO)), log=root / "empty.log")
+        empty_srv = _group_cpu_s(srv) - s0
+        one = measure([sys.executable, "-m", "bench.empty_flow", "--tasks", "1"],
+                      env=dict(bench.prefect_env, PYTHONPATH=str(REPO)), log=root / "empty1.log")
+        if base.exit_code or lay.exit_code or empty.exit_code or one.exit_code:
+            print(f"a run failed: baseline {base.exit_code}, layover {lay.exit_code}, "
+                  f"empty flows {empty.exit_code}/{one.exit_code}; see {root}")
             return 1
         per_image_ms = (lay.wall_s - base.wall_s) / a.images * 1000
+        prefect_ms = (empty.wall_s - one.wall_s) / (a.images - 1) * 1000
         print(f"\n{a.images} small images, concurrency {a.concurrency}, standing Prefect server\n")
-        print("| run | wall s | CPU s | peak RSS MB |\n|---|---:|---:|---:|")
-        print(f"| parallel skopeo + tar (baseline) | {base.wall_s:.1f} | {base.cpu_s:.1f} | {base.peak_rss_mb:.0f} |")
-        print(f"| layover run | {lay.wall_s:.1f} | {lay.cpu_s:.1f} | {lay.peak_rss_mb:.0f} |")
+        print("| run | wall s | CPU s | Prefect server CPU s | peak RSS MB |\n|---|---:|---:|---:|---:|")
+        print(f"| parallel skopeo + tar (baseline) | {base.wall_s:.1f} | {base.cpu_s:.1f} | - "
+              f"| {base.peak_rss_mb:.0f} |")
+        print(f"| layover run | {lay.wall_s:.1f} | {lay.cpu_s:.1f} | {lay_srv:.1f} | {lay.peak_rss_mb:.0f} |")
+        print(f"| Prefect alone: {a.images} no-op tasks | {empty.wall_s:.1f} | {empty.cpu_s:.1f} "
+              f"| {empty_srv:.1f} | {empty.peak_rss_mb:.0f} |")
+        print(f"| Prefect alone: 1 no-op task | {one.wall_s:.1f} | {one.cpu_s:.1f} | - | {one.peak_rss_mb:.0f} |")
         print(f"\nLayover's own cost: {per_image_ms:.1f} ms per image "
               f"(target <= 30 ms); peak RSS {lay.peak_rss_mb:.0f} MB (target < 500 MB)")
+        print(f"of which a Prefect task run costs {prefect_ms:.1f} ms per image on this server "
+              "(no-op fan-out minus a one-task flow); the server's CPU is not in Layover's CPU s")
         print("\nlayover's report:\n" + (root / "layover.log").read_text()[-2500:])
         return 0
     finally:

@@ -7,11 +7,13 @@ from collections.abc import Sequence
 
 from bench.measure import Measurement
 
-ROW_ORDER = ("docker", "skopeo", "blog-overlay", "layover", "layover-embedded", "floor")
+ROW_ORDER = ("docker", "skopeo", "blog-overlay", "layover", "layover-embedded", "floor",
+             "prefect-alone")
 LABELS = {
     "layover": "layover (standing Prefect server)",
     "layover-embedded": "layover (embedded server)",
     "floor": "floor (new blobs once + dd tarball)",
+    "prefect-alone": "Prefect alone (import, 1 flow + 1 task, exit)",
 }
 COLUMNS = ("wall s", "CPU s", "svc CPU s", "written MB", "peak RSS MB", "tarball MB",
            "× layover", "runs")
@@ -38,7 +40,9 @@ def render(meta: dict, rows: Sequence[tuple[str, str, Measurement]]) -> str:
         ok = {r: [m for m in ms if m.exit_code == 0] for r, ms in cell.items()}
         base = _median(ok["layover"], "wall_s") if ok["layover"] else None
         for runner in ROW_ORDER:
-            if runner not in meta["runners"] and runner != "floor":
+            if runner not in meta["runners"] and runner != "floor" and not (
+                runner == "prefect-alone" and cell[runner]
+            ):
                 continue
             ms, good = cell[runner], ok[runner]
             label = LABELS.get(runner, runner)
@@ -51,6 +55,12 @@ def render(meta: dict, rows: Sequence[tuple[str, str, Measurement]]) -> str:
             runs = f"{len(good)}" + (f" ({len(ms) - len(good)} failed)" if len(good) < len(ms) else "")
             out.append(f"| {label} | " + " | ".join(vals + [ratio, runs]) + " |")
         out.append("")
+        if base and ok["floor"] and ok["prefect-alone"]:
+            floor = _median(ok["floor"], "wall_s")
+            limit = floor + _median(ok["prefect-alone"], "wall_s")
+            out += [f"Layover / floor: {base / floor:.2f}. Limit for a Prefect-orchestrated run "
+                    f"(floor + Prefect alone): {limit:.1f} s; layover / limit: {base / limit:.2f}.",
+                    ""]
     out += [
         "## What is measured", "",
         "- wall s: from start until the runner exited and `sync` returned (tarball on disk).",
@@ -63,6 +73,7 @@ def render(meta: dict, rows: Sequence[tuple[str, str, Measurement]]) -> str:
         "- × layover: the runner's median wall time divided by layover's (standing server).",
         "- floor: every blob the release needs that is not yet archived, streamed once from the",
         "  CI registry to disk, plus `dd conv=fsync` of a file the size of the last tarball.",
+        "- Prefect alone: `python -m bench.empty_flow`, the least any Prefect-run release pays.",
         "- docker's tarball differs in kind: `docker pull` keeps one platform of a multi-arch",
         "  image and `docker push` recompresses layers, so digests change.",
         "",

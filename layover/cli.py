@@ -43,13 +43,25 @@ def run(
     source: Annotated[str, typer.Option(help="CI registry HOST[:PORT] to copy from.")],
     work_dir: Annotated[Path, typer.Option(help="Archive + overlay state for this build host.")],
     output: Annotated[Path, typer.Option(help="Release tarball to write (.sha256 and .json beside it).")],
-    concurrency: Annotated[int, typer.Option(min=1, max=64, help="Parallel image copies.")] = 8,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(min=1, max=64, help="Parallel image copies [default: twice the CPUs, 2-8]."),
+    ] = None,
     src_tls_verify: Annotated[
         bool, typer.Option("--src-tls-verify/--no-src-tls-verify", help="Verify the source's TLS.")
     ] = True,
     src_authfile: Annotated[
         Path | None, typer.Option(help="containers-auth.json for the source registry.")
     ] = None,
+    heartbeat_seconds: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Prefect flow-run heartbeat interval (30 or more), for an automation that marks "
+            "runs whose process died as crashed; 0 (default) sends none: Prefect waits up to 1 s "
+            "for its heartbeat thread at the end of every run.",
+        ),
+    ] = 0,
 ) -> None:
     """Run the release pipeline: archive sync, overlay, prune, package sync, GC, verify, tarball.
 
@@ -65,7 +77,7 @@ def run(
             source=source,
             work_dir=work_dir,
             output=output,
-            concurrency=concurrency,
+            **({"concurrency": concurrency} if concurrency is not None else {}),
             src_tls_verify=src_tls_verify,
             src_authfile=src_authfile,
         )
@@ -77,11 +89,17 @@ def run(
         imagelist.load(images)  # every bad line, at once, before Prefect spends seconds starting
     except LayoverError as e:
         _fail(e)
+    if 0 < heartbeat_seconds < 30:
+        _fail(LayoverError(f"--heartbeat-seconds {heartbeat_seconds}: Prefect needs 30 or more; "
+                           "use 0 for no heartbeats"))
     _quiet_prefect_defaults()
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
     from flows.release import release
 
     try:
-        report = release(request)
+        with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: heartbeat_seconds or None}):
+            report = release(request)
     except LayoverError as e:
         _fail(e)
     except Exception as e:  # noqa: BLE001 - the CLI's contract is a one-line reason, never a traceback

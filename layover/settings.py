@@ -5,6 +5,7 @@ Nothing here reads the environment at import time.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Literal
@@ -35,6 +36,13 @@ class ListFromGit(BaseModel):
 ListLocation = Annotated[ListFromFile | ListFromGit, Field(discriminator="kind")]
 
 
+def default_concurrency() -> int:
+    """Twice the CPUs, 2 to 8. A copy is CPU-bound on the build host (skopeo and the archive
+    registry both hash every byte), so more copies than that only contend. Measured on 2 CPUs,
+    cold bench release (1.8 GB): 8 copies 19.0-19.2 s, 4 copies 17.1-17.8 s."""
+    return min(8, max(2, 2 * (os.cpu_count() or 1)))
+
+
 class ReleaseRequest(BaseModel):
     """One release build: which images, from where, into which tarball."""
 
@@ -50,7 +58,12 @@ class ReleaseRequest(BaseModel):
         "Keep it and the output on one filesystem.",
     )
     output: Path = Field(description="Release tarball to write; a .sha256 is written beside it.")
-    concurrency: int = Field(default=8, ge=1, le=64, description="Parallel image copies per stage.")
+    concurrency: int = Field(
+        default_factory=lambda: default_concurrency(),
+        ge=1,
+        le=64,
+        description="Parallel image copies per stage (default: twice the build host's CPUs, 2 to 8).",
+    )
     src_tls_verify: bool = Field(default=True, description="Verify the source registry's TLS certificate.")
     src_authfile: Path | None = Field(
         default=None,

@@ -29,7 +29,7 @@ class ArchivePlan:
     todo: tuple[ImageRef, ...]
 
 
-@task(name="archive-sync-plan", cache_policy=NO_CACHE, tags=["layover", "archive-sync"])
+@task(name="archive-sync-plan", cache_policy=NO_CACHE)
 def plan_archive_sync(images: ImageList, ends: Endpoints, concurrency: int) -> ArchivePlan:
     refs = images.refs
     with ThreadPoolExecutor(max(1, concurrency)) as pool:

@@ -154,7 +154,10 @@ def copy_task(stage: str) -> Task:
         retry_jitter_factor=0.5,
         retry_condition_fn=_transient_only,
         cache_policy=NO_CACHE,
-        tags=["layover", stage],
+        # No tags: Prefect acquires a tag concurrency slot for every tagged task run, one
+        # request at a time per tag set. Measured, 300 small images: 30.3 s with a tag, 24.4 s
+        # without. Cap copies per run with --concurrency, runs per pool with the work pool's
+        # concurrency limit (docs/runbook.md).
     )
     def copy_image(ref: ImageRef, ends: Endpoints) -> ImageCopy:
         return copy_diagnosed(ref, ends)

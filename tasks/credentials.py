@@ -19,7 +19,7 @@ from layover.settings import ReleaseRequest
 from layover.workdir import WorkDir
 
 
-@task(name="source-credentials", cache_policy=NO_CACHE, tags=["layover"])
+@task(name="source-credentials", cache_policy=NO_CACHE)
 def source_authfile(wd: WorkDir, request: ReleaseRequest) -> Path | None:
     if request.src_credentials_block is None:
         if request.src_authfile is not None and not request.src_authfile.is_file():

@@ -18,7 +18,7 @@ from layover.report import StageReport
 from layover.workdir import WorkDir
 
 
-@task(name="garbage-collect", cache_policy=NO_CACHE, tags=["layover"])
+@task(name="garbage-collect", cache_policy=NO_CACHE)
 def collect_garbage(wd: WorkDir, images: ImageList) -> StageReport:
     started = time.monotonic()
     plan = plan_gc(wd.package, extra_roots=pinned_roots(images))

@@ -20,7 +20,7 @@ class LoadedList:
     commit: str | None  # the exact git commit the list was read at
 
 
-@task(name="load-images-list", cache_policy=NO_CACHE, tags=["layover"])
+@task(name="load-images-list", cache_policy=NO_CACHE)
 def load_images(location: ListFromFile | ListFromGit) -> LoadedList:
     if isinstance(location, ListFromGit):
         got = read_list_at(location.repo, location.ref, location.path)

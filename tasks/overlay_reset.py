@@ -12,7 +12,7 @@ from layover.report import StageReport
 from layover.workdir import WorkDir
 
 
-@task(name="overlay-reset", cache_policy=NO_CACHE, tags=["layover"])
+@task(name="overlay-reset", cache_policy=NO_CACHE)
 def reset_overlay(wd: WorkDir) -> StageReport:
     started = time.monotonic()
     wd.lower.mkdir(parents=True, exist_ok=True)
@@ -20,7 +20,7 @@ def reset_overlay(wd: WorkDir) -> StageReport:
     return StageReport("overlay reset", time.monotonic() - started, detail=f"mounted {wd.merged}")
 
 
-@task(name="overlay-unmount", cache_policy=NO_CACHE, tags=["layover"])
+@task(name="overlay-unmount", cache_policy=NO_CACHE)
 def unmount_overlay(wd: WorkDir) -> None:
     if overlay.is_mounted(wd.merged):
         overlay.unmount(wd.merged)

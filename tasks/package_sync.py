@@ -32,7 +32,6 @@ from tasks.fanout import StageFailed
     retry_jitter_factor=0.5,
     retry_condition_fn=_transient_only,
     cache_policy=NO_CACHE,
-    tags=["layover", "package-sync"],
 )
 def copy_manifests_to_package(refs: tuple[ImageRef, ...], ends: Endpoints, concurrency: int) -> list[ImageCopy]:
     def one(ref: ImageRef) -> ImageCopy | BaseException:

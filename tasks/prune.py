@@ -12,7 +12,7 @@ from layover.report import StageReport
 from layover.workdir import WorkDir
 
 
-@task(name="prune-manifests", cache_policy=NO_CACHE, tags=["layover"])
+@task(name="prune-manifests", cache_policy=NO_CACHE)
 def prune(wd: WorkDir) -> StageReport:
     started = time.monotonic()
     result = prune_manifests(wd.package)

@@ -36,13 +36,13 @@ def revive(wd: WorkDir, registry: Registry) -> None:
             get_run_logger().warning("registry %s stopped answering and was restarted", registry.name)
 
 
-@task(name="start-registry", cache_policy=NO_CACHE, tags=["layover"])
+@task(name="start-registry", cache_policy=NO_CACHE)
 def start_registry(wd: WorkDir, role: str, storage: Path, read_only: bool = False) -> Registry:
     storage.mkdir(parents=True, exist_ok=True)
     return manager(wd).start(role, storage, read_only=read_only)
 
 
-@task(name="stop-registry", cache_policy=NO_CACHE, tags=["layover"])
+@task(name="stop-registry", cache_policy=NO_CACHE)
 def stop_registry(wd: WorkDir, registry: Registry) -> None:
     manager(wd).stop(registry)
 
@@ -56,7 +56,7 @@ def _release_all(wd: WorkDir) -> tuple[int, bool]:
     return removed, mounted
 
 
-@task(name="clear-stale-state", cache_policy=NO_CACHE, tags=["layover"])
+@task(name="clear-stale-state", cache_policy=NO_CACHE)
 def clear_stale(wd: WorkDir, output: Path) -> None:
     """Undo what a killed run of this work dir left behind: containers, the overlay mount,
     half-written tarballs, a decoded credentials file.
@@ -75,7 +75,7 @@ def clear_stale(wd: WorkDir, output: Path) -> None:
         )
 
 
-@task(name="teardown", cache_policy=NO_CACHE, tags=["layover"])
+@task(name="teardown", cache_policy=NO_CACHE)
 def teardown(wd: WorkDir) -> None:
     """Stop every registry of this work dir and unmount the overlay, on success and failure."""
     wd.src_auth.unlink(missing_ok=True)

@@ -12,7 +12,7 @@ from prefect.cache_policies import NO_CACHE
 from layover.report import ReleaseReport
 
 
-@task(name="publish-report", cache_policy=NO_CACHE, tags=["layover"])
+@task(name="publish-report", cache_policy=NO_CACHE)
 def publish_report(report: ReleaseReport) -> None:
     sidecar = Path(report.output + ".json")
     tmp = sidecar.with_name(f".{sidecar.name}.tmp")

@@ -13,7 +13,7 @@ from layover.report import StageReport, human_bytes
 from layover.workdir import WorkDir
 
 
-@task(name="write-tarball", cache_policy=NO_CACHE, tags=["layover"])
+@task(name="write-tarball", cache_policy=NO_CACHE)
 def write_release_tarball(wd: WorkDir, output: Path) -> tuple[StageReport, str, int]:
     started = time.monotonic()
     output.parent.mkdir(parents=True, exist_ok=True)

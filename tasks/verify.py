@@ -15,7 +15,7 @@ from layover.verify import verify_storage
 from layover.workdir import WorkDir
 
 
-@task(name="verify-package", cache_policy=NO_CACHE, tags=["layover"])
+@task(name="verify-package", cache_policy=NO_CACHE)
 def verify_package(wd: WorkDir, images: ImageList) -> StageReport:
     started = time.monotonic()
     report = verify_storage(wd.package, images)

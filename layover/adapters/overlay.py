@@ -75,6 +75,10 @@ def mount(lower: Path, upper: Path, work: Path, merged: Path) -> None:
         raise MountError(f"{merged} is already mounted; unmount it first (or use reset())")
     options = f"lowerdir={lower},upperdir={upper},workdir={work}"
     if os.geteuid() == 0:
+        # volatile: no syncs of upper. Every run wipes upper/work first and the tarball is
+        # fsynced on its own, so a crash loses nothing of value; without it, each copy-up the
+        # package registry causes waits on the disk (bench manifests copy: 0.43 s -> 0.37 s, median of 5).
+        options += ",volatile"
         argv = ["mount", "-t", "overlay", "overlay", "-o", options, str(merged)]
     else:
         argv = ["fuse-overlayfs", "-o", options, str(merged)]

@@ -78,12 +78,15 @@ class SourceProbe:
             return None
 
     def _head(self, ref: ImageRef) -> Digest | None:
-        for scheme in list(self._schemes):
+        schemes = list(self._schemes)
+        for i, scheme in enumerate(schemes):
             url = f"{scheme}://{self.host}/v2/{ref.repository}/manifests/{ref.tag}"
             try:
                 resp = self._authorised_head(url, ref.repository)
             except httpx.TransportError:
-                if len(self._schemes) > 1 and scheme == "https":
+                # Decide on this call's own list: parallel probes all try TLS first, and those
+                # that fail after another one switched must still fall back, not give up.
+                if i < len(schemes) - 1:
                     with self._lock:  # a plain-HTTP registry: stop trying TLS first
                         self._schemes = ["http"]
                     continue

@@ -23,6 +23,7 @@ The output is written to a temp name in the output's directory, fsynced, renamed
 
 from __future__ import annotations
 
+import ctypes
 import enum
 import errno
 import fcntl
@@ -110,6 +111,24 @@ class DataOps:
 
     clone: Callable[[int, int, int, int, int], None] = ficlonerange
     copy: Callable[[int, int, int, int, int], None] = copy_range
+
+
+def _libc_sync_file_range() -> Callable[[int, int, int], None]:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.sync_file_range
+    except (OSError, AttributeError):  # not Linux/glibc: the final fsync does it all
+        return lambda fd, offset, length: None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    return lambda fd, offset, length: fn(fd, offset, length, _SYNC_FILE_RANGE_WRITE) and None
+
+
+_SYNC_FILE_RANGE_WRITE = 2
+# Starts writeback of a member's bytes as soon as they are copied, so the disk writes while
+# later members are copied and hashed, instead of all 1.5 GB at the final fsync (which still
+# runs and is what makes the file durable). Measured on bench storage (1.8 GB, ext4):
+# 1.81 s -> 1.40 s median of 6 (bench/tar_bench.py).
+start_writeback = _libc_sync_file_range()
 
 
 class _SourceShrank(Exception):
@@ -349,6 +368,7 @@ class _Writer:
         if pm.entry.kind is Kind.FILE:
             assert real is not None
             self._data(pm, real)
+            start_writeback(self.out, pm.data_offset, pm.entry.size)
         if pm.padding:
             pad = bytes(pm.padding)
             _pwrite_all(self.out, pad, pm.data_offset + pm.entry.size)

@@ -1,11 +1,24 @@
-"""Fixtures for flow-level integration tests: one Prefect engine per session, registries per module."""
+"""Fixtures for flow-level integration tests: one Prefect engine per session, registries per module.
+
+    prefect_harness    (session) a temporary Prefect server
+    module_registries  (module) RegistryManager with a unique label scope; containers removed at
+                       module end
+    ci_site            (module) factory(name, *, scale, number=1) -> CiSite: a CI registry (from
+                       module_registries) holding sample release `number`, and its images.list
+"""
 
 from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+
+from layover.adapters.registry_api import push_release
+from layover.samples import Release, release
 
 
 @pytest.fixture(scope="session")
@@ -30,3 +43,30 @@ def module_registries(docker_client, registry_image):
     finally:
         mgr.remove_scope()
         mgr.close()
+
+
+@dataclass(frozen=True)
+class CiSite:
+    ci_host: str
+    rel: Release
+    images: Path  # the release's images.list
+    base: Path  # the module's temp dir (the CI registry's storage is base / "ci")
+
+
+@pytest.fixture(scope="module")
+def ci_site(module_registries, tmp_path_factory) -> Callable[..., CiSite]:
+    """Factory: ci_site(name, *, scale, number=1) -> CiSite. Starts the module's "ci" registry
+    (one per module: its containers go with module_registries), pushes sample release `number`
+    at `scale` and writes base / "release-N.list"."""
+
+    def make(name: str, *, scale: float, number: int = 1) -> CiSite:
+        base = tmp_path_factory.mktemp(name)
+        (base / "ci").mkdir()
+        ci = module_registries.start("ci", base / "ci")
+        rel = release(number, scale=scale)
+        push_release(ci.host, rel)
+        images = base / f"release-{number}.list"
+        images.write_text(rel.list_text())
+        return CiSite(ci.host, rel, images, base)
+
+    return make

@@ -9,19 +9,17 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from layover import imagelist
-from layover.adapters.registry_api import push_release
 from layover.errors import DiskFullError, LayoverError
-from layover.samples import Release, release
 from layover.settings import ListFromFile, ReleaseRequest
 from layover.verify import verify_tarball
 from layover.workdir import WorkDir
 from tests.conftest import require
+from tests.integration.conftest import CiSite
 from tests.integration.test_release_flow import tree_hash
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -29,23 +27,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SCALE = 0.3
 
 
-@dataclass
-class Site:
-    ci_host: str
-    rel: Release
-    images: Path
-
-
 @pytest.fixture(scope="module")
-def site(prefect_harness, module_registries, tmp_path_factory) -> Site:
-    base = tmp_path_factory.mktemp("faults-disk")
-    (base / "ci").mkdir()
-    ci = module_registries.start("ci", base / "ci")
-    rel = release(1, scale=SCALE)
-    push_release(ci.host, rel)
-    images = base / "release-1.list"
-    images.write_text(rel.list_text())
-    return Site(ci.host, rel, images)
+def site(prefect_harness, ci_site) -> CiSite:
+    return ci_site("faults-disk", scale=SCALE)
 
 
 class LoopDisks:
@@ -102,7 +86,7 @@ def disks(tmp_path, docker_client) -> Iterator[LoopDisks]:
         d.cleanup()
 
 
-def _request(site: Site, work: Path, output: Path) -> ReleaseRequest:
+def _request(site: CiSite, work: Path, output: Path) -> ReleaseRequest:
     return ReleaseRequest(
         images=ListFromFile(path=str(site.images)), source=site.ci_host, src_tls_verify=False,
         work_dir=work, output=output, concurrency=4, copy_retries=1,

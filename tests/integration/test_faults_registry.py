@@ -17,9 +17,8 @@ import docker.errors
 import pytest
 
 from layover import imagelist
-from layover.adapters.registry_api import push_release
 from layover.errors import LayoverError
-from layover.samples import Release, release
+from layover.samples import Release
 from layover.settings import ListFromFile, ReleaseRequest
 from layover.verify import verify_tarball
 from layover.workdir import WorkDir
@@ -41,15 +40,9 @@ class Site:
 
 
 @pytest.fixture(scope="module")
-def site(prefect_harness, module_registries, tmp_path_factory) -> Site:
-    base = tmp_path_factory.mktemp("faults-registry")
-    (base / "ci").mkdir()
-    ci = module_registries.start("ci", base / "ci")
-    rel = release(1, scale=SCALE)
-    push_release(ci.host, rel)
-    images = base / "release-1.list"
-    images.write_text(rel.list_text())
-    return Site(ci.host, rel, images, base / "work", base / "out")
+def site(prefect_harness, ci_site) -> Site:
+    ci = ci_site("faults-registry", scale=SCALE)
+    return Site(ci.ci_host, ci.rel, ci.images, ci.base / "work", ci.base / "out")
 
 
 def _request(source: str, images: Path, work: Path, output: Path, **kw) -> ReleaseRequest:

@@ -35,8 +35,18 @@ def test_run_has_exactly_the_documented_options():
     r = _run("run", "--help")
     assert r.exit_code == 0
     for opt in ("--images", "--source", "--work-dir", "--output", "--concurrency",
-                "--src-tls-verify", "--no-src-tls-verify", "--src-authfile"):
+                "--src-tls-verify", "--no-src-tls-verify", "--src-authfile", "--heartbeat-seconds"):
         assert opt in r.output
+
+
+def test_run_rejects_a_heartbeat_prefect_would_refuse(tmp_path):
+    lst = tmp_path / "images.list"
+    lst.write_text("a:1\n")
+    work = tmp_path / "w"
+    r = _run("run", "--images", str(lst), "--source", "ci:5000", "--work-dir", str(work),
+             "--output", str(tmp_path / "r.tar"), "--heartbeat-seconds", "10")
+    assert r.exit_code == 1 and "--heartbeat-seconds 10: Prefect needs 30 or more" in r.output
+    assert not work.exists()
 
 
 def test_gc_and_verify_name_a_missing_storage_dir(tmp_path):

@@ -75,6 +75,21 @@ def test_plain_http_when_tls_verification_is_off():
     assert probe._schemes == ["http"]  # learned once, not retried per image
 
 
+def test_parallel_probes_fall_back_after_another_switched_to_http():
+    # 8 threads all start with TLS; those whose TLS attempt fails after one of them switched
+    # the probe to plain HTTP must still fall back (they used to give up and force a copy).
+    probe: SourceProbe
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        if req.url.scheme == "https":
+            probe._schemes = ["http"]  # another thread's switch, landing mid-request
+            raise httpx.ConnectError("not TLS")
+        return httpx.Response(200, headers={"Docker-Content-Digest": DIGEST})
+
+    probe = SourceProbe("127.0.0.1:5000", tls_verify=False, transport=httpx.MockTransport(handler))
+    assert str(probe.digest(ImageRef.parse("a:1"))) == DIGEST
+
+
 def test_digest_pinned_refs_need_no_request():
     probe = SourceProbe("ci:5000", transport=httpx.MockTransport(lambda r: 1 / 0))
     assert str(probe.digest(ImageRef.parse(f"a@{DIGEST}"))) == DIGEST
