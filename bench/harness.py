@@ -46,6 +46,16 @@ class Row:
     run: int
     m: Measurement
     log: str
+    stages: dict[str, float] | None = None  # layover's own stage seconds, from its .json
+
+
+def _stage_seconds(tarball: Path) -> dict[str, float] | None:
+    """The stage table of the report layover writes beside its tarball."""
+    try:
+        report = json.loads(tarball.with_name(tarball.name + ".json").read_text())
+        return {s["name"]: float(s["seconds"]) for s in report["stages"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 class Bench:
@@ -171,7 +181,8 @@ class Bench:
             kept.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(log, kept)
             log = kept
-        self.rows.append(Row(scenario, runner, run, m, str(log)))
+        stages = _stage_seconds(tarball) if runner.startswith("layover") and m.exit_code == 0 else None
+        self.rows.append(Row(scenario, runner, run, m, str(log), stages))
         state = "ok" if m.exit_code == 0 else f"FAILED (exit {m.exit_code}, see {log})"
         print(f"  {scenario} {runner} run {run}: {m.wall_s:.1f}s {state}", flush=True)
         # the floor writes a file the size of this release's tarball: layover's if it ran
@@ -311,14 +322,16 @@ def main(argv: list[str] | None = None) -> int:
         "total_s": time.monotonic() - started, "cpus": os.cpu_count(),
         "scope": b.scope, "work_root": str(b.root),
     }
-    text = render(meta, [(r.scenario, r.runner, r.m) for r in b.rows])
+    text = render(meta, [(r.scenario, r.runner, r.m) for r in b.rows],
+                  stages=[(r.scenario, r.runner, r.stages) for r in b.rows if r.stages])
     out = Path(a.results)
     out.mkdir(parents=True, exist_ok=True)
     stem = dt.datetime.now().strftime("%Y-%m-%d-%H%M%S")
     (out / f"{stem}.md").write_text(text)
     (out / f"{stem}.json").write_text(json.dumps(
         {"meta": meta, "rows": [dict(asdict(r.m), scenario=r.scenario, runner=r.runner,
-                                     run=r.run, log=r.log) for r in b.rows]}, indent=1))
+                                     run=r.run, log=r.log, stages=r.stages) for r in b.rows]},
+                   indent=1))
     print(text)
     print(f"written {out / (stem + '.md')}")
     return 0 if all(r.m.exit_code == 0 for r in b.rows) else 1

@@ -24,7 +24,32 @@ def _median(ms: Sequence[Measurement], field: str) -> float:
     return statistics.median(getattr(m, field) for m in ms)
 
 
-def render(meta: dict, rows: Sequence[tuple[str, str, Measurement]]) -> str:
+def _stage_table(scenario: str, ok: dict[str, list[Measurement]],
+                 stages: Sequence[tuple[str, str, dict[str, float]]]) -> list[str]:
+    """Median seconds per layover stage, and what no stage accounts for (start, finish)."""
+    runners = [r for r in ("layover", "layover-embedded")
+               if ok.get(r) and any(s == scenario and rr == r for s, rr, _ in stages)]
+    if not runners:
+        return []
+    names: list[str] = []
+    for s, rr, st in stages:
+        names += [n for n in st if s == scenario and n not in names]
+    out = ["Layover's stages (median s; outside stages: Python and Prefect start, registry",
+           "starts/stops, finishing the flow run):", "",
+           "| stage | " + " | ".join(LABELS.get(r, r) for r in runners) + " |",
+           "|---|" + "---:|" * len(runners)]
+    per = {r: [st for s, rr, st in stages if s == scenario and rr == r] for r in runners}
+    for n in names:
+        out.append(f"| {n} | " + " | ".join(
+            f"{statistics.median(st.get(n, 0.0) for st in per[r]):.2f}" for r in runners) + " |")
+    outside = [f"{_median(ok[r], 'wall_s') - statistics.median(sum(st.values()) for st in per[r]):.2f}"
+               for r in runners]
+    out += ["| outside stages | " + " | ".join(outside) + " |", ""]
+    return out
+
+
+def render(meta: dict, rows: Sequence[tuple[str, str, Measurement]],
+           stages: Sequence[tuple[str, str, dict[str, float]]] = ()) -> str:
     out = [f"# Layover benchmark {meta['date']}", "",
            f"Scale {meta['scale']}, {meta['runs']} run(s) per cell, medians, "
            f"{meta['cpus']} CPUs. Release 1: {meta['fixture'][1]['images']} images, "
@@ -61,6 +86,7 @@ def render(meta: dict, rows: Sequence[tuple[str, str, Measurement]]) -> str:
             out += [f"Layover / floor: {base / floor:.2f}. Limit for a Prefect-orchestrated run "
                     f"(floor + Prefect alone): {limit:.1f} s; layover / limit: {base / limit:.2f}.",
                     ""]
+        out += _stage_table(scenario, ok, stages)
     out += [
         "## What is measured", "",
         "- wall s: from start until the runner exited and `sync` returned (tarball on disk).",

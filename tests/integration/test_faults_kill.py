@@ -237,6 +237,37 @@ def _assert_recovered(site: Site, docker_client, wd: WorkDir, out: Path, want_sh
     return again
 
 
+def test_the_cli_run_reaches_the_server_whole(site, baseline):
+    # `layover run` exits without interpreter teardown (cli._exit_without_teardown): nothing
+    # queued for the server may be lost: every task run done, the flow's last log line, the
+    # report artifact.
+    api = site.env["PREFECT_API_URL"]
+    runs = httpx.post(f"{api}/flow_runs/filter", json={
+        "flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}, "sort": "START_TIME_ASC",
+        "limit": 1}).json()
+    assert runs, "the baseline run is not on the server"
+    run = runs[0]
+    # events are processed by the server asynchronously: give it a moment, not a pass
+    deadline = time.monotonic() + 30
+    while True:
+        tasks = httpx.post(f"{api}/task_runs/filter", json={
+            "flow_runs": {"id": {"any_": [run["id"]]}}, "limit": 200}).json()
+        states = sorted({t["state_type"] for t in tasks})
+        if (len(tasks) >= 15 and states == ["COMPLETED"]) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert len(tasks) >= 15 and states == ["COMPLETED"], (len(tasks), states)
+    logs = httpx.post(f"{api}/logs/filter", json={
+        "logs": {"flow_run_id": {"any_": [str(run["id"])]}}, "limit": 200,
+        "sort": "TIMESTAMP_DESC"}).json()
+    # the flow run's own last line is logged moments before the process exits
+    assert any(entry["message"].startswith("Finished in state Completed") and not entry["task_run_id"]
+               for entry in logs), [entry["message"] for entry in logs][-5:]
+    artifacts = httpx.post(f"{api}/artifacts/filter", json={
+        "artifacts": {"flow_run_id": {"any_": [run["id"]]}}}).json()
+    assert [a["key"] for a in artifacts] == ["release-report"]
+
+
 def test_killed_during_archive_sync(site, baseline, docker_client):
     want, base_work = baseline
     wd = WorkDir.at(site.base / "work-archive-sync")
