@@ -11,11 +11,11 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$REPO/.venv"
 DOCKERD_LOG=/var/log/layover-dockerd.log
 # Runtime: docker.io skopeo docker-registry fuse-overlayfs git. For the test suite:
-# apache2-utils (htpasswd, auth tests), e2fsprogs + xfsprogs (loop-disk and reflink tests),
-# libarchive-tools (bsdtar extracts our tarballs), postgresql (two-host Prefect test),
-# chromium (renders the Prefect UI in the deployment test).
+# apache2-utils (htpasswd, auth tests), e2fsprogs + xfsprogs + btrfs-progs (loop-disk and
+# reflink tests), libarchive-tools (bsdtar extracts our tarballs), postgresql (two-host Prefect
+# test), chromium (renders the Prefect UI in the deployment test).
 PACKAGES=(docker.io skopeo docker-registry fuse-overlayfs git apache2-utils e2fsprogs xfsprogs
-          libarchive-tools postgresql chromium)
+          btrfs-progs libarchive-tools postgresql chromium)
 
 say() { printf 'setup: %s\n' "$*"; }
 die() { printf 'setup: ERROR: %s\n' "$*" >&2; exit 1; }

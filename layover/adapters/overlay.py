@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import stat
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -138,6 +139,58 @@ def reset(lower: Path, upper: Path, work: Path, merged: Path) -> None:
             shutil.rmtree(p)
         p.mkdir(parents=True)
     mount(lower, *dirs)
+
+
+def hide_in_upper(lower: Path, upper: Path, work: Path, merged: Path, rel_paths: list[str]) -> int:
+    """Hide `rel_paths` of lower from the merged view, the way deleting them in merged would,
+    but by writing the kernel's whiteouts (0/0 character devices) straight into upper while the
+    overlay is unmounted, then mounting it again. Returns how many were hidden.
+
+    Why: deleting a lower tree through the mount makes one whiteout per file and directory,
+    serialised inside overlayfs (measured: 1,000 repositories' `_manifests`, 2.2-6 s; threads
+    made it slower); this is one mknod per tree. Kernel overlayfs as root only (`can_hide`).
+    """
+    lower, upper = Path(os.path.realpath(lower)), Path(os.path.realpath(upper))
+    unmount(merged)
+    if is_mounted(merged):
+        raise MountError(f"{merged} is still mounted; not touching its upper dir")
+    hidden = 0
+    for rel in rel_paths:
+        parts = Path(rel).parts
+        if not parts or Path(rel).is_absolute() or ".." in parts:
+            raise MountError(f"cannot hide {rel!r}: give a path relative to the lower dir")
+        # parents as lower has them (mode, owner), so the merged view's attributes do not change
+        for i in range(1, len(parts)):
+            up = upper.joinpath(*parts[:i])
+            if not up.is_dir():
+                st = os.lstat(lower.joinpath(*parts[:i]))
+                up.mkdir()
+                os.chown(up, st.st_uid, st.st_gid)
+                os.chmod(up, stat.S_IMODE(st.st_mode))
+        target = upper / rel
+        try:
+            os.mknod(target, stat.S_IFCHR | 0o000, os.makedev(0, 0))
+        except FileExistsError:
+            st = os.lstat(target)
+            if not (stat.S_ISCHR(st.st_mode) and st.st_rdev == 0):
+                raise MountError(f"{target} exists in upper and is not a whiteout; reset the overlay first") from None
+            continue
+        hidden += 1
+    # A `volatile` mount leaves work/incompat/volatile, and the kernel refuses to mount over it
+    # again until it is removed (after a crash upper may be inconsistent). Here nothing
+    # crashed: upper was just written by this process. work holds nothing else worth keeping.
+    work = Path(work)
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir()
+    mount(lower, upper, work, merged)
+    return hidden
+
+
+def can_hide(merged: Path) -> bool:
+    """Whether `hide_in_upper` applies: a kernel overlay mounted by root."""
+    entry = mount_entry(merged)
+    return entry is not None and entry.fstype == "overlay" and os.geteuid() == 0
 
 
 @contextmanager

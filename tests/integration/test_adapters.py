@@ -210,6 +210,55 @@ def test_overlay_shows_lower_and_deletes_only_in_upper(mounted_overlay, tmp_path
     overlay.unmount(dirs.merged)  # unmounting twice is fine
 
 
+def _view(root) -> dict[str, tuple[int, int, int, bytes | None]]:
+    """What a reader of the merged view sees: every path's mode, owner and file content."""
+    out = {}
+    for d, dirnames, files in os.walk(root):
+        for name in dirnames + files:
+            p = os.path.join(d, name)
+            st = os.lstat(p)
+            data = open(p, "rb").read() if stat.S_ISREG(st.st_mode) else None
+            out[os.path.relpath(p, root)] = (st.st_mode, st.st_uid, st.st_gid, data)
+    return out
+
+
+def test_hiding_in_upper_gives_the_view_deleting_in_merged_gives(mounted_overlay, tmp_path):
+    lower = tmp_path / "lower"
+    for repo in ("a", "ns/b", "ns/deep/c"):
+        for rel in ("_manifests/tags/1/current/link", "_manifests/revisions/sha256/ab/link",
+                    "_layers/sha256/cd/link"):
+            f = lower / "repositories" / repo / rel
+            f.parent.mkdir(parents=True, exist_ok=True)
+            f.write_text(f"{repo}:{rel}")
+    os.chmod(lower / "repositories" / "ns", 0o750)  # an unusual mode must show through
+    os.chown(lower / "repositories" / "ns" / "deep", 1234, 5678)
+    hide = [f"repositories/{r}/_manifests" for r in ("a", "ns/b", "ns/deep/c")]
+
+    deleted = mounted_overlay(lower)
+    import shutil
+
+    for rel in hide:
+        shutil.rmtree(deleted.merged / rel)
+    hidden = mounted_overlay(lower)
+    assert overlay.can_hide(hidden.merged)
+    assert overlay.hide_in_upper(hidden.lower, hidden.upper, hidden.work, hidden.merged, hide) == 3
+    assert overlay.is_mounted(hidden.merged)
+
+    assert _view(hidden.merged) == _view(deleted.merged)
+    assert not any("_manifests" in p for p in _view(hidden.merged))
+    assert (hidden.merged / "repositories/ns/deep/c/_layers/sha256/cd/link").exists()
+    # the registry can write where a hidden tree was: it gets a fresh (opaque) directory
+    (hidden.merged / "repositories/a/_manifests/tags/2").mkdir(parents=True)
+    assert os.listdir(hidden.merged / "repositories/a/_manifests/tags") == ["2"]
+    assert (lower / "repositories/a/_manifests/tags/1/current/link").exists()  # lower intact
+    # hiding again (a retried stage) changes nothing; upper content that is not a whiteout is refused
+    assert overlay.hide_in_upper(hidden.lower, hidden.upper, hidden.work, hidden.merged, hide[1:]) == 0
+    with pytest.raises(MountError, match="not a whiteout"):
+        overlay.hide_in_upper(hidden.lower, hidden.upper, hidden.work, hidden.merged, hide[:1])
+    with pytest.raises(MountError, match="relative to the lower dir"):
+        overlay.hide_in_upper(hidden.lower, hidden.upper, hidden.work, hidden.merged, ["../x"])
+
+
 def test_overlay_mounted_context_unmounts_on_failure(require_root_overlay, tmp_path):
     dirs = [tmp_path / n for n in ("lower", "upper", "work", "merged")]
     dirs[0].mkdir()

@@ -1,6 +1,7 @@
-"""The tar writer on real filesystems: loop-mounted XFS with reflink, ext4, tmpfs, overlayfs.
+"""The tar writer on real filesystems: loop-mounted XFS with reflink and btrfs, ext4, tmpfs,
+overlayfs.
 
-Needs root (mount, losetup, mknod), xfsprogs, GNU tar and bsdtar. When CI=true a missing
+Needs root (mount, losetup, mknod), xfsprogs, btrfs-progs, GNU tar and bsdtar. When CI=true a missing
 requirement fails the test instead of skipping it.
 """
 
@@ -54,18 +55,17 @@ def root_tools() -> None:
         require(shutil.which(tool) is not None, f"{tool} is not installed")
 
 
-@pytest.fixture(scope="module")
-def xfs(root_tools, tmp_path_factory) -> Iterator[Path]:
-    """A fresh XFS with reflink=1 on a loop device; unmounted and detached even on failure."""
-    base = tmp_path_factory.mktemp("xfs")
-    image, mnt = base / "xfs.img", base / "mnt"
+def _loop_fs(tmp_path_factory, name: str, *mkfs: str) -> Iterator[Path]:
+    """A fresh filesystem on a sparse 1 GiB loop device; unmounted and detached even on failure."""
+    base = tmp_path_factory.mktemp(name)
+    image, mnt = base / f"{name}.img", base / "mnt"
     mnt.mkdir()
     with open(image, "wb") as f:
         f.truncate(1 << 30)  # sparse: costs only what the tests write
     loop = ""
     mounted = False
     try:
-        _run("mkfs.xfs", "-q", "-m", "reflink=1", image)
+        _run(*mkfs, image)
         loop = _run("losetup", "--find", "--show", image).strip()
         _run("mount", loop, mnt)
         mounted = True
@@ -76,6 +76,19 @@ def xfs(root_tools, tmp_path_factory) -> Iterator[Path]:
         if loop:
             subprocess.run(["losetup", "-d", loop], check=False)
         image.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="module")
+def xfs(root_tools, tmp_path_factory) -> Iterator[Path]:
+    """XFS with reflink=1."""
+    yield from _loop_fs(tmp_path_factory, "xfs", "mkfs.xfs", "-q", "-m", "reflink=1")
+
+
+@pytest.fixture(scope="module")
+def btrfs(root_tools, tmp_path_factory) -> Iterator[Path]:
+    """btrfs: reflinks always on."""
+    require(shutil.which("mkfs.btrfs") is not None, "mkfs.btrfs is not installed (btrfs-progs)")
+    yield from _loop_fs(tmp_path_factory, "btrfs", "mkfs.btrfs", "-q")
 
 
 @pytest.fixture(scope="module")
@@ -190,10 +203,10 @@ PATH_CHOICES = {
 }
 
 
-def test_every_path_on_every_filesystem_writes_the_same_bytes(xfs, tmpfs, tmp_path):
+def test_every_path_on_every_filesystem_writes_the_same_bytes(xfs, btrfs, tmpfs, tmp_path):
     digests: dict[tuple[str, str], str] = {}
     results: dict[tuple[str, str], TarResult] = {}
-    for fs_name, base in (("xfs", xfs), ("ext4", tmp_path), ("tmpfs", tmpfs)):
+    for fs_name, base in (("xfs", xfs), ("btrfs", btrfs), ("ext4", tmp_path), ("tmpfs", tmpfs)):
         work = base / "same-bytes"
         work.mkdir()
         try:
@@ -211,8 +224,9 @@ def test_every_path_on_every_filesystem_writes_the_same_bytes(xfs, tmpfs, tmp_pa
     assert len(set(digests.values())) == 1, digests
 
     # each filesystem really took the path it is expected to take
-    assert results["xfs", "default"].bytes_cloned > 4 * 1_048_576
-    assert results["xfs", "default"].fallbacks == 0
+    for fs_name in ("xfs", "btrfs"):
+        assert results[fs_name, "default"].bytes_cloned > 4 * 1_048_576
+        assert results[fs_name, "default"].fallbacks == 0
     for fs_name in ("ext4", "tmpfs"):
         assert results[fs_name, "default"].bytes_cloned == 0
         assert results[fs_name, "default"].bytes_kernel_copied > 4 * 1_048_576
@@ -220,7 +234,7 @@ def test_every_path_on_every_filesystem_writes_the_same_bytes(xfs, tmpfs, tmp_pa
     assert results["xfs", "buffered"].bytes_user_copied == _data_bytes(files)
 
 
-@pytest.mark.parametrize("scratch", ["xfs", "ext4"], indirect=True)
+@pytest.mark.parametrize("scratch", ["xfs", "btrfs", "ext4"], indirect=True)
 def test_gnu_tar_bsdtar_and_tarfile_extract_exactly_the_source(scratch):
     build_registry(scratch / "src")
     res = write_tarball(PlainTree(scratch / "src"), scratch / "release.tar")
@@ -229,7 +243,7 @@ def test_gnu_tar_bsdtar_and_tarfile_extract_exactly_the_source(scratch):
     assert " 0/0 " in listing and "1970-01-01 00:00" in listing
 
 
-@pytest.mark.parametrize("scratch", ["xfs"], indirect=True)
+@pytest.mark.parametrize("scratch", ["xfs", "btrfs"], indirect=True)
 def test_cloned_members_share_extents_and_cost_no_space(scratch):
     src = scratch / "src"
     blob = src / V2 / "blobs/sha256/aa/big"
@@ -259,7 +273,7 @@ def test_cloned_members_share_extents_and_cost_no_space(scratch):
 
 
 # --- fallbacks ----------------------------------------------------------------------------
-@pytest.mark.parametrize("scratch", ["xfs"], indirect=True)
+@pytest.mark.parametrize("scratch", ["xfs", "btrfs"], indirect=True)
 def test_a_clone_that_fails_midway_falls_back_without_corrupting_output(scratch):
     files = build_registry(scratch / "src")
     reference = write_tarball(PlainTree(scratch / "src"), scratch / "ref.tar",
@@ -387,7 +401,7 @@ def _change_like_a_release(tree: OverlayTree, seed: int = 11) -> None:
         f.write(b"")  # opened for writing: copied up, same content
 
 
-@pytest.mark.parametrize("overlay", ["xfs", "ext4"], indirect=True)
+@pytest.mark.parametrize("overlay", ["xfs", "btrfs", "ext4"], indirect=True)
 def test_merged_overlay_view_with_whiteouts_and_opaque_dir(overlay, tmp_path):
     _change_like_a_release(overlay)
     up = overlay.upper / V2
@@ -403,7 +417,7 @@ def test_merged_overlay_view_with_whiteouts_and_opaque_dir(overlay, tmp_path):
     plain = write_tarball(PlainTree(overlay.merged), tmp_path / "plain.tar",
                           data_paths=(DataPath.BUFFERED,))
     assert plain.sha256 == res.sha256
-    if _run("stat", "-f", "-c", "%T", overlay.upper).strip() == "xfs":
+    if _run("stat", "-f", "-c", "%T", overlay.upper).strip() in ("xfs", "btrfs"):
         # cloning needs the real files: from the merged view it would fail with EXDEV
         assert res.bytes_cloned > 0 and res.fallbacks == 0
 
