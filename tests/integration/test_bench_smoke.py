@@ -17,7 +17,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 ROW_LABELS = ("| docker |", "| skopeo |", "| blog-overlay |", "| layover (standing Prefect server) |",
-              "| layover (embedded server) |", "| floor (new blobs once + dd tarball) |")
+              "| layover (embedded server) |", "| floor (new blobs once + dd tarball) |",
+              "| Prefect alone (import, 1 flow + 1 task, exit) |")
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -41,14 +42,24 @@ def test_bench_runs_every_runner_and_reports_every_row(
         data = json.loads(js.read_text())
         for heading in ("## Cold release", "## Incremental release"):
             assert text.count(heading) == 1, heading
+        lines = text.splitlines()
         for label in ROW_LABELS:
-            assert text.count(label) == 2, f"{label} must appear once per scenario"
+            rows = sum(line.startswith(label) for line in lines)
+            assert rows == 2, f"{label} must start one row per scenario, found {rows}"
         assert "FAILED" not in text
-        runners = {"docker", "skopeo", "blog-overlay", "layover", "layover-embedded", "floor"}
+        # layover's own stage table and the limit line, once per scenario
+        assert text.count("Layover's stages") == 2 and text.count("layover / limit:") == 2
+        assert sum(line.startswith("| archive sync |") for line in lines) == 2
+        runners = {"docker", "skopeo", "blog-overlay", "layover", "layover-embedded", "floor",
+                   "prefect-alone"}
         cells = {(r["scenario"], r["runner"]) for r in data["rows"]}
         assert cells == {(s, r) for s in ("cold", "incremental") for r in runners}
         for r in data["rows"]:
-            assert r["exit_code"] == 0 and r["wall_s"] > 0 and r["tarball_mb"] > 0, r
+            assert r["exit_code"] == 0 and r["wall_s"] > 0, r
+            if r["runner"] != "prefect-alone":  # writes no tarball
+                assert r["tarball_mb"] > 0, r
+            if r["runner"].startswith("layover"):
+                assert r["stages"] and set(r["stages"]) >= {"archive sync", "tarball"}, r
         assert data["meta"]["fixture"]["1"]["images"] == 64
         assert 0 < data["meta"]["new_blob_mb"] < data["meta"]["fixture"]["2"]["blob_mb"]
         # nothing left behind: containers of this bench's scopes, mounts, work dirs

@@ -316,8 +316,10 @@ def test_killed_at_a_later_stage(site, baseline, docker_client, stage):
             _stop_when(run, lambda: run.saw(_finished("overlay-reset")))
             ok = _mounted(wd.merged) and not run.saw(_finished("prune-manifests"))
         elif stage == "prune":
+            # pruning writes whiteouts into upper while the overlay is briefly unmounted
+            # (overlay.hide_in_upper): the kill may land with it mounted or not
             _stop_when(run, lambda: run.saw(_finished("overlay-reset")) and whiteouts())
-            ok = _mounted(wd.merged) and not run.saw(_finished("prune-manifests"))
+            ok = not run.saw(_finished("prune-manifests"))
         elif stage == "package-sync":
             # the first manifest the package registry wrote: a tags dir recreated in upper
             _stop_when(run, lambda: run.saw(_finished("prune-manifests"))
@@ -337,7 +339,8 @@ def test_killed_at_a_later_stage(site, baseline, docker_client, stage):
         out.unlink(missing_ok=True)
         out.with_name(out.name + ".sha256").unlink(missing_ok=True)
     assert ok, f"could not freeze the run during {stage} in 5 attempts"
-    assert _mounted(wd.merged), "a killed run leaves its overlay mounted"
+    if stage != "prune":
+        assert _mounted(wd.merged), "a killed run leaves its overlay mounted"
     if stage == "tarball":
         assert _partials(out), "killed while the partial tarball was being written"
 
