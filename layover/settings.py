@@ -59,7 +59,7 @@ class ReleaseRequest(BaseModel):
     )
     output: Path = Field(description="Release tarball to write; a .sha256 is written beside it.")
     concurrency: int = Field(
-        default_factory=lambda: default_concurrency(),
+        default_factory=default_concurrency,
         ge=1,
         le=64,
         description="Parallel image copies per stage (default: twice the build host's CPUs, 2 to 8).",

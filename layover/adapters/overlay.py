@@ -151,14 +151,16 @@ def hide_in_upper(lower: Path, upper: Path, work: Path, merged: Path, rel_paths:
     made it slower); this is one mknod per tree. Kernel overlayfs as root only (`can_hide`).
     """
     lower, upper = Path(os.path.realpath(lower)), Path(os.path.realpath(upper))
+    for rel in rel_paths:  # all checked before anything is unmounted
+        parts = Path(rel).parts
+        if not parts or Path(rel).is_absolute() or ".." in parts:
+            raise MountError(f"cannot hide {rel!r}: give a path relative to the lower dir")
     unmount(merged)
     if is_mounted(merged):
         raise MountError(f"{merged} is still mounted; not touching its upper dir")
     hidden = 0
     for rel in rel_paths:
         parts = Path(rel).parts
-        if not parts or Path(rel).is_absolute() or ".." in parts:
-            raise MountError(f"cannot hide {rel!r}: give a path relative to the lower dir")
         # parents as lower has them (mode, owner), so the merged view's attributes do not change
         for i in range(1, len(parts)):
             up = upper.joinpath(*parts[:i])
