@@ -1,33 +1,81 @@
-"""Every error Layover raises on purpose.
+"""Every error Layover raises on purpose, and the exit code each one means.
 
-    LayoverError                 catch this to catch everything below
-    ├── ImageListError           images.list has bad lines (all of them, with line numbers)
-    ├── ReferenceError_          one image reference does not follow the grammar
-    ├── StorageError             a registry storage tree is corrupt (names the file)
-    ├── GCError                  marking failed: nothing was deleted
-    ├── VerifyError              the package does not serve every listed image
-    ├── CommandError             a subprocess failed (argv, exit code, stderr kept)
-    │   ├── TransientCommandError    worth retrying: connection, 5xx, timeout
-    │   └── ImageNotFoundError       the source has no such image: do not retry
-    ├── RegistryError            a registry container could not be started or reached
-    ├── MountError               overlayfs could not be mounted or unmounted
-    ├── LockedError              another run holds the work dir
-    ├── GitSourceError           an images.list could not be read from git (names repo, ref, path)
-    └── DiskFullError            no space left; names the path and the space needed
+    LayoverError                    catch this to catch everything below           exit 1
+    ├── Transient                   worth retrying (network, 5xx, timeout): the one class
+    │   │                           every retry condition checks
+    │   ├── TransientCommandError   a subprocess failed for a transient reason (also CommandError)
+    │   ├── TransientCopyError      one image copy failed for a transient reason (also CopyError)
+    │   └── TransientHTTPError      a registry answered 5xx/429 or the connection broke
+    ├── UsageError                  a flag or parameter is wrong                   exit 2
+    ├── InputError                  what the user handed in cannot be used         exit 3
+    │   ├── ImageListError          images.list has bad lines (every one, with its number)
+    │   ├── ReferenceError_         one image reference does not follow the grammar
+    │   ├── GitSourceError          a list cannot be read from git (names repo, ref, path)
+    │   ├── CredentialsError        an authfile or secret is missing, unreadable or not auth JSON
+    │   ├── AuthError               a registry refused the credentials (says which ones to check)
+    │   ├── TLSError                a registry's certificate did not verify
+    │   ├── ImageNotFoundError      the source has no such image: do not retry
+    │   └── PackageError            a package is refused (checksum, member, base): nothing changed
+    ├── SourceUnreachableError      the source registry does not answer at all     exit 4
+    ├── DiskFullError               no space left; names the path and the space needed   exit 5
+    ├── VerifyError                 the package does not serve exactly the listed images exit 6
+    ├── StorageError                a registry storage file is corrupt (names the file)  exit 6
+    ├── GCError                     marking failed: nothing was deleted                  exit 6
+    ├── CommandError                a subprocess failed (argv, exit code, stderr kept)
+    ├── RegistryError               a registry container or endpoint cannot be used
+    │   └── RegistryHTTPError       a registry answered with a status we did not expect
+    ├── CopyError                   one image could not be copied
+    ├── MountError                  overlayfs could not be mounted or unmounted
+    ├── LockedError                 another run holds the work dir
+    ├── StageFailed                 one or more images failed; every one is named
+    └── Interrupted                 Ctrl-C or SIGTERM stopped the run              exit 130/143
 
-Every message says what happened and what to do next.
+Every message is one line that says what happened and what to do next. Long diagnostic text
+(a tool's stderr) is kept in `detail` for logs, never in the message.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+# Exit codes, documented in the README's command-line section.
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INPUT = 3
+EXIT_SOURCE_UNREACHABLE = 4
+EXIT_DISK = 5
+EXIT_VERIFY = 6
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+
 
 class LayoverError(Exception):
     """Base class: catch this to catch every error Layover raises on purpose."""
 
+    exit_code = EXIT_FAILURE
 
-class ReferenceError_(LayoverError, ValueError):  # noqa: N801 - avoid shadowing builtin ReferenceError
+    def __init__(self, message: str = "", *, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail  # long diagnostic text for logs (a tool's stderr), never shown inline
+
+
+class Transient(LayoverError):
+    """A failure worth retrying: connection refused/reset, 5xx, 429, timeout."""
+
+
+class UsageError(LayoverError):
+    """A command-line flag or flow parameter is wrong."""
+
+    exit_code = EXIT_USAGE
+
+
+class InputError(LayoverError):
+    """Something the user handed in (list, credentials, package, reference) cannot be used."""
+
+    exit_code = EXIT_INPUT
+
+
+class ReferenceError_(InputError, ValueError):  # noqa: N801 - the builtin ReferenceError means something else
     """An image reference does not follow the Distribution reference grammar."""
 
     def __init__(self, text: str, reason: str) -> None:
@@ -36,7 +84,7 @@ class ReferenceError_(LayoverError, ValueError):  # noqa: N801 - avoid shadowing
         super().__init__(f"invalid image reference {text!r}: {reason}")
 
 
-class ImageListError(LayoverError):
+class ImageListError(InputError):
     """An images.list has one or more bad lines. Every bad line is listed."""
 
     def __init__(self, path: str, problems: Sequence[tuple[int, str, str]]) -> None:
@@ -49,8 +97,59 @@ class ImageListError(LayoverError):
         )
 
 
+class GitSourceError(InputError):
+    """The images.list could not be read from a git repository at a ref."""
+
+    def __init__(self, repo: str, ref: str, path: str, reason: str) -> None:
+        self.repo = repo
+        self.ref = ref
+        self.path = path
+        self.reason = reason
+        super().__init__(f"images.list {path!r} at {ref!r} in {repo}: {reason}")
+
+
+class CredentialsError(InputError):
+    """An authfile or credentials block is missing, unreadable or not a containers-auth.json."""
+
+
+class AuthError(InputError):
+    """A registry refused the credentials (or demanded some we do not have)."""
+
+
+class TLSError(InputError):
+    """A registry's TLS certificate did not verify."""
+
+
+class ImageNotFoundError(InputError):
+    """The source registry has no such image (or tag, or digest): retrying will not help."""
+
+
+class PackageError(InputError):
+    """A package (tarball, contents file, delta) is refused; nothing was changed."""
+
+
+class SourceUnreachableError(LayoverError):
+    """The source registry does not answer at all (not a flaky request: a dead host)."""
+
+    exit_code = EXIT_SOURCE_UNREACHABLE
+
+
+class DiskFullError(LayoverError):
+    """No space left on a device; the message names the path."""
+
+    exit_code = EXIT_DISK
+
+
+class VerifyError(LayoverError):
+    """The package cannot serve every listed image exactly."""
+
+    exit_code = EXIT_VERIFY
+
+
 class StorageError(LayoverError):
     """A file in a registry storage tree is corrupt or unreadable."""
+
+    exit_code = EXIT_VERIFY
 
     def __init__(self, path: str, reason: str) -> None:
         self.path = path
@@ -59,11 +158,9 @@ class StorageError(LayoverError):
 
 
 class GCError(LayoverError):
-    """Marking failed; GC deleted nothing."""
+    """Marking failed; GC deleted nothing. The message names the file."""
 
-
-class VerifyError(LayoverError):
-    """The package cannot serve every listed image exactly."""
+    exit_code = EXIT_VERIFY
 
 
 class CommandError(LayoverError):
@@ -77,19 +174,48 @@ class CommandError(LayoverError):
         msg = f"{argv[0]} exited {returncode}: {tail}"
         if hint:
             msg += f" ({hint})"
-        super().__init__(msg)
+        super().__init__(msg, detail=stderr)
 
 
-class TransientCommandError(CommandError):
-    """A failure worth retrying: connection refused/reset, 5xx, timeout."""
-
-
-class ImageNotFoundError(CommandError):
-    """The source registry has no such image (or denies it): retrying will not help."""
+class TransientCommandError(CommandError, Transient):
+    """A subprocess failure worth retrying: connection refused/reset, 5xx, timeout."""
 
 
 class RegistryError(LayoverError):
-    """A registry container could not be created, started or reached."""
+    """A registry container or endpoint could not be created, started or reached."""
+
+
+class RegistryHTTPError(RegistryError):
+    """A registry answered with an unexpected HTTP status. Keeps the status and error codes."""
+
+    def __init__(self, method: str, url: str, status: int, codes: tuple[str, ...], detail: str,
+                 hint: str) -> None:
+        self.method = method
+        self.url = url
+        self.status = status
+        self.codes = codes  # Distribution error codes, e.g. ("MANIFEST_BLOB_UNKNOWN",)
+        what = f"{method} {url} returned {status}"
+        if codes:
+            what += f" {'/'.join(codes)}"
+        if detail:
+            what += f": {detail}"
+        super().__init__(f"{what} ({hint})" if hint else what)
+
+    @property
+    def not_found(self) -> bool:
+        return self.status == 404
+
+
+class TransientHTTPError(RegistryHTTPError, Transient):
+    """A registry answered 5xx or 429: worth a retry."""
+
+
+class CopyError(LayoverError):
+    """One image could not be copied to a registry of ours."""
+
+
+class TransientCopyError(CopyError, Transient):
+    """A registry did not answer, or answered 5xx: worth a retry (after a revive)."""
 
 
 class MountError(LayoverError):
@@ -100,16 +226,27 @@ class LockedError(LayoverError):
     """Another run holds the work dir."""
 
 
-class GitSourceError(LayoverError):
-    """The images.list could not be read from a git repository at a ref."""
+class StageFailed(LayoverError):
+    """One or more images could not be copied; every one is named."""
 
-    def __init__(self, repo: str, ref: str, path: str, reason: str) -> None:
-        self.repo = repo
-        self.ref = ref
-        self.path = path
-        self.reason = reason
-        super().__init__(f"images.list {path!r} at {ref!r} in {repo}: {reason}")
+    def __init__(self, message: str, failures: Sequence[tuple[str, BaseException]] = ()) -> None:
+        super().__init__(message)
+        self.failures = tuple(failures)  # (image, its error), in list order
+
+    @property
+    def exit_code(self) -> int:  # type: ignore[override]
+        """The most telling cause: every image failed for one reason -> that reason's code."""
+        codes = {getattr(e, "exit_code", EXIT_FAILURE) for _, e in self.failures}
+        return codes.pop() if len(codes) == 1 else EXIT_FAILURE
 
 
-class DiskFullError(LayoverError):
-    """No space left on a device; the message names the path."""
+class Interrupted(LayoverError):
+    """Ctrl-C (SIGINT) or SIGTERM stopped the run; what was archived stays."""
+
+    def __init__(self, message: str, signal_number: int) -> None:
+        super().__init__(message)
+        self.signal_number = signal_number
+
+    @property
+    def exit_code(self) -> int:  # type: ignore[override]
+        return 128 + self.signal_number

@@ -20,17 +20,18 @@ from prefect.states import State
 from prefect.tasks import exponential_backoff
 
 from layover.adapters import skopeo
-from layover.adapters.manifest_copy import ManifestCopyError, TransientCopyError, copy_manifests
+from layover.adapters.manifest_copy import copy_manifests
 from layover.adapters.registry import Registry
 from layover.adapters.registry_api import RegistryAPI
 from layover.adapters.source_probe import SourceProbe
 from layover.digests import image_complete, resolve
 from layover.errors import (
     CommandError,
+    CopyError,
     DiskFullError,
     LayoverError,
     StorageError,
-    TransientCommandError,
+    Transient,
 )
 from layover.layout import StorageLayout
 from layover.reference import Digest, ImageRef
@@ -62,7 +63,7 @@ def _transient_only(task: Task, task_run: TaskRun, state: State) -> bool:
     """Retry connection errors, 5xx and timeouts; an unknown image or a denied login stays failed."""
     try:
         state.result()
-    except (TransientCommandError, TransientCopyError):
+    except Transient:
         return True
     except Exception:
         return False
@@ -90,7 +91,7 @@ def copy_one(ref: ImageRef, ends: Endpoints) -> ImageCopy:
         digest, _ = copy_manifests(_api(ends.src_host), _api(ends.dst_host), ref)
         blobs = image_complete(layout, ref.repository, digest)
         if blobs is None:
-            raise ManifestCopyError(f"{ref}: written, but the package does not hold it whole")
+            raise CopyError(f"{ref}: written, but the package does not hold it whole")
         return ImageCopy(str(ref), str(digest), 0, blobs, 0, time.monotonic() - started)
     result = skopeo.copy(
         f"docker://{ref.at(ends.src_host)}",
@@ -169,13 +170,13 @@ def copy_diagnosed(ref: ImageRef, ends: Endpoints) -> ImageCopy:
     """copy_one, with failures turned into what to do about them."""
     try:
         return copy_one(ref, ends)
-    except (CommandError, ManifestCopyError) as e:
+    except (CommandError, CopyError) as e:
         # A full disk or a damaged file under a registry of ours shows up as a bare HTTP 500:
         # name the directory or file instead (and do not retry: neither clears itself).
         better = _disk_full(ref, ends) or _damaged_storage(ref, ends, e)
         if better is not None:
             raise better from e
-        if isinstance(e, (TransientCommandError, TransientCopyError)):
+        if isinstance(e, Transient):
             _revive_own(ends)
         raise
 

@@ -12,16 +12,12 @@ from collections.abc import Sequence
 from prefect import Task, get_run_logger
 from prefect.futures import PrefectFuture, as_completed
 
-from layover.errors import LayoverError
+from layover.errors import StageFailed
 from layover.reference import ImageRef
 from layover.report import ImageCopy
 from tasks.copying import Endpoints
 
 MAX_CONCURRENCY = 64
-
-
-class StageFailed(LayoverError):
-    """One or more images could not be copied; every one is named."""
 
 
 def fan_out(
@@ -56,5 +52,6 @@ def fan_out(
     if failures:
         named = "; ".join(f"{ref}: {err}" for ref, err in failures[:10])
         more = f" (and {len(failures) - 10} more)" if len(failures) > 10 else ""
-        raise StageFailed(f"{stage}: {len(failures)} image(s) failed: {named}{more}")
+        raise StageFailed(f"{stage}: {len(failures)} image(s) failed: {named}{more}",
+                          [(str(r), e) for r, e in failures])
     return copies

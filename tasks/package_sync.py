@@ -16,13 +16,11 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from layover.adapters.manifest_copy import TransientCopyError
-from layover.errors import TransientCommandError
+from layover.errors import StageFailed, Transient, TransientCopyError
 from layover.imagelist import ImageList
 from layover.reference import ImageRef
 from layover.report import ImageCopy, StageReport
 from tasks.copying import Endpoints, _transient_only, copy_diagnosed
-from tasks.fanout import StageFailed
 
 
 @task(
@@ -47,9 +45,9 @@ def copy_manifests_to_package(refs: tuple[ImageRef, ...], ends: Endpoints, concu
         named = "; ".join(f"{ref}: {err}" for ref, err in failures[:10])
         more = f" (and {len(failures) - 10} more)" if len(failures) > 10 else ""
         message = f"package sync: {len(failures)} image(s) failed: {named}{more}"
-        if all(isinstance(e, (TransientCommandError, TransientCopyError)) for _, e in failures):
+        if all(isinstance(e, Transient) for _, e in failures):
             raise TransientCopyError(message)  # Prefect retries the stage
-        raise StageFailed(message)
+        raise StageFailed(message, [(str(r), e) for r, e in failures])
     get_run_logger().info("package sync: %d images written", len(refs))
     return [o for o in outcomes if isinstance(o, ImageCopy)]
 

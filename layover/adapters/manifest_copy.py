@@ -10,18 +10,10 @@ process start-up and CPU per image (measured on the bench fixture).
 
 from __future__ import annotations
 
-from layover.adapters.registry_api import FetchedManifest, RegistryAPI, RegistryHTTPError
-from layover.errors import LayoverError, RegistryError
+from layover.adapters.registry_api import FetchedManifest, RegistryAPI
+from layover.errors import CopyError, RegistryError, RegistryHTTPError, TransientCopyError
 from layover.manifest import parse_manifest
 from layover.reference import Digest, ImageRef
-
-
-class ManifestCopyError(LayoverError):
-    """An image could not be written to the package registry."""
-
-
-class TransientCopyError(ManifestCopyError):
-    """A registry of ours did not answer, or answered 5xx: worth a retry (after a revive)."""
 
 
 def copy_manifests(src: RegistryAPI, dst: RegistryAPI, ref: ImageRef) -> tuple[Digest, int]:
@@ -31,7 +23,7 @@ def copy_manifests(src: RegistryAPI, dst: RegistryAPI, ref: ImageRef) -> tuple[D
     def put_tree(fetched: FetchedManifest, dest_ref: str | Digest, seen: frozenset[Digest]) -> None:
         nonlocal written
         if fetched.digest in seen:
-            raise ManifestCopyError(f"{ref}: manifest {fetched.digest} contains itself")
+            raise CopyError(f"{ref}: manifest {fetched.digest} contains itself")
         manifest = parse_manifest(fetched.data, f"{src.host}/{ref.repository}@{fetched.digest}")
         for child in manifest.children:
             put_tree(src.manifest(ref.repository, child), child, seen | {fetched.digest})
@@ -41,10 +33,10 @@ def copy_manifests(src: RegistryAPI, dst: RegistryAPI, ref: ImageRef) -> tuple[D
     try:
         top = src.manifest(ref.repository, ref.digest if ref.digest is not None else ref.tag)
         if ref.digest is not None and top.digest != ref.digest:
-            raise ManifestCopyError(f"{ref}: the archive serves {top.digest}")
+            raise CopyError(f"{ref}: the archive serves {top.digest}")
         put_tree(top, ref.tag if ref.tag is not None else top.digest, frozenset())
     except RegistryHTTPError as e:
-        kind = TransientCopyError if e.status >= 500 else ManifestCopyError
+        kind = TransientCopyError if e.status >= 500 else CopyError
         raise kind(f"{ref}: {e}") from None
     except RegistryError as e:  # could not reach it: the container may have died
         raise TransientCopyError(f"{ref}: {e}") from None

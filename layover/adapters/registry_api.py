@@ -27,7 +27,7 @@ from typing import NamedTuple
 import httpx
 import tenacity
 
-from layover.errors import RegistryError
+from layover.errors import RegistryError, RegistryHTTPError
 from layover.reference import Digest
 from layover.samples import Release, SampleImage
 
@@ -41,26 +41,6 @@ MANIFEST_ACCEPT = ", ".join((
 ))
 
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
-
-
-class RegistryHTTPError(RegistryError):
-    """The registry answered with an unexpected HTTP status. Keeps the status and error codes."""
-
-    def __init__(self, method: str, url: str, status: int, codes: tuple[str, ...], detail: str, hint: str) -> None:
-        self.method = method
-        self.url = url
-        self.status = status
-        self.codes = codes  # Distribution error codes, e.g. ("MANIFEST_BLOB_UNKNOWN",)
-        what = f"{method} {url} returned {status}"
-        if codes:
-            what += f" {'/'.join(codes)}"
-        if detail:
-            what += f": {detail}"
-        super().__init__(f"{what} ({hint})" if hint else what)
-
-    @property
-    def not_found(self) -> bool:
-        return self.status == 404
 
 
 class FetchedManifest(NamedTuple):

@@ -16,14 +16,14 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from layover.errors import CommandError, TransientCommandError
+from layover.errors import CommandError, LayoverError, TransientCommandError
 
 log = logging.getLogger(__name__)
 
 REDACTED = "***"
 
 # Maps a failed command to the error to raise; returning None keeps the plain CommandError.
-Classifier = Callable[[Sequence[str], int, str], CommandError | None]
+Classifier = Callable[[Sequence[str], int, str], LayoverError | None]
 
 
 @dataclass(frozen=True)

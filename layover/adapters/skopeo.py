@@ -24,7 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from layover.adapters.run import run
-from layover.errors import CommandError, ImageNotFoundError, TransientCommandError
+from layover.errors import (
+    AuthError,
+    CommandError,
+    ImageNotFoundError,
+    LayoverError,
+    TLSError,
+    TransientCommandError,
+)
 from layover.reference import Digest
 
 SKOPEO = "skopeo"
@@ -44,6 +51,11 @@ _AUTH = re.compile(
     r"unauthorized|\bdenied\b|authentication required|(?:status(?: code)?:? |StatusCode: )40[13]\b",
     re.IGNORECASE,
 )
+_TLS = re.compile(
+    r"x509:|certificate signed by unknown authority|certificate is not valid|tls: failed to verify"
+    r"|server gave HTTP response to HTTPS client",
+    re.IGNORECASE,
+)
 _NOT_FOUND = re.compile(r"manifest unknown|name unknown|blob unknown|not found", re.IGNORECASE)
 # Errors on the writing side: a "manifest blob unknown" there is our bug or a broken
 # destination, not a missing source image.
@@ -54,6 +66,8 @@ HINT_NOT_FOUND = "the source registry has no such image: check the reference in 
 HINT_READ_ONLY = "the destination registry refused the write (405): is it in read-only mode?"
 HINT_AUTH = ("the registry refused access: check the credentials (src_authfile / credentials "
              "block) and that the repository exists")
+HINT_TLS = ("the registry's TLS certificate did not verify (or it speaks plain HTTP): give its CA "
+            "(src_cert_dir) or turn verification off for it (src_tls_verify=false)")
 
 
 @dataclass(frozen=True)
@@ -122,16 +136,19 @@ def fatal_message(stderr: str) -> str:
     return lines[-1] if lines else ""
 
 
-def classify(argv: Sequence[str], returncode: int, stderr: str) -> CommandError:
-    """Map a failed skopeo run to Transient / ImageNotFound / plain CommandError."""
+def classify(argv: Sequence[str], returncode: int, stderr: str) -> LayoverError:
+    """Map a failed skopeo run to the error tree by its final fatal line: Transient, TLS, auth,
+    not found, or a plain CommandError. skopeo's whole stderr stays in `detail` for the logs."""
     message = fatal_message(stderr)
     dest_side = bool(_DEST_SIDE.search(message))
     if _TRANSIENT.search(message):
         return TransientCommandError(argv, returncode, stderr, hint=HINT_TRANSIENT)
+    if _TLS.search(message):
+        return TLSError(f"{argv[0]}: {message} ({HINT_TLS})", detail=stderr)
     if _AUTH.search(message):
-        return ImageNotFoundError(argv, returncode, stderr, hint=HINT_AUTH)
+        return AuthError(f"{argv[0]}: {message} ({HINT_AUTH})", detail=stderr)
     if _NOT_FOUND.search(message) and not dest_side:
-        return ImageNotFoundError(argv, returncode, stderr, hint=HINT_NOT_FOUND)
+        return ImageNotFoundError(f"{argv[0]}: {message} ({HINT_NOT_FOUND})", detail=stderr)
     if "Method not allowed" in message:
         return CommandError(argv, returncode, stderr, hint=HINT_READ_ONLY)
     return CommandError(argv, returncode, stderr)

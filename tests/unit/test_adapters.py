@@ -14,7 +14,7 @@ from layover.adapters import overlay, skopeo
 from layover.adapters.registry import render_config
 from layover.adapters.registry_image import parse_ldd
 from layover.adapters.run import run
-from layover.errors import CommandError, ImageNotFoundError, TransientCommandError
+from layover.errors import AuthError, CommandError, ImageNotFoundError, TransientCommandError
 from layover.reference import Digest
 
 SAMPLES = Path(__file__).parent / "data" / "skopeo"
@@ -52,7 +52,7 @@ def test_run_nonzero_raises_command_error_with_argv_code_stderr():
 
 def test_run_classify_picks_the_subclass():
     def classify(argv, code, stderr):
-        return ImageNotFoundError(argv, code, stderr, hint="x") if "gone" in stderr else None
+        return ImageNotFoundError(f"{argv[0]}: gone", detail=stderr) if "gone" in stderr else None
 
     with pytest.raises(ImageNotFoundError):
         run([PY, "-c", "import sys; sys.stderr.write('gone'); sys.exit(1)"], classify=classify)
@@ -115,8 +115,8 @@ def test_parse_cross_repo_mount_counts_as_skipped():
         ("src_manifest_unknown_tag", ImageNotFoundError, skopeo.HINT_NOT_FOUND),
         ("src_manifest_unknown_digest", ImageNotFoundError, skopeo.HINT_NOT_FOUND),
         ("src_name_unknown", ImageNotFoundError, skopeo.HINT_NOT_FOUND),
-        ("src_401_unauthorized", ImageNotFoundError, skopeo.HINT_AUTH),
-        ("src_403_denied", ImageNotFoundError, skopeo.HINT_AUTH),
+        ("src_401_unauthorized", AuthError, skopeo.HINT_AUTH),
+        ("src_403_denied", AuthError, skopeo.HINT_AUTH),
         ("dest_read_only_blob", CommandError, skopeo.HINT_READ_ONLY),
         ("dest_read_only_manifest", CommandError, skopeo.HINT_READ_ONLY),
     ],
