@@ -19,6 +19,24 @@ from dataclasses import dataclass
 from layover.errors import ReferenceError_, StorageError
 from layover.reference import Digest
 
+# --- media types: the one home for these strings -------------------------------------------
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+OCI_EMPTY = "application/vnd.oci.empty.v1+json"  # the empty config of OCI 1.1 artifacts
+
+INDEX_MEDIA_TYPES = frozenset({DOCKER_MANIFEST_LIST, OCI_INDEX})
+MANIFEST_MEDIA_TYPES = frozenset({DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_MANIFEST, OCI_INDEX})
+
+# Every manifest type Layover handles, for the Accept header. Without the list/index types a
+# registry may answer with a different document than the one stored (or 404).
+MANIFEST_ACCEPT = ", ".join((OCI_INDEX, DOCKER_MANIFEST_LIST, OCI_MANIFEST, DOCKER_MANIFEST))
+
 # Layers the registry accepts without the blob being pushed (DESIGN §3: data and link may be
 # absent). Docker's foreign type and every OCI non-distributable variant (+gzip, +zstd, ...).
 _FOREIGN_MARKERS = ("foreign", "nondistributable")

@@ -28,17 +28,9 @@ import httpx
 import tenacity
 
 from layover.errors import RegistryError, RegistryHTTPError
+from layover.manifest import MANIFEST_ACCEPT
 from layover.reference import Digest
 from layover.samples import Release, SampleImage
-
-# Every manifest type Layover handles. Without the list/index types a registry may answer with
-# a different document than the one stored (or 404), so always send all of them.
-MANIFEST_ACCEPT = ", ".join((
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-))
 
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 

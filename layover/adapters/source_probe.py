@@ -20,16 +20,11 @@ from pathlib import Path
 
 import httpx
 
+from layover.manifest import MANIFEST_ACCEPT
 from layover.reference import Digest, ImageRef
 
 log = logging.getLogger(__name__)
 
-MANIFEST_ACCEPT = ", ".join((
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-))
 _CHALLENGE = re.compile(r'(\w+)="([^"]*)"')
 
 
