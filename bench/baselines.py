@@ -116,8 +116,8 @@ def run_blog_overlay(refs, source, work, output, mgr) -> None:
             mgr.stop(package)
             mgr.stop(archive)
         # 5. GC with the registry stopped (a correct one; see the module docstring)
-        from layover.gc import apply_gc, plan_gc
-        from layover.layout import StorageLayout
+        from layover.storage.gc import apply_gc, plan_gc
+        from layover.storage.layout import StorageLayout
 
         t = time.monotonic()
         result = apply_gc(plan_gc(StorageLayout(merged)))

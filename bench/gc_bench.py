@@ -117,8 +117,8 @@ def generate(root: str, scale: float, layer_size: int) -> tuple[Gen, list[str]]:
 def big_blobs(tmp: str, total_mib: int, workers: int) -> tuple[float, float, float, int]:
     """Verify, `cat` and `sha256sum` seconds for one image of 64 MiB layers: hashing throughput proper."""
     from layover.imagelist import parse_text
-    from layover.layout import StorageLayout
-    from layover.verify import verify_storage
+    from layover.storage.layout import StorageLayout
+    from layover.storage.verify import verify_storage
 
     root = os.path.join(tmp, "big")
     g = Gen(root, 0)
@@ -144,10 +144,10 @@ def big_blobs(tmp: str, total_mib: int, workers: int) -> tuple[float, float, flo
 
 def measure(root: str, list_path: str, workers: int) -> dict:
     """Runs in a fresh process so ru_maxrss is GC's own."""
-    from layover.gc import apply_gc, plan_gc
+    from layover.storage.gc import apply_gc, plan_gc
     from layover.imagelist import load
-    from layover.layout import StorageLayout
-    from layover.verify import verify_storage
+    from layover.storage.layout import StorageLayout
+    from layover.storage.verify import verify_storage
 
     layout = StorageLayout(Path(root))
     out: dict = {}

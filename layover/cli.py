@@ -135,8 +135,8 @@ def gc(
 ) -> None:
     """Garbage-collect a registry storage directory: keep exactly what tags reach."""
     from layover.adapters.served import refuse_if_served
-    from layover.gc import apply_gc, plan_gc
-    from layover.layout import StorageLayout
+    from layover.storage.gc import apply_gc, plan_gc
+    from layover.storage.layout import StorageLayout
 
     try:
         layout = StorageLayout(storage_dir.absolute())
@@ -160,8 +160,8 @@ def verify(
 ) -> None:
     """Check a package: every listed image complete, every blob's sha256, nothing extra."""
     from layover import imagelist
-    from layover.layout import StorageLayout
-    from layover.verify import verify_storage, verify_tarball
+    from layover.storage.layout import StorageLayout
+    from layover.storage.verify import verify_storage, verify_tarball
 
     try:
         listed = imagelist.load(images)
@@ -187,7 +187,7 @@ def repair_archive(
     fetches them again from the source. Exits 1 if damage was found in a dry run."""
     from layover.adapters import overlay
     from layover.adapters.served import refuse_if_served
-    from layover.repair import apply_repair, scan
+    from layover.storage.repair import apply_repair, scan
     from layover.workdir import WorkDir
 
     try:

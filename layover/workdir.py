@@ -17,7 +17,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from layover.layout import StorageLayout
+from layover.storage.layout import StorageLayout
 
 
 @dataclass(frozen=True)

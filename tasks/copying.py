@@ -24,7 +24,7 @@ from layover.adapters.manifest_copy import copy_manifests
 from layover.adapters.registry import Registry
 from layover.adapters.registry_api import RegistryAPI
 from layover.adapters.source_probe import SourceProbe
-from layover.digests import image_complete, resolve
+from layover.storage.images import image_complete, resolve
 from layover.errors import (
     CommandError,
     CopyError,
@@ -33,9 +33,9 @@ from layover.errors import (
     StorageError,
     Transient,
 )
-from layover.layout import StorageLayout
+from layover.storage.layout import StorageLayout
 from layover.reference import Digest, ImageRef
-from layover.repair import scan_repository
+from layover.storage.repair import scan_repository
 from layover.report import ImageCopy
 from layover.workdir import WorkDir
 from tasks.registries import manager, revive

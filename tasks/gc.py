@@ -11,8 +11,8 @@ import time
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from layover.digests import pinned_roots
-from layover.gc import apply_gc, plan_gc
+from layover.storage.images import pinned_roots
+from layover.storage.gc import apply_gc, plan_gc
 from layover.imagelist import ImageList
 from layover.report import StageReport
 from layover.workdir import WorkDir

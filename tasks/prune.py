@@ -8,7 +8,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from layover.adapters import overlay
-from layover.prune import PruneResult, prune_manifests
+from layover.storage.prune import PruneResult, prune_manifests
 from layover.report import StageReport
 from layover.workdir import WorkDir
 

@@ -7,11 +7,11 @@ import time
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from layover.digests import mismatches
+from layover.storage.images import mismatches
 from layover.errors import VerifyError
 from layover.imagelist import ImageList
 from layover.report import StageReport
-from layover.verify import verify_storage
+from layover.storage.verify import verify_storage
 from layover.workdir import WorkDir
 
 

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from layover.errors import DiskFullError, StorageError
-from layover.layout import V2
+from layover.storage.layout import V2
 from layover.tarball import Entry, Kind, PlannedMember, data_regions, plan
 
 CHUNK = 1 << 20

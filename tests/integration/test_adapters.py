@@ -17,7 +17,7 @@ from layover.errors import (
     RegistryError,
     TransientCommandError,
 )
-from layover.layout import StorageLayout
+from layover.storage.layout import StorageLayout
 
 pytestmark = pytest.mark.integration
 

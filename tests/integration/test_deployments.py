@@ -36,7 +36,7 @@ import pytest
 from layover import imagelist
 from layover.adapters.registry_api import push_release
 from layover.samples import Release, release
-from layover.verify import verify_tarball
+from layover.storage.verify import verify_tarball
 from layover.workdir import WorkDir
 from tests.conftest import require
 

@@ -15,7 +15,7 @@ import pytest
 
 from layover.adapters.registry_api import push_release
 from layover.errors import LayoverError
-from layover.layout import StorageLayout
+from layover.storage.layout import StorageLayout
 from layover.reference import Digest
 from layover.samples import release
 from layover.settings import ListFromFile, ReleaseRequest

@@ -16,7 +16,7 @@ import pytest
 from layover import imagelist
 from layover.errors import DiskFullError, LayoverError
 from layover.settings import ListFromFile, ReleaseRequest
-from layover.verify import verify_tarball
+from layover.storage.verify import verify_tarball
 from layover.workdir import WorkDir
 from tests.conftest import require
 from tests.integration.conftest import CiSite

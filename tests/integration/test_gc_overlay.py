@@ -12,9 +12,9 @@ import shutil
 
 import pytest
 
-from layover.gc import apply_gc, plan_gc
-from layover.layout import StorageLayout
-from layover.prune import prune_manifests
+from layover.storage.gc import apply_gc, plan_gc
+from layover.storage.layout import StorageLayout
+from layover.storage.prune import prune_manifests
 from tests.unit.storage_builder import StorageBuilder
 
 pytestmark = pytest.mark.integration

@@ -18,10 +18,10 @@ import pytest
 from layover import imagelist
 from layover.adapters.registry import RegistryManager
 from layover.adapters.registry_api import RegistryAPI, push_release
-from layover.gc import apply_gc, plan_gc
-from layover.layout import StorageLayout
+from layover.storage.gc import apply_gc, plan_gc
+from layover.storage.layout import StorageLayout
 from layover.samples import Release, release
-from layover.verify import ProblemKind, verify_storage
+from layover.storage.verify import ProblemKind, verify_storage
 
 pytestmark = pytest.mark.integration
 

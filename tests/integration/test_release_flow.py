@@ -20,10 +20,10 @@ import pytest
 from layover import imagelist
 from layover.adapters.registry_api import RegistryAPI, push_release
 from layover.errors import ImageListError, LayoverError
-from layover.layout import StorageLayout
+from layover.storage.layout import StorageLayout
 from layover.samples import Release, release
 from layover.settings import ListFromFile, ReleaseRequest
-from layover.verify import verify_tarball
+from layover.storage.verify import verify_tarball
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -12,7 +12,7 @@ import json
 import os
 from pathlib import Path
 
-from layover.layout import StorageLayout, write_link
+from layover.storage.layout import StorageLayout, write_link
 from layover.reference import Digest
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"

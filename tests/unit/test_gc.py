@@ -7,7 +7,7 @@ import os
 import pytest
 
 from layover.errors import GCError
-from layover.gc import DeletionKind, apply_gc, plan_gc
+from layover.storage.gc import DeletionKind, apply_gc, plan_gc
 from layover.reference import Digest
 
 from tests.unit.storage_builder import (

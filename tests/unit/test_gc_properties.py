@@ -15,7 +15,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from layover.gc import apply_gc, plan_gc
+from layover.storage.gc import apply_gc, plan_gc
 
 from tests.unit.storage_builder import StorageBuilder
 

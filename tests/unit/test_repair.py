@@ -1,13 +1,13 @@
-"""layover.repair on storage trees built in tmp_path: what counts as damage, what is removed."""
+"""layover.storage.repair on storage trees built in tmp_path: what counts as damage, what is removed."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 
-from layover.layout import StorageLayout, write_link
+from layover.storage.layout import StorageLayout, write_link
 from layover.reference import Digest
-from layover.repair import Damage, apply_repair, scan, scan_repository
+from layover.storage.repair import Damage, apply_repair, scan, scan_repository
 
 
 def _blob(layout: StorageLayout, data: bytes) -> Digest:

@@ -7,10 +7,10 @@ import tarfile
 import pytest
 
 from layover.errors import VerifyError
-from layover.gc import apply_gc, plan_gc
+from layover.storage.gc import apply_gc, plan_gc
 from layover.imagelist import parse_text
 from layover.reference import Digest
-from layover.verify import ProblemKind, verify_storage, verify_tarball
+from layover.storage.verify import ProblemKind, verify_storage, verify_tarball
 
 from tests.unit.storage_builder import StorageBuilder, digest_of
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 
-from layover.layout import StorageLayout
+from layover.storage.layout import StorageLayout
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from layover.layout import StorageLayout
+from layover.storage.layout import StorageLayout
 from layover.reference import Digest
 
 CHUNK = 1 << 20

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from layover.errors import StorageError
 from layover.imagelist import ImageList
-from layover.layout import StorageLayout, read_link
+from layover.storage.layout import StorageLayout, read_link
 from layover.reference import Digest, ImageRef
 
 

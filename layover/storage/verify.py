@@ -34,7 +34,7 @@ from pathlib import Path
 
 from layover.errors import StorageError, VerifyError
 from layover.imagelist import ImageList
-from layover.layout import V2, StorageLayout
+from layover.storage.layout import V2, StorageLayout
 from layover.manifest import parse_manifest
 
 CHUNK = 1 << 20

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from layover.errors import GCError, StorageError
-from layover.layout import StorageLayout
+from layover.storage.layout import StorageLayout
 from layover.manifest import ManifestKind, parse_manifest
 from layover.reference import Digest
 
