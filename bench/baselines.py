@@ -116,7 +116,8 @@ def run_blog_overlay(refs, source, work, output, mgr) -> None:
             mgr.stop(package)
             mgr.stop(archive)
         # 5. GC with the registry stopped (a correct one; see the module docstring)
-        from layover.storage.gc import apply_gc, plan_gc
+        from layover.storage.gc import plan_gc
+        from layover.storage.vacuum import apply_gc
         from layover.storage.layout import StorageLayout
 
         t = time.monotonic()

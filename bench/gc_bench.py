@@ -144,7 +144,8 @@ def big_blobs(tmp: str, total_mib: int, workers: int) -> tuple[float, float, flo
 
 def measure(root: str, list_path: str, workers: int) -> dict:
     """Runs in a fresh process so ru_maxrss is GC's own."""
-    from layover.storage.gc import apply_gc, plan_gc
+    from layover.storage.gc import plan_gc
+    from layover.storage.vacuum import apply_gc
     from layover.imagelist import load
     from layover.storage.layout import StorageLayout
     from layover.storage.verify import verify_storage

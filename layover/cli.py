@@ -135,7 +135,8 @@ def gc(
 ) -> None:
     """Garbage-collect a registry storage directory: keep exactly what tags reach."""
     from layover.adapters.served import refuse_if_served
-    from layover.storage.gc import apply_gc, plan_gc
+    from layover.storage.gc import plan_gc
+    from layover.storage.vacuum import apply_gc
     from layover.storage.layout import StorageLayout
 
     try:

@@ -25,7 +25,8 @@ _DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
 _DOMAIN = re.compile(
     rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[0-9a-fA-F:.]+\])(?::[0-9]{{1,5}})?"
 )
-_HEX64 = re.compile(r"[0-9a-f]{64}")
+# A sha256 digest's hex form; storage directory names are exactly this.
+HEX64 = re.compile(r"[0-9a-f]{64}")
 _NAME_MAX = 255
 
 
@@ -40,13 +41,14 @@ class Digest:
         algorithm, sep, hex_ = text.partition(":")
         if not sep or algorithm != "sha256":
             raise ReferenceError_(text, "digest must be sha256:<64 hex>")
-        if not _HEX64.fullmatch(hex_):
+        if not HEX64.fullmatch(hex_):
             raise ReferenceError_(text, "digest must be sha256: followed by 64 lower-case hex digits")
         return cls(hex_)
 
     @classmethod
     def is_valid(cls, text: str) -> bool:
-        return text.startswith("sha256:") and _HEX64.fullmatch(text[7:]) is not None
+        """Whether `text` is exactly "sha256:<64 lower-case hex>"."""
+        return text.startswith("sha256:") and HEX64.fullmatch(text[7:]) is not None
 
     def __str__(self) -> str:
         return f"sha256:{self.hex}"

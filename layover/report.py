@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
+from layover.units import human_bytes
+
 
 @dataclass(frozen=True)
 class ImageCopy:
@@ -118,12 +120,3 @@ class ReleaseReport:
         lines += ["", "| " + " | ".join(self._HEAD) + " |", "|" + "---|" * len(self._HEAD)]
         lines += ["| " + " | ".join(r) + " |" for r in self._rows()]
         return "\n".join(lines) + "\n"
-
-
-def human_bytes(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")

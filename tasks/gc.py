@@ -12,7 +12,8 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from layover.storage.images import pinned_roots
-from layover.storage.gc import apply_gc, plan_gc
+from layover.storage.gc import plan_gc
+from layover.storage.vacuum import apply_gc
 from layover.imagelist import ImageList
 from layover.report import StageReport
 from layover.workdir import WorkDir

@@ -9,7 +9,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from layover.adapters.tar_writer import OverlayTree, write_tarball
-from layover.report import StageReport, human_bytes
+from layover.report import StageReport
+from layover.units import human_bytes
 from layover.workdir import WorkDir
 
 

@@ -15,7 +15,7 @@ import os
 import shutil
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,6 +193,14 @@ def can_hide(merged: Path) -> bool:
     """Whether `hide_in_upper` applies: a kernel overlay mounted by root."""
     entry = mount_entry(merged)
     return entry is not None and entry.fstype == "overlay" and os.geteuid() == 0
+
+
+def whiteout_hider(lower: Path, upper: Path, work: Path, merged: Path) -> Callable[[Sequence[str]], int] | None:
+    """`hide_in_upper` bound to this overlay, or None where it does not apply (fuse-overlayfs,
+    not root): the caller then deletes through the mount."""
+    if not can_hide(merged):
+        return None
+    return lambda rel_paths: hide_in_upper(lower, upper, work, merged, list(rel_paths))
 
 
 @contextmanager

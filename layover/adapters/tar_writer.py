@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from layover.errors import DiskFullError, StorageError
+from layover.storage.hashing import update_from_fd
 from layover.storage.layout import V2
 from layover.tarball import Entry, Kind, PlannedMember, data_regions, plan
 
@@ -285,8 +286,6 @@ class _Hasher(threading.Thread):
         self.pieces = 0  # how many pieces were fed: lets the writer tell whether it may retry
 
     def run(self) -> None:
-        buf = bytearray(CHUNK)
-        view = memoryview(buf)
         while True:
             item = self.q.get()
             if item is None:
@@ -301,13 +300,8 @@ class _Hasher(threading.Thread):
                     continue
                 fd, offset, length = item
                 try:
-                    while length:
-                        n = os.preadv(fd, [view[:min(CHUNK, length)]], offset)
-                        if n == 0:
-                            raise StorageError(f"fd {fd}", "source file shrank while hashing")
-                        self.h.update(view[:n])
-                        offset += n
-                        length -= n
+                    if update_from_fd(self.h, fd, offset, length) != length:
+                        raise StorageError(f"fd {fd}", "source file shrank while hashing")
                 finally:
                     os.close(fd)
             except BaseException as e:  # re-raised in the writer thread by finish()

@@ -1,14 +1,18 @@
-"""Garbage collection of a registry storage tree: a pure plan, then a separate apply.
+"""Garbage collection of a registry storage tree, planned: mark and sweep, reading only.
 
-    plan_gc(layout)   mark: every tag's current link (plus pinned digests), through index
-                      children in the same repo, to configs and layers; sweep: list what
-                      nothing reachable needs. Reads only; any doubt raises GCError.
-    apply_gc(plan)    delete exactly the planned paths, references before blobs, then the
-                      directories that became empty. Deletes, never renames (overlayfs: EXDEV).
+    plan_gc(layout)   mark: every kept tag's current link (plus pinned digests), through the one
+                      reachability walk (storage/walk.py) to configs and layers; sweep: list
+                      what nothing reachable needs. Any doubt raises GCError, nothing deleted.
 
-Why not `registry garbage-collect` (DESIGN §3): 2.8 deletes index children with
+Deleting is storage/vacuum.py's job (apply_gc), kept apart so the plan is also the dry run.
+
+Why not `registry garbage-collect` (docs/design.md §3): 2.8 deletes index children with
 --delete-untagged, keeps `_layers` links and empty repositories, and drops the blobs of a repo
 that has `_manifests` but no `_layers`. Here blobs are marked from manifests, never from links.
+
+By default every tag is kept (a package registry holds exactly the listed tags). A `KeepSet`
+marks from named tags only and plans every other tag's deletion: archive retention, and a
+package whose listed images carry attached artifacts (signatures, SBOMs) under their own tags.
 
 Hot loops work on hex strings and os.scandir: a plan covers ~100k blobs in a few seconds.
 """
@@ -16,24 +20,35 @@ Hot loops work on hex strings and os.scandir: a plan covers ~100k blobs in a few
 from __future__ import annotations
 
 import enum
-import errno
 import os
 import re
-import shutil
-import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 
 from layover.errors import GCError, StorageError
-from layover.storage.layout import StorageLayout
-from layover.manifest import ManifestKind, parse_manifest
-from layover.reference import Digest
+from layover.manifest import parse_manifest
+from layover.reference import HEX64, Digest
+from layover.storage.layout import StorageLayout, parse_link
+from layover.storage.walk import Refs, walk
+from layover.units import human_bytes
 
-_HEX64 = re.compile(r"[0-9a-f]{64}")
+# one regex call per directory in the usual case where every name is a digest
 _HEX64_LINES = re.compile(r"(?:[0-9a-f]{64}\n)*[0-9a-f]{64}")
 _NO_DATA = -1  # blob directory without a data file
+
+
+@dataclass(frozen=True)
+class KeepSet:
+    """Mark from these only; every other tag is deleted. Without one, every tag is kept."""
+
+    tags: frozenset[tuple[str, str]] = frozenset()  # (repository, tag)
+    digests: frozenset[tuple[str, Digest]] = frozenset()  # (repository, manifest) kept untagged
+
+    @property
+    def empty(self) -> bool:
+        return not self.tags and not self.digests
 
 
 class DeletionKind(enum.Enum):
@@ -41,12 +56,11 @@ class DeletionKind(enum.Enum):
     # interrupted halfway leaves a tree that the next plan still marks without errors.
     UPLOADS = "uploads"
     REPOSITORY_INTERNAL = "repository"  # one `_*` dir of a repository without tags
+    TAG = "tag"  # a whole tag directory the keep set does not name
     TAG_INDEX = "tag-index"
     REVISION = "revision"
     LAYER_LINK = "layer-link"
     BLOB = "blob"
-
-
 
 
 @dataclass(frozen=True)
@@ -78,6 +92,7 @@ class GCCounts:
     tag_index_deleted: int
     layer_links_deleted: int
     uploads_deleted: int
+    tags_deleted: int = 0
 
 
 @dataclass(frozen=True)
@@ -89,6 +104,8 @@ class GCPlan:
     counts: GCCounts
     warnings: tuple[GCWarning, ...] = ()
     removed_repositories: tuple[str, ...] = ()
+    # keep-set entries the tree does not hold: "repo:tag" / "repo@digest" (callers decide)
+    missing: tuple[str, ...] = ()
 
     @cached_property
     def kept_blobs(self) -> frozenset[Digest]:
@@ -103,35 +120,27 @@ class GCPlan:
         line = (
             f"GC plan: keep {c.blobs_kept}/{c.blobs} blobs, {c.repositories - c.repositories_removed}/"
             f"{c.repositories} repositories, {c.tags} tags; delete {c.blobs_deleted} blobs "
-            f"({_human(self.bytes_freed)}), {c.repositories_removed} tagless repositories, "
+            f"({human_bytes(self.bytes_freed)}), {c.repositories_removed} tagless repositories, "
             f"{c.revisions_deleted} revisions, {c.tag_index_deleted} tag-index entries, "
             f"{c.layer_links_deleted} layer links, {c.uploads_deleted} upload dirs"
         )
+        if c.tags_deleted:
+            line += f", {c.tags_deleted} tags not kept"
         if self.warnings:
             line += f"; {len(self.warnings)} warning(s), first: {self.warnings[0].message}"
         return line
 
 
-@dataclass(frozen=True)
-class GCResult:
-    deleted: int  # planned paths removed (already-absent ones are not counted)
-    dirs_removed: int  # directories removed because they became empty
-    bytes_freed: int
-    seconds: float
-
-    def summary(self) -> str:
-        return (f"GC applied: removed {self.deleted} paths and {self.dirs_removed} empty dirs, "
-                f"freed {_human(self.bytes_freed)} in {self.seconds:.2f}s")
-
-
-def plan_gc(layout: StorageLayout, extra_roots: Iterable[tuple[str, Digest]] = ()) -> GCPlan:
+def plan_gc(layout: StorageLayout, extra_roots: Iterable[tuple[str, Digest]] = (),
+            *, keep: KeepSet | None = None) -> GCPlan:
     """Compute what GC would delete. Reads only: this is also the dry run.
 
     `extra_roots` pins (repository, manifest digest) pairs that have no tag, e.g. digest-only
-    entries of images.list; such a repository counts as tagged.
+    entries of images.list; such a repository counts as tagged. `keep` restricts marking to the
+    named tags and digests and plans the deletion of every other tag.
     """
     try:
-        return _Planner(layout, extra_roots).plan()
+        return _Planner(layout, extra_roots, keep).plan()
     except StorageError as e:
         raise GCError(f"GC aborted while marking, nothing was deleted: {e}. Repair or re-copy "
                       "the image named there, then run GC again") from None
@@ -140,128 +149,39 @@ def plan_gc(layout: StorageLayout, extra_roots: Iterable[tuple[str, Digest]] = (
                       "was deleted. Fix permissions or the filesystem, then run GC again") from None
 
 
-def apply_gc(plan: GCPlan, *, workers: int = 4) -> GCResult:
-    """Delete the planned paths, then directories left empty. Safe to re-run after a crash.
-
-    Kinds are applied one after the other (references before blobs); within a kind, paths are
-    independent and `workers` threads delete them, which overlaps the filesystem's metadata
-    latency (journal, overlayfs whiteouts).
-    """
-    start = time.monotonic()
-    layout = plan.layout
-    tops = {DeletionKind.REPOSITORY_INTERNAL: str(layout.repositories), DeletionKind.BLOB: str(layout.blobs)}
-    deleted = 0
-    freed = 0
-    prune_from: set[tuple[str, str]] = set()
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for kind in DeletionKind:
-            batch = [d for d in plan.deletions if d.kind is kind]
-            chunks = [batch[i:i + 512] for i in range(0, len(batch), 512)]
-            for n, size, parents in pool.map(_delete_chunk, chunks):
-                deleted += n
-                freed += size
-                # Only a removed repository or blob may leave empty parents worth removing. In a
-                # kept repository an empty `_layers` still matters: the catalog lists it.
-                if kind in tops:
-                    prune_from.update((p, tops[kind]) for p in parents)
-    dirs_removed = 0
-    for start_dir, top in sorted(prune_from, key=lambda p: -len(p[0])):
-        dirs_removed += _remove_empty_upwards(start_dir, top)
-    return GCResult(deleted, dirs_removed, freed, time.monotonic() - start)
-
-
-def _delete_chunk(chunk: list[Deletion]) -> tuple[int, int, set[str]]:
-    deleted = freed = 0
-    parents: set[str] = set()
-    for d in chunk:
-        try:
-            if not _delete(d):
-                continue  # gone already: a second apply of the same plan is harmless
-        except OSError as e:
-            raise GCError(f"{d.path}: cannot delete ({e.strerror}); GC stopped part way. What is "
-                          "left is consistent: fix the cause and run GC again") from None
-        deleted += 1
-        freed += d.size
-        parents.add(os.path.dirname(d.path))
-    return deleted, freed, parents
-
-
-# The one file a blob, revision, tag-index or layer-link directory holds. Unlinking it and
-# rmdir-ing its directory is 2 syscalls where rmtree needs ~8: apply touches ~100k of them.
-_LEAF = {DeletionKind.BLOB: "data", DeletionKind.REVISION: "link",
-         DeletionKind.TAG_INDEX: "link", DeletionKind.LAYER_LINK: "link"}
-
-
-def _delete(d: Deletion) -> bool:
-    """Remove one planned path; False if it was already gone."""
-    leaf = _LEAF.get(d.kind)
-    if leaf is not None:
-        try:
-            os.unlink(f"{d.path}/{leaf}")
-            os.rmdir(d.path)
-            return True
-        except NotADirectoryError:  # a stray file where a directory belongs
-            os.unlink(d.path)
-            return True
-        except FileNotFoundError:
-            if not os.path.lexists(d.path):
-                return False
-        except OSError as e:
-            if e.errno != errno.ENOTEMPTY:
-                raise
-    # Anything else (uploads, repository internals, a directory with extra files): rmtree,
-    # which unlinks and rmdirs bottom-up and never renames.
-    try:
-        if os.path.isdir(d.path) and not os.path.islink(d.path):
-            shutil.rmtree(d.path)
-        else:
-            os.unlink(d.path)
-    except FileNotFoundError:
-        return False
-    return True
-
-
-def _remove_empty_upwards(path: str, top: str) -> int:
-    """rmdir `path` and its parents while empty, stopping below `top`."""
-    removed = 0
-    while path.startswith(top + os.sep):
-        try:
-            os.rmdir(path)
-        except FileNotFoundError:
-            pass
-        except OSError:  # not empty (a nested repository, other blobs): stop here
-            break
-        else:
-            removed += 1
-        path = os.path.dirname(path)
-    return removed
-
-
 class _Planner:
-    def __init__(self, layout: StorageLayout, extra_roots: Iterable[tuple[str, Digest]]) -> None:
+    def __init__(self, layout: StorageLayout, extra_roots: Iterable[tuple[str, Digest]],
+                 keep: KeepSet | None) -> None:
         self.layout = layout
         self.paths = layout.strings()
+        self.keep = keep
         self.pins: dict[str, list[str]] = {}
-        for repo, digest in extra_roots:
+        for repo, digest in [*extra_roots, *(keep.digests if keep else ())]:
             self.pins.setdefault(repo, []).append(digest.hex)
+        self.kept_tags: dict[str, set[str]] = {}
+        for repo, tag in keep.tags if keep else ():
+            self.kept_tags.setdefault(repo, set()).add(tag)
         self.blob_size: dict[str, int] = {}  # hex -> size of data, or _NO_DATA
-        # parsed manifests are content-addressed, so one cache serves every repository:
-        # hex -> (children, needed blobs, foreign layers)
-        self.cache: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {}
+        # parsed manifests are content-addressed, so one cache serves every repository
+        self.cache: dict[str, Refs] = {}
         self.reachable: set[str] = set()
         self.deletions: dict[DeletionKind, list[Deletion]] = {k: [] for k in DeletionKind}
         self.warnings: list[GCWarning] = []
         self.removed_repos: list[str] = []
+        self.missing: list[str] = []
         self.n_tags = 0
+        self.n_tags_dropped = 0
         self.n_manifests = 0
 
     def plan(self) -> GCPlan:
         self._scan_blobs()
         names = self.layout.repository_names()
-        missing = sorted(set(self.pins) - set(names))
-        if missing:
-            raise GCError(f"{self.paths.repo(missing[0])}: pinned repository {missing[0]!r} does not exist; "
+        absent = sorted(set(self.pins) - set(names))
+        if absent and self.keep is None:
+            raise GCError(f"{self.paths.repo(absent[0])}: pinned repository {absent[0]!r} does not exist; "
                           "nothing was deleted. Copy the image or remove the pin")
+        self.missing += [f"{r}@sha256:{h}" for r in absent for h in self.pins[r]]
+        self.missing += sorted(f"{r}:{t}" for r in set(self.kept_tags) - set(names) for t in self.kept_tags[r])
         for name in names:
             self._repo(name)
         blobs_deleted = 0
@@ -288,9 +208,10 @@ class _Planner:
             tag_index_deleted=by_kind[DeletionKind.TAG_INDEX],
             layer_links_deleted=by_kind[DeletionKind.LAYER_LINK],
             uploads_deleted=by_kind[DeletionKind.UPLOADS],
+            tags_deleted=self.n_tags_dropped,
         )
         return GCPlan(self.layout, kept, tuple(deletions), sum(d.size for d in deletions),
-                      counts, tuple(self.warnings), tuple(self.removed_repos))
+                      counts, tuple(self.warnings), tuple(self.removed_repos), tuple(sorted(self.missing)))
 
     # --- blobs ---------------------------------------------------------------------------
     def _scan_blobs(self) -> None:
@@ -307,90 +228,96 @@ class _Planner:
     # --- one repository ------------------------------------------------------------------
     def _repo(self, name: str) -> None:
         paths = self.paths
-        repo_dir = paths.repo(name)
         roots: list[tuple[str, str]] = []  # (manifest hex, file that names it)
-        tags: list[tuple[str, str]] = []  # (tag, current hex)
-        tags_dir = paths.tags(name)
-        for tag in _subdirs(tags_dir):
+        tags: list[tuple[str, str]] = []  # (tag, current hex) of kept tags
+        wanted = self.kept_tags.get(name, set()) if self.keep is not None else None
+        present = _subdirs(paths.tags(name))
+        dropped: list[Deletion] = []
+        for tag in present:
+            if wanted is not None and tag not in wanted:
+                dropped.append(Deletion(DeletionKind.TAG, paths.tag_dir(name, tag), name))
+                continue
             link = paths.tag_current_link(name, tag)
             hex_ = _read_link(link, f"tag {name}:{tag}")
             tags.append((tag, hex_))
             roots.append((hex_, link))
+        if wanted is not None:
+            self.missing += [f"{name}:{t}" for t in sorted(wanted - set(present))]
         for hex_ in self.pins.get(name, ()):
+            if self.keep is not None and not os.path.isdir(paths.revision_dir(name, hex_)):
+                self.missing.append(f"{name}@sha256:{hex_}")
+                continue
             roots.append((hex_, f"pinned {name}@sha256:{hex_}"))
+        self.n_tags_dropped += len(dropped)
 
         if not roots:
             # Tagless: drop every internal dir; nested repositories below stay untouched.
             self.removed_repos.append(name)
-            with os.scandir(repo_dir) as it:
+            with os.scandir(paths.repo(name)) as it:
                 for e in it:
                     if e.name.startswith("_") and e.is_dir(follow_symlinks=False):
                         size = _tree_size(e.path) if e.name == "_uploads" else 0
-                        self.deletions[DeletionKind.REPOSITORY_INTERNAL].append(Deletion(DeletionKind.REPOSITORY_INTERNAL, e.path, name, size))
+                        self.deletions[DeletionKind.REPOSITORY_INTERNAL].append(
+                            Deletion(DeletionKind.REPOSITORY_INTERNAL, e.path, name, size))
             return
         self.n_tags += len(tags)
+        self.deletions[DeletionKind.TAG] += dropped  # a removed repository's tags go with it
 
-        revs_dir = paths.revisions(name)
-        revisions = _hex_subdirs(revs_dir)
-        manifests: set[str] = set()
-        needed: set[str] = set()  # config + non-foreign layers
-        foreign: set[str] = set()
-        stack = list(roots)
-        while stack:
-            hex_, named_by = stack.pop()
-            if hex_ in manifests:
-                continue
-            rev_link = f"{revs_dir}/{hex_}/link"
+        revisions = _hex_subdirs(paths.revisions(name))
+
+        def load(hex_: str, named_by: str) -> Refs:
+            rev_link = paths.revision_link(name, hex_)
             if hex_ not in revisions:
                 raise GCError(f"{named_by} names manifest sha256:{hex_}, but {rev_link} does not exist, "
                               "so the registry cannot serve it; nothing was deleted. Re-copy the image")
             if _read_link(rev_link, "revision link") != hex_:
                 raise GCError(f"{rev_link}: link names another digest than its directory; nothing "
                               "was deleted. Delete the revision directory and re-copy the image")
-            children, blobs, foreign_layers = self._manifest(hex_, named_by)
-            manifests.add(hex_)
-            needed.update(blobs)
-            foreign.update(foreign_layers)
-            for child in children:
-                stack.append((child, rev_link))
+            return self._manifest(hex_, named_by)
+
+        reach = walk(roots, load, label_child=lambda parent, _: paths.revision_link(name, parent))
+        manifests = set(reach.manifests)
+        needed = reach.blobs.keys()
         self.n_manifests += len(manifests)
 
         for hex_ in revisions - manifests:
-            self.deletions[DeletionKind.REVISION].append(Deletion(DeletionKind.REVISION, f"{revs_dir}/{hex_}", name))
+            self.deletions[DeletionKind.REVISION].append(
+                Deletion(DeletionKind.REVISION, paths.revision_dir(name, hex_), name))
         for tag, current in tags:
-            index_dir = paths.tag_index(name, tag)
-            for hex_ in _hex_subdirs(index_dir):
+            for hex_ in _hex_subdirs(paths.tag_index(name, tag)):
                 if hex_ != current:
-                    self.deletions[DeletionKind.TAG_INDEX].append(Deletion(DeletionKind.TAG_INDEX, f"{index_dir}/{hex_}", name))
+                    self.deletions[DeletionKind.TAG_INDEX].append(
+                        Deletion(DeletionKind.TAG_INDEX, paths.tag_index_dir(name, tag, hex_), name))
 
-        layers_dir = paths.layers(name)
-        links = _hex_subdirs(layers_dir)
+        links = _hex_subdirs(paths.layers(name))
         sizes = self.blob_size
         for hex_ in links:
             has_data = sizes.get(hex_, _NO_DATA) != _NO_DATA
             # A link needed by a kept image stays even without data (that is reported below);
             # a foreign layer's link may go when dangling: its data legitimately lives elsewhere.
-            if hex_ in needed or (hex_ in foreign and has_data):
+            if hex_ in needed or (hex_ in reach.foreign and has_data):
                 continue
-            self.deletions[DeletionKind.LAYER_LINK].append(Deletion(DeletionKind.LAYER_LINK, f"{layers_dir}/{hex_}", name))
+            self.deletions[DeletionKind.LAYER_LINK].append(
+                Deletion(DeletionKind.LAYER_LINK, paths.layer_dir(name, hex_), name))
         for hex_ in sorted(needed):
             if sizes.get(hex_, _NO_DATA) == _NO_DATA:
                 self.warnings.append(GCWarning(paths.blob_data(hex_),
                                                f"{name}: blob sha256:{hex_} is referenced but its data is missing"))
             if hex_ not in links:
-                self.warnings.append(GCWarning(f"{layers_dir}/{hex_}/link",
+                self.warnings.append(GCWarning(paths.layer_link(name, hex_),
                                                f"{name}: blob sha256:{hex_} is referenced but not linked"))
 
         uploads = paths.uploads(name)
         if os.path.isdir(uploads):
-            self.deletions[DeletionKind.UPLOADS].append(Deletion(DeletionKind.UPLOADS, uploads, name, _tree_size(uploads)))
+            self.deletions[DeletionKind.UPLOADS].append(
+                Deletion(DeletionKind.UPLOADS, uploads, name, _tree_size(uploads)))
 
         reachable = self.reachable
         reachable.update(manifests)
         reachable.update(needed)
-        reachable.update(h for h in foreign if sizes.get(h, _NO_DATA) != _NO_DATA)
+        reachable.update(h for h in reach.foreign if sizes.get(h, _NO_DATA) != _NO_DATA)
 
-    def _manifest(self, hex_: str, named_by: str) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    def _manifest(self, hex_: str, named_by: str) -> Refs:
         hit = self.cache.get(hex_)
         if hit is not None:
             return hit
@@ -406,13 +333,8 @@ class _Planner:
                 os.close(fd)
         except OSError as e:
             raise GCError(f"{path}: cannot read manifest ({e.strerror}); nothing was deleted") from None
-        m = parse_manifest(data, path)
-        if m.kind is ManifestKind.INDEX:
-            entry = (tuple(c.hex for c in m.children), (), ())
-        else:
-            entry = ((), tuple(d.hex for d in m.blobs), tuple(d.hex for d in m.foreign_layers))
-        self.cache[hex_] = entry
-        return entry
+        refs = self.cache[hex_] = Refs.of(parse_manifest(data, path))
+        return refs
 
 
 def _scan_prefixes(prefix_dirs: list[tuple[str, str]]) -> dict[str, int]:
@@ -421,7 +343,7 @@ def _scan_prefixes(prefix_dirs: list[tuple[str, str]]) -> dict[str, int]:
     for prefix, pdir in prefix_dirs:
         for name in os.listdir(pdir):
             # Anything not shaped like a blob dir is left alone: not ours to judge.
-            if name[:2] != prefix or not _HEX64.fullmatch(name):
+            if name[:2] != prefix or not HEX64.fullmatch(name):
                 continue
             try:
                 sizes[name] = os.stat(f"{pdir}/{name}/data").st_size
@@ -443,10 +365,11 @@ def _read_link(path: str, what: str) -> str:
     except OSError as e:
         raise GCError(f"{path}: cannot read {what} ({e.strerror}); nothing was deleted. Repair the "
                       "link or delete its directory, then run GC again") from None
-    if len(raw) != 71 or raw[:7] != b"sha256:" or not _HEX64.fullmatch(text := raw[7:].decode("ascii", "replace")):
+    hex_ = parse_link(raw)
+    if hex_ is None:
         raise GCError(f"{path}: corrupt {what}, expected sha256:<64 hex>, found {raw[:80]!r}; nothing "
                       "was deleted. Repair the link or delete its directory, then run GC again")
-    return text
+    return hex_
 
 
 def _subdirs(path: str) -> list[str]:
@@ -463,10 +386,9 @@ def _hex_subdirs(path: str) -> set[str]:
         names = os.listdir(path)
     except (FileNotFoundError, NotADirectoryError):
         return set()
-    # one regex call per directory in the usual case where every name is valid
     if _HEX64_LINES.fullmatch("\n".join(names)):
         return set(names)
-    return {n for n in names if _HEX64.fullmatch(n)}
+    return {n for n in names if HEX64.fullmatch(n)}
 
 
 def _path(d: Deletion) -> str:
@@ -482,12 +404,3 @@ def _tree_size(path: str) -> int:
             except OSError:
                 pass
     return total
-
-
-def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"

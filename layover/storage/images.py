@@ -1,11 +1,16 @@
-"""Resolve listed images to the manifest digests a storage tree serves for them."""
+"""What a storage tree serves for listed images: their digests, whether they are whole, and
+the untagged roots GC must keep."""
 
 from __future__ import annotations
 
+import os
+
 from layover.errors import StorageError
 from layover.imagelist import ImageList
-from layover.storage.layout import StorageLayout, read_link
+from layover.manifest import parse_manifest
 from layover.reference import Digest, ImageRef
+from layover.storage.layout import StorageLayout, read_link
+from layover.storage.walk import Refs, walk
 
 
 def resolve(layout: StorageLayout, ref: ImageRef) -> Digest | None:
@@ -42,6 +47,10 @@ def pinned_roots(images: ImageList) -> list[tuple[str, Digest]]:
     return [(r.repository, r.digest) for r in images.refs if r.tag is None and r.digest is not None]
 
 
+class _Incomplete(Exception):
+    """Something the image needs is missing: stop walking, a real copy must run."""
+
+
 def image_complete(layout: StorageLayout, repository: str, digest: Digest) -> int | None:
     """Whether the tree serves `repository@digest` whole: every manifest revision-linked with
     data, every config and non-foreign layer linked with data. Returns the number of blobs it
@@ -49,27 +58,23 @@ def image_complete(layout: StorageLayout, repository: str, digest: Digest) -> in
 
     Stats only, no hashing: it decides whether a copy can be skipped, and verify hashes later.
     """
-    from layover.manifest import parse_manifest  # local: keeps this module's import light
+    paths = layout.strings()
 
-    blobs: set[Digest] = set()
-    todo, seen = [digest], set()
-    while todo:
-        d = todo.pop()
-        if d in seen:
-            continue
-        seen.add(d)
-        data_path = layout.blob_data(d)
-        if not layout.revision_link(repository, d).is_file() or not data_path.is_file():
-            return None
+    def load(hex_: str, _named_by: str) -> Refs:
+        data_path = paths.blob_data(hex_)
         try:
-            manifest = parse_manifest(data_path.read_bytes(), str(data_path))
+            if not layout.revision_link(repository, Digest(hex_)).is_file():
+                raise _Incomplete
+            with open(data_path, "rb") as f:
+                return Refs.of(parse_manifest(f.read(), data_path))
         except (StorageError, OSError):
+            raise _Incomplete from None
+
+    try:
+        reach = walk([(digest.hex, str(digest))], load)
+    except _Incomplete:
+        return None
+    for hex_ in reach.blobs:
+        if not (os.path.isfile(paths.layer_link(repository, hex_)) and os.path.isfile(paths.blob_data(hex_))):
             return None
-        todo.extend(manifest.children)
-        needed = [manifest.config] if manifest.config is not None else []
-        needed += [layer.digest for layer in manifest.layers if not layer.foreign]
-        for b in needed:
-            if not (layout.layer_link(repository, b).is_file() and layout.blob_data(b).is_file()):
-                return None
-            blobs.add(b)
-    return len(blobs)
+    return len(reach.blobs)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from layover.errors import StorageError
-from layover.reference import Digest
+from layover.reference import HEX64, Digest
 
 V2 = Path("docker/registry/v2")
 
@@ -58,8 +58,11 @@ class StorageLayout:
     def layers(self, name: str) -> Path:
         return self.repo(name) / "_layers" / "sha256"
 
+    def layer_dir(self, name: str, digest: Digest) -> Path:
+        return self.layers(name) / digest.hex
+
     def layer_link(self, name: str, digest: Digest) -> Path:
-        return self.layers(name) / digest.hex / "link"
+        return self.layer_dir(name, digest) / "link"
 
     def manifests(self, name: str) -> Path:
         return self.repo(name) / "_manifests"
@@ -67,8 +70,11 @@ class StorageLayout:
     def revisions(self, name: str) -> Path:
         return self.manifests(name) / "revisions" / "sha256"
 
+    def revision_dir(self, name: str, digest: Digest) -> Path:
+        return self.revisions(name) / digest.hex
+
     def revision_link(self, name: str, digest: Digest) -> Path:
-        return self.revisions(name) / digest.hex / "link"
+        return self.revision_dir(name, digest) / "link"
 
     def tags(self, name: str) -> Path:
         return self.manifests(name) / "tags"
@@ -119,7 +125,7 @@ class StorageLayout:
             if not pdir.is_dir():
                 continue
             for hex_ in sorted(os.listdir(pdir)):
-                if Digest.is_valid("sha256:" + hex_) and hex_[:2] == prefix:
+                if HEX64.fullmatch(hex_) and hex_[:2] == prefix:
                     yield Digest(hex_)
 
     def digest_dirs(self, parent: Path) -> list[Digest]:
@@ -128,7 +134,7 @@ class StorageLayout:
             children = os.listdir(parent)
         except FileNotFoundError:
             return []
-        return sorted(Digest(h) for h in children if Digest.is_valid("sha256:" + h))
+        return sorted(Digest(h) for h in children if HEX64.fullmatch(h))
 
 
 @dataclass(frozen=True)
@@ -151,11 +157,17 @@ class StrPaths:
     def layers(self, name: str) -> str:
         return f"{self.repositories}/{name}/_layers/sha256"
 
+    def layer_dir(self, name: str, hex_: str) -> str:
+        return f"{self.repositories}/{name}/_layers/sha256/{hex_}"
+
     def layer_link(self, name: str, hex_: str) -> str:
         return f"{self.repositories}/{name}/_layers/sha256/{hex_}/link"
 
     def revisions(self, name: str) -> str:
         return f"{self.repositories}/{name}/_manifests/revisions/sha256"
+
+    def revision_dir(self, name: str, hex_: str) -> str:
+        return f"{self.repositories}/{name}/_manifests/revisions/sha256/{hex_}"
 
     def revision_link(self, name: str, hex_: str) -> str:
         return f"{self.repositories}/{name}/_manifests/revisions/sha256/{hex_}/link"
@@ -172,8 +184,24 @@ class StrPaths:
     def tag_index(self, name: str, tag: str) -> str:
         return f"{self.repositories}/{name}/_manifests/tags/{tag}/index/sha256"
 
+    def tag_index_dir(self, name: str, tag: str, hex_: str) -> str:
+        return f"{self.repositories}/{name}/_manifests/tags/{tag}/index/sha256/{hex_}"
+
     def uploads(self, name: str) -> str:
         return f"{self.repositories}/{name}/_uploads"
+
+
+LINK_SIZE = 71  # len("sha256:") + 64 hex, no newline
+
+
+def parse_link(raw: bytes) -> str | None:
+    """The hex digest a link file's bytes name, or None unless they are exactly sha256:<64 hex>.
+
+    The one link parser: GC, verify, repair and the archive-sync skip all judge links by it."""
+    if len(raw) != LINK_SIZE or raw[:7] != b"sha256:":
+        return None
+    text = raw[7:].decode("ascii", "replace")
+    return text if HEX64.fullmatch(text) else None
 
 
 def read_link(path: Path) -> Digest:
@@ -182,10 +210,10 @@ def read_link(path: Path) -> Digest:
         raw = path.read_bytes()
     except OSError as e:
         raise StorageError(str(path), f"cannot read link file: {e.strerror}") from None
-    text = raw.decode("ascii", "replace")
-    if not Digest.is_valid(text):
-        raise StorageError(str(path), f"corrupt link file: expected sha256:<64 hex>, found {text[:80]!r}")
-    return Digest(text[7:])
+    hex_ = parse_link(raw)
+    if hex_ is None:
+        raise StorageError(str(path), f"corrupt link file: expected sha256:<64 hex>, found {raw[:80]!r}")
+    return Digest(hex_)
 
 
 def write_link(path: Path, digest: Digest) -> None:

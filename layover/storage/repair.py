@@ -20,16 +20,13 @@ Pure: no Prefect, Docker or subprocess. `scan` plans, `apply_repair` deletes.
 from __future__ import annotations
 
 import enum
-import hashlib
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from layover.storage.layout import StorageLayout
-from layover.reference import Digest
-
-CHUNK = 1 << 20
+from layover.storage.hashing import sha256_file
+from layover.storage.layout import StorageLayout, parse_link
 
 
 class Damage(enum.Enum):
@@ -65,16 +62,6 @@ class RepairPlan:
         return "\n".join([head, *(f"  - {f}" for f in self.findings)])
 
 
-def _sha256(path: Path) -> tuple[str, int]:
-    h = hashlib.sha256()
-    n = 0
-    with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK):
-            h.update(chunk)
-            n += len(chunk)
-    return h.hexdigest(), n
-
-
 def scan(layout: StorageLayout) -> RepairPlan:
     """Check every blob's digest and every link file's syntax; change nothing."""
     findings: list[Finding] = []
@@ -84,7 +71,7 @@ def scan(layout: StorageLayout) -> RepairPlan:
         if not data.exists():
             continue  # a foreign layer, or a blob GC removed: nothing to check
         blobs += 1
-        actual, size = _sha256(data)
+        actual, size = sha256_file(data)
         if actual != digest.hex:
             findings.append(Finding(Damage.BLOB_DIGEST, data, layout.blob_dir(digest),
                                     f"{size} bytes hashing to sha256:{actual[:12]}...; "
@@ -106,7 +93,7 @@ def scan_repository(layout: StorageLayout, repository: str) -> tuple[Finding, ..
         data = layout.blob_data(digest)
         if not data.is_file():
             continue
-        actual, size = _sha256(data)
+        actual, size = sha256_file(data)
         if actual != digest.hex:
             findings.append(Finding(Damage.BLOB_DIGEST, data, layout.blob_dir(digest),
                                     f"manifest of {repository}: {size} bytes hashing to "
@@ -125,11 +112,11 @@ def _scan_links(top: Path) -> tuple[list[Finding], int]:
             continue
         path = Path(dirpath) / "link"
         links += 1
-        text = path.read_bytes().decode("ascii", "replace")
-        if not Digest.is_valid(text):
+        raw = path.read_bytes()
+        if parse_link(raw) is None:
             # the link's own <hex> (or current/) dir: the registry rewrites it on the next push
             findings.append(Finding(Damage.LINK, path, path.parent,
-                                    f"expected sha256:<64 hex>, found {text[:40]!r}"))
+                                    f"expected sha256:<64 hex>, found {raw[:40]!r}"))
     return findings, links
 
 

@@ -24,7 +24,6 @@ import lzma
 import os
 import re
 import tarfile
-import threading
 import time
 import zlib
 from collections.abc import Iterable
@@ -34,11 +33,11 @@ from pathlib import Path
 
 from layover.errors import StorageError, VerifyError
 from layover.imagelist import ImageList
-from layover.storage.layout import V2, StorageLayout
 from layover.manifest import parse_manifest
-
-CHUNK = 1 << 20
-_HEX64 = re.compile(r"[0-9a-f]{64}")
+from layover.reference import HEX64
+from layover.storage.hashing import CHUNK, sha256_file
+from layover.storage.layout import V2, StorageLayout, parse_link
+from layover.storage.walk import Refs, walk
 _MAX_MANIFEST = 4 << 20  # the registry refuses bigger manifests
 _MAX_SMALL = 4096  # link files are 71 bytes
 
@@ -55,6 +54,9 @@ class ProblemKind(enum.Enum):
     DIGEST_MISMATCH = "digest-mismatch"
     EXTRA_REPOSITORY = "extra-repository"
     EXTRA_TAG = "extra-tag"
+    EXTRA_REVISION = "extra-revision"  # a manifest revision no listed image reaches
+    EXTRA_LINK = "extra-link"  # a `_layers` link no listed image needs
+    STALE_TAG_INDEX = "stale-tag-index"  # a tag-index entry other than the tag's current digest
     UNREFERENCED_BLOB = "unreferenced-blob"
     UPLOADS = "uploads"
     STRAY = "stray"  # something in the tree that is not registry storage
@@ -170,7 +172,10 @@ class _Checker:
         self.problems = problems
         self.referenced: set[str] = set()
         self.manifests: set[str] = set()
-        self.walked: set[tuple[str, str]] = set()
+        self.walked: dict[str, set[str]] = {}  # repo -> manifests walked
+        self.blobs_checked: dict[str, set[str]] = {}  # repo -> blobs whose link and data were checked
+        self.foreign: set[str] = set()  # foreign layers: a link to one is allowed, not required
+        self.current: dict[tuple[str, str], str] = {}  # (repo, listed tag) -> its current digest
 
     def add(self, kind: ProblemKind, path: object, repo: str | None, message: str) -> None:
         self.problems.append(Problem(kind, str(path), repo, message))
@@ -195,6 +200,7 @@ class _Checker:
             hex_ = self._link(link, repo, f"{ref}: tag", ProblemKind.MISSING_TAG)
             if hex_ is None:
                 continue
+            self.current[(repo, ref.tag)] = hex_
             if ref.digest is not None and ref.digest.hex != hex_:
                 self.add(ProblemKind.TAG_MISMATCH, link, repo,
                          f"{ref}: tag points at sha256:{hex_}, the list pins {ref.digest}")
@@ -207,6 +213,22 @@ class _Checker:
             for tag in sorted(set(view.subdirs(paths.tags(repo))) - listed_tags[repo]):
                 self.add(ProblemKind.EXTRA_TAG, paths.tag_dir(repo, tag), repo,
                          f"tag {repo}:{tag} is not in the list")
+        for repo in sorted(repos & set(listed_tags)):
+            walked = self.walked.get(repo, set())
+            for hex_ in sorted(set(view.subdirs(paths.revisions(repo))) - walked):
+                self.add(ProblemKind.EXTRA_REVISION, paths.revision_link(repo, hex_), repo,
+                         f"{repo} has revision sha256:{hex_} that no listed image reaches; run GC")
+            needed = self.blobs_checked.get(repo, set()) | self.foreign
+            for hex_ in sorted(set(view.subdirs(paths.layers(repo))) - needed):
+                self.add(ProblemKind.EXTRA_LINK, paths.layer_link(repo, hex_), repo,
+                         f"{repo} links blob sha256:{hex_} that no listed image needs; run GC")
+            for tag in sorted(listed_tags[repo]):
+                current = self.current.get((repo, tag))
+                if current is None:
+                    continue  # the tag itself is missing or corrupt: reported already
+                for hex_ in sorted(set(view.subdirs(paths.tag_index(repo, tag))) - {current}):
+                    self.add(ProblemKind.STALE_TAG_INDEX, paths.tag_index_dir(repo, tag, hex_), repo,
+                             f"tag {repo}:{tag} keeps an old index entry sha256:{hex_}; run GC")
         for repo in sorted(repos):
             if view.is_dir(paths.uploads(repo)):
                 self.add(ProblemKind.UPLOADS, paths.uploads(repo), repo,
@@ -220,52 +242,51 @@ class _Checker:
         if raw is None:
             self.add(missing, path, repo, f"{what} link is missing")
             return None
-        if len(raw) != 71 or not raw.startswith(b"sha256:") or not _HEX64.fullmatch(raw[7:].decode("ascii", "replace")):
+        hex_ = parse_link(raw)
+        if hex_ is None:
             self.add(ProblemKind.CORRUPT_LINK, path, repo, f"{what} link is corrupt: {raw[:80]!r}")
-            return None
-        return raw[7:].decode()
+        return hex_
 
     def _walk(self, repo: str, root: str, what: str) -> None:
         paths, view = self.paths, self.view
-        stack = [(root, what)]
-        while stack:
-            hex_, named_by = stack.pop()
-            if (repo, hex_) in self.walked:
-                continue
-            self.walked.add((repo, hex_))
+
+        def load(hex_: str, named_by: str) -> Refs | None:
             self.referenced.add(hex_)
             rev = paths.revision_link(repo, hex_)
-            got = self._link(rev, repo, f"{named_by}: manifest sha256:{hex_} revision", ProblemKind.MISSING_MANIFEST)
+            got = self._link(rev, repo, f"{named_by}: manifest sha256:{hex_} revision",
+                             ProblemKind.MISSING_MANIFEST)
             if got is not None and got != hex_:
                 self.add(ProblemKind.CORRUPT_LINK, rev, repo, f"revision link names sha256:{got}, not its directory")
             data_path = paths.blob_data(hex_)
             data = view.manifest_bytes(hex_)
             if data is None:
-                self.add(ProblemKind.MISSING_BLOB, data_path, repo,
-                         f"{named_by}: manifest sha256:{hex_} has no data")
-                continue
+                self.add(ProblemKind.MISSING_BLOB, data_path, repo, f"{named_by}: manifest sha256:{hex_} has no data")
+                return None
             try:
-                m = parse_manifest(data, data_path)
+                refs = Refs.of(parse_manifest(data, data_path))
             except StorageError as e:
                 self.add(ProblemKind.BAD_MANIFEST, data_path, repo, f"{named_by}: {e.reason}")
-                continue
+                return None
             self.manifests.add(hex_)
-            for child in m.children:
-                stack.append((child.hex, f"{named_by} -> sha256:{hex_[:12]}"))
-            for blob in m.blobs:
-                self.referenced.add(blob.hex)
-                if (repo, "blob:" + blob.hex) in self.walked:
-                    continue
-                self.walked.add((repo, "blob:" + blob.hex))
-                link = paths.layer_link(repo, blob.hex)
-                got = self._link(link, repo, f"{named_by}: blob {blob}", ProblemKind.MISSING_LINK)
-                if got is not None and got != blob.hex:
-                    self.add(ProblemKind.CORRUPT_LINK, link, repo, f"layer link names sha256:{got}, not {blob}")
-                if blob.hex not in view.blob_sizes:
-                    self.add(ProblemKind.MISSING_BLOB, paths.blob_data(blob.hex), repo,
-                             f"{named_by}: blob {blob} has no data")
-            # A foreign layer's data may be absent; when present it is referenced, not stray.
-            self.referenced.update(d.hex for d in m.foreign_layers)
+            return refs
+
+        reach = walk([(root, what)], load, seen=self.walked.setdefault(repo, set()))
+        checked = self.blobs_checked.setdefault(repo, set())
+        for hex_, named_by in reach.blobs.items():
+            self.referenced.add(hex_)
+            if hex_ in checked:
+                continue
+            checked.add(hex_)
+            link = paths.layer_link(repo, hex_)
+            got = self._link(link, repo, f"{named_by}: blob sha256:{hex_}", ProblemKind.MISSING_LINK)
+            if got is not None and got != hex_:
+                self.add(ProblemKind.CORRUPT_LINK, link, repo, f"layer link names sha256:{got}, not sha256:{hex_}")
+            if hex_ not in view.blob_sizes:
+                self.add(ProblemKind.MISSING_BLOB, paths.blob_data(hex_), repo,
+                         f"{named_by}: blob sha256:{hex_} has no data")
+        # A foreign layer's data may be absent; when present it is referenced, not stray.
+        self.referenced.update(reach.foreign)
+        self.foreign.update(reach.foreign)
 
 
 def _repositories(view: _View, top: str) -> Iterable[str]:
@@ -304,7 +325,7 @@ class _DirView(_View):
             pdir = f"{top}/{prefix}"
             with os.scandir(pdir) as it:
                 for e in it:
-                    if e.name[:2] != prefix or not _HEX64.fullmatch(e.name) or not e.is_dir():
+                    if e.name[:2] != prefix or not HEX64.fullmatch(e.name) or not e.is_dir():
                         self.problems.append(Problem(ProblemKind.STRAY, e.path, None, "not a blob directory"))
                         continue
                     try:
@@ -341,29 +362,11 @@ class _DirView(_View):
             return f.read(_MAX_MANIFEST + 1)
 
 
-_local = threading.local()
-
-
-def _hash_file(path: str) -> tuple[str, int]:
-    # One 1 MiB buffer per thread: allocating it per file would cost more than hashing a
-    # small blob. hashlib releases the GIL on large updates, so big blobs hash in parallel.
-    view = getattr(_local, "view", None)
-    if view is None:
-        view = _local.view = memoryview(bytearray(CHUNK))
-    h = hashlib.sha256()
-    n = 0
-    with open(path, "rb", buffering=0) as f:
-        while size := f.readinto(view):
-            h.update(view[:size])
-            n += size
-    return h.hexdigest(), n
-
-
 def _hash_slice(paths: list[tuple[str, str]]) -> tuple[list[Problem], int]:
     problems = []
     total = 0
     for hex_, path in paths:
-        got, n = _hash_file(path)
+        got, n = sha256_file(path)
         total += n
         if got != hex_:
             problems.append(Problem(ProblemKind.DIGEST_MISMATCH, path, None,

@@ -12,7 +12,9 @@ import shutil
 
 import pytest
 
-from layover.storage.gc import apply_gc, plan_gc
+from layover.storage.gc import plan_gc
+
+from layover.storage.vacuum import apply_gc
 from layover.storage.layout import StorageLayout
 from layover.storage.prune import prune_manifests
 from tests.unit.storage_builder import StorageBuilder
@@ -72,6 +74,6 @@ def test_gc_on_merged_equals_gc_on_a_plain_copy(mounted_overlay, tmp_path):
     assert plan_gc(merged).empty  # a fixed point on the overlay too
 
     # and the pipeline's order (prune, then GC) also only ever touches upper
-    prune_manifests(merged)
+    prune_manifests(StorageLayout(lower), merged)  # deleting through the mount
     apply_gc(plan_gc(merged))
     assert _tree(lower) == lower_before

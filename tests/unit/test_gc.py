@@ -7,7 +7,8 @@ import os
 import pytest
 
 from layover.errors import GCError
-from layover.storage.gc import DeletionKind, apply_gc, plan_gc
+from layover.storage.gc import DeletionKind, KeepSet, plan_gc
+from layover.storage.vacuum import apply_gc
 from layover.reference import Digest
 
 from tests.unit.storage_builder import (
@@ -383,3 +384,36 @@ def test_link_that_is_a_directory_aborts_marking(sb):
     with pytest.raises(GCError, match="nothing was deleted"):
         plan_gc(sb.layout)
     assert snapshot(sb) == before
+
+
+# --- a keep set: mark from named tags only (archive retention, attached artifacts) -----------
+def test_keep_set_deletes_every_tag_it_does_not_name_and_what_only_they_reached(sb):
+    kept = sb.image("app", salt="kept")
+    dropped = sb.image("app", salt="dropped")
+    other = sb.image("other", salt="x")
+    sb.tag("app", "2.0", kept)
+    sb.tag("app", "1.0", dropped)
+    sb.tag("other", "1", other)
+    plan = gc(sb, keep=KeepSet(tags=frozenset({("app", "2.0")})))
+    assert sb.files() == image_files("app", kept, layers_of(sb, "app", "kept")) | tag_paths("app", "2.0", kept)
+    assert plan.counts.tags_deleted == 2  # app:1.0 and other:1, which goes with its repository
+    assert [d.path for d in plan.deletions if d.kind is DeletionKind.TAG] == [sb.layout.strings().tag_dir("app", "1.0")]
+    assert plan.removed_repositories == ("other",)
+    assert plan.missing == ()
+
+
+def test_keep_set_reports_what_it_names_but_the_tree_lacks(sb):
+    kept = sb.image("app", salt="kept")
+    sb.tag("app", "2.0", kept)
+    absent = Digest("f" * 64)
+    plan = plan_gc(sb.layout, keep=KeepSet(tags=frozenset({("app", "2.0"), ("app", "9.9"), ("gone", "1")}),
+                                           digests=frozenset({("app", absent)})))
+    assert plan.missing == ("app:9.9", f"app@{absent}", "gone:1")
+
+
+def test_keep_set_keeps_an_untagged_digest_and_what_it_reaches(sb):
+    pinned = sb.image("app", salt="pinned")
+    tagged = sb.image("app", salt="tagged")
+    sb.tag("app", "1", tagged)
+    gc(sb, keep=KeepSet(digests=frozenset({("app", pinned)})))
+    assert sb.files() == image_files("app", pinned, layers_of(sb, "app", "pinned"))

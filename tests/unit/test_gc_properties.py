@@ -15,7 +15,9 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from layover.storage.gc import apply_gc, plan_gc
+from layover.storage.gc import plan_gc
+
+from layover.storage.vacuum import apply_gc
 
 from tests.unit.storage_builder import StorageBuilder
 

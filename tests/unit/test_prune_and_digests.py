@@ -18,7 +18,7 @@ def _tree(root, tag_digest):
 
 def test_prune_removes_only_manifests_and_keeps_nested_repos(tmp_path):
     lay = _tree(tmp_path, D2)
-    result = prune_manifests(lay)
+    result = prune_manifests(lay, lay)  # no overlay: the package view is the tree itself
     assert (result.repositories, result.pruned) == (3, 1)
     assert not lay.manifests("lib/a").exists()
     assert lay.layer_link("lib", D1).is_file() and lay.layer_link("lib/a", D1).is_file()

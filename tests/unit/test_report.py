@@ -1,6 +1,7 @@
 import json
 
-from layover.report import ImageCopy, ReleaseReport, StageReport, human_bytes
+from layover.report import ImageCopy, ReleaseReport, StageReport
+from layover.units import human_bytes
 
 
 def _report():

@@ -7,7 +7,8 @@ import tarfile
 import pytest
 
 from layover.errors import VerifyError
-from layover.storage.gc import apply_gc, plan_gc
+from layover.storage.gc import plan_gc
+from layover.storage.vacuum import apply_gc
 from layover.imagelist import parse_text
 from layover.reference import Digest
 from layover.storage.verify import ProblemKind, verify_storage, verify_tarball
@@ -115,24 +116,45 @@ def _uploads(t):
 
 def _missing_tag(t):
     shutil.rmtree(t.sb.layout.tag_dir("multi", "2"))
-    return {ProblemKind.MISSING_TAG, ProblemKind.UNREFERENCED_BLOB}  # what only it referenced
+    # what only the tag reached: its blobs, its revisions and its links
+    return {ProblemKind.MISSING_TAG, ProblemKind.UNREFERENCED_BLOB, ProblemKind.EXTRA_REVISION,
+            ProblemKind.EXTRA_LINK}
 
 
 def _moved_pinned_tag(t):
     t.sb.tag("lib", "v", t.app)
     t.sb.revision("lib", t.app)
-    return {ProblemKind.TAG_MISMATCH, ProblemKind.MISSING_LINK, ProblemKind.UNREFERENCED_BLOB}
+    return {ProblemKind.TAG_MISMATCH, ProblemKind.MISSING_LINK, ProblemKind.UNREFERENCED_BLOB,
+            ProblemKind.EXTRA_REVISION, ProblemKind.EXTRA_LINK,  # what the old digest reached
+            ProblemKind.STALE_TAG_INDEX}
 
 
 def _corrupt_tag_link(t):
     t.sb.layout.tag_current_link("app", "1.0").write_bytes(b"sha256:abc")
-    return {ProblemKind.CORRUPT_LINK, ProblemKind.UNREFERENCED_BLOB}
+    return {ProblemKind.CORRUPT_LINK, ProblemKind.UNREFERENCED_BLOB, ProblemKind.EXTRA_REVISION,
+            ProblemKind.EXTRA_LINK}
 
 
 def _missing_index_child(t):
     d = json.loads(t.sb.layout.blob_data(t.multi).read_bytes())["manifests"][0]["digest"]
     shutil.rmtree(t.sb.layout.revision_link("multi", Digest.parse(d)).parent)
     return {ProblemKind.MISSING_MANIFEST}
+
+
+def _extra_revision(t):
+    # a GC that forgot an old revision (its blobs are still referenced by the current image)
+    t.sb.revision("app", t.tp)
+    return {ProblemKind.EXTRA_REVISION}
+
+
+def _extra_layer_link(t):
+    t.sb.link_layer("app", digest_of(b"amd"))
+    return {ProblemKind.EXTRA_LINK}
+
+
+def _stale_tag_index(t):
+    t.sb.tag("app", "1.0", t.app, history=[t.tp])
+    return {ProblemKind.STALE_TAG_INDEX}
 
 
 def _missing_repository(t):
@@ -144,7 +166,7 @@ def _missing_repository(t):
 @pytest.mark.parametrize("breakage", [
     _missing_blob, _corrupt_blob_same_size, _missing_layer_link, _missing_revision, _extra_repo, _extra_tag,
     _unreferenced_blob, _uploads, _missing_tag, _moved_pinned_tag, _corrupt_tag_link, _missing_index_child,
-    _missing_repository,
+    _missing_repository, _extra_revision, _extra_layer_link, _stale_tag_index,
 ])
 def test_each_problem_reported(tree, mode, breakage):
     expected = breakage(tree)

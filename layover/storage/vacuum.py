@@ -1,0 +1,129 @@
+"""Apply a GC plan: delete exactly the planned paths, references before blobs, then the
+directories that became empty.
+
+Deletes, never renames: on an overlay merged view a rename of a lower directory fails with
+EXDEV (docs/design.md §3). Safe to run again after a crash: a path already gone is skipped, and
+the apply order keeps every intermediate tree markable by the next plan.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from layover.errors import GCError
+from layover.storage.gc import Deletion, DeletionKind, GCPlan
+from layover.units import human_bytes
+
+
+@dataclass(frozen=True)
+class GCResult:
+    deleted: int  # planned paths removed (already-absent ones are not counted)
+    dirs_removed: int  # directories removed because they became empty
+    bytes_freed: int
+    seconds: float
+
+    def summary(self) -> str:
+        return (f"GC applied: removed {self.deleted} paths and {self.dirs_removed} empty dirs, "
+                f"freed {human_bytes(self.bytes_freed)} in {self.seconds:.2f}s")
+
+
+def apply_gc(plan: GCPlan, *, workers: int = 4) -> GCResult:
+    """Delete the planned paths, then directories left empty. Safe to re-run after a crash.
+
+    Kinds are applied one after the other (references before blobs); within a kind, paths are
+    independent and `workers` threads delete them, which overlaps the filesystem's metadata
+    latency (journal, overlayfs whiteouts).
+    """
+    start = time.monotonic()
+    layout = plan.layout
+    tops = {DeletionKind.REPOSITORY_INTERNAL: str(layout.repositories), DeletionKind.BLOB: str(layout.blobs)}
+    deleted = 0
+    freed = 0
+    prune_from: set[tuple[str, str]] = set()
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for kind in DeletionKind:
+            batch = [d for d in plan.deletions if d.kind is kind]
+            chunks = [batch[i:i + 512] for i in range(0, len(batch), 512)]
+            for n, size, parents in pool.map(_delete_chunk, chunks):
+                deleted += n
+                freed += size
+                # Only a removed repository or blob may leave empty parents worth removing. In a
+                # kept repository an empty `_layers` still matters: the catalog lists it.
+                if kind in tops:
+                    prune_from.update((p, tops[kind]) for p in parents)
+    dirs_removed = 0
+    for start_dir, top in sorted(prune_from, key=lambda p: -len(p[0])):
+        dirs_removed += _remove_empty_upwards(start_dir, top)
+    return GCResult(deleted, dirs_removed, freed, time.monotonic() - start)
+
+
+def _delete_chunk(chunk: list[Deletion]) -> tuple[int, int, set[str]]:
+    deleted = freed = 0
+    parents: set[str] = set()
+    for d in chunk:
+        try:
+            if not _delete(d):
+                continue  # gone already: a second apply of the same plan is harmless
+        except OSError as e:
+            raise GCError(f"{d.path}: cannot delete ({e.strerror}); GC stopped part way. What is "
+                          "left is consistent: fix the cause and run GC again") from None
+        deleted += 1
+        freed += d.size
+        parents.add(os.path.dirname(d.path))
+    return deleted, freed, parents
+
+
+# The one file a blob, revision, tag-index or layer-link directory holds. Unlinking it and
+# rmdir-ing its directory is 2 syscalls where rmtree needs ~8: apply touches ~100k of them.
+_LEAF = {DeletionKind.BLOB: "data", DeletionKind.REVISION: "link",
+         DeletionKind.TAG_INDEX: "link", DeletionKind.LAYER_LINK: "link"}
+
+
+def _delete(d: Deletion) -> bool:
+    """Remove one planned path; False if it was already gone."""
+    leaf = _LEAF.get(d.kind)
+    if leaf is not None:
+        try:
+            os.unlink(f"{d.path}/{leaf}")
+            os.rmdir(d.path)
+            return True
+        except NotADirectoryError:  # a stray file where a directory belongs
+            os.unlink(d.path)
+            return True
+        except FileNotFoundError:
+            if not os.path.lexists(d.path):
+                return False
+        except OSError as e:
+            if e.errno != errno.ENOTEMPTY:
+                raise
+    # Anything else (uploads, repository internals, a directory with extra files): rmtree,
+    # which unlinks and rmdirs bottom-up and never renames.
+    try:
+        if os.path.isdir(d.path) and not os.path.islink(d.path):
+            shutil.rmtree(d.path)
+        else:
+            os.unlink(d.path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _remove_empty_upwards(path: str, top: str) -> int:
+    """rmdir `path` and its parents while empty, stopping below `top`."""
+    removed = 0
+    while path.startswith(top + os.sep):
+        try:
+            os.rmdir(path)
+        except FileNotFoundError:
+            pass
+        except OSError:  # not empty (a nested repository, other blobs): stop here
+            break
+        else:
+            removed += 1
+        path = os.path.dirname(path)
+    return removed
