@@ -11,7 +11,7 @@
 - blog-overlay: the blog post's process as a plain serial script: skopeo into an archive
   registry on `lower`, reset the overlay, prune every `_manifests` in `merged`, serial skopeo
   archive -> package registry on `merged`, stop it, GC (Layover's plan_gc/apply_gc: the blog's
-  own GC script is wrong, DESIGN section 3), tar `merged`. `lower` is kept between releases.
+  own GC script is wrong, docs/design.md §3), tar `merged`. `lower` is kept between releases.
 
 Every tarball is `tar -cf OUT -C STORAGE docker`, written to OUT.tmp and renamed.
 """

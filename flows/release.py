@@ -1,6 +1,7 @@
 """The release flow: images.list + CI registry -> verified release tarball.
 
-Composition only: every stage is a task in tasks/, every decision is in the library.
+Composition only: every stage is a task in tasks/, every decision is in the library, and the
+registries the run owns live exactly as long as the `with registries(wd)` block.
 """
 
 from __future__ import annotations
@@ -9,11 +10,12 @@ from prefect import flow, runtime
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from layover.adapters.lock import work_dir_lock
+from layover.copy import ManifestCopier, Route, SkopeoCopier
+from layover.registries import registries
 from layover.report import ReleaseReport
 from layover.settings import ReleaseRequest
 from layover.workdir import WorkDir
 from tasks.archive_sync import sync_archive
-from tasks.copying import Endpoints
 from tasks.credentials import source_authfile
 from tasks.fanout import MAX_CONCURRENCY
 from tasks.gc import collect_garbage
@@ -21,7 +23,7 @@ from tasks.load_list import load_images
 from tasks.overlay_reset import reset_overlay
 from tasks.package_sync import sync_package
 from tasks.prune import prune
-from tasks.registries import clear_stale, start_registry, stop_registry, teardown
+from tasks.registries import clear_stale, teardown
 from tasks.report import publish_report
 from tasks.tarball import write_release_tarball
 from tasks.verify import verify_package
@@ -37,44 +39,39 @@ def release(request: ReleaseRequest) -> ReleaseReport:
     wd = WorkDir.at(request.work_dir)
     listed = load_images(request.images)  # every bad line reported before anything is copied
     holder = f"{runtime.flow_run.name or 'layover'} ({runtime.flow_run.id or 'no run id'})"
-    with work_dir_lock(wd.lock, holder, wait_seconds=request.lock_wait_seconds):
+    with work_dir_lock(wd.lock, holder, wait_seconds=request.lock_wait_seconds), registries(wd) as regs:
         clear_stale(wd, request.output)
         try:
             authfile = source_authfile(wd, request)
-            archive = start_registry(wd, "archive", wd.lower)
-            from_ci = Endpoints(
-                request.source, archive.host, wd.lower, request.src_tls_verify, authfile,
-                own=(archive,), wd=wd, timeout=request.copy_timeout_seconds,
-            )
+            archive = regs.serve_archive()
+            to_archive = Route(request.source, archive.host, wd.lower, request.src_tls_verify, authfile,
+                               request.copy_timeout_seconds)
+            probe = regs.probe(request.source, tls_verify=request.src_tls_verify, authfile=authfile)
             stages = [
                 sync_archive(
-                    listed.images, from_ci, concurrency=request.concurrency, retries=request.copy_retries
+                    listed.images, SkopeoCopier(to_archive, probe, regs.guard(archive, destination=archive)),
+                    concurrency=request.concurrency, retries=request.copy_retries,
                 )
             ]
             # From here on the archive is history: served read-only, never written.
-            stop_registry(wd, archive)
-            archive = start_registry(wd, "archive", wd.lower, read_only=True)
+            archive = regs.serve_archive(read_only=True)
             stages.append(reset_overlay(wd))
             stages.append(prune(wd))
-            package = start_registry(wd, "package", wd.merged)
-            to_package = Endpoints(
-                archive.host, package.host, wd.merged, src_tls_verify=False,
-                own=(archive, package), wd=wd, timeout=request.copy_timeout_seconds,
-                copier="manifests",
-            )
+            package = regs.serve_package()
+            to_package = Route(archive.host, package.host, wd.merged, src_tls_verify=False,
+                               timeout=request.copy_timeout_seconds)
+            copier = ManifestCopier(to_package, regs.api(archive), regs.api(package),
+                                    regs.guard(archive, package, destination=package))
             stages.append(
-                sync_package(
-                    listed.images, to_package, concurrency=request.concurrency,
-                    retries=request.copy_retries,
-                )
+                sync_package(listed.images, copier, concurrency=request.concurrency, retries=request.copy_retries)
             )
-            stop_registry(wd, package)  # never delete under a running registry
+            regs.stop(package)  # never delete under a running registry
             stages.append(collect_garbage(wd, listed.images))
             stages.append(verify_package(wd, listed.images))
             tar_stage, sha256, size = write_release_tarball(wd, request.output)
             stages.append(tar_stage)
         finally:
-            teardown(wd)
+            teardown(wd, regs)
     report = ReleaseReport(
         list_source=listed.source,
         list_commit=listed.commit,

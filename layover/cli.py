@@ -12,7 +12,7 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from layover.errors import LayoverError
+from layover.errors import LayoverError, UsageError
 
 app = typer.Typer(
     add_completion=False,
@@ -27,11 +27,11 @@ def _fail(err: BaseException) -> NoReturn:
     rest = str(err).strip().splitlines()[1:]
     for line in rest[:50]:
         typer.echo(f"  {line}", err=True)
-    raise typer.Exit(1)
+    raise typer.Exit(getattr(err, "exit_code", 1))
 
 
 def _quiet_prefect_defaults() -> None:
-    """Offline-friendly Prefect defaults, set before prefect is imported (DESIGN §5)."""
+    """Offline-friendly Prefect defaults, set before prefect is imported (docs/design.md §5)."""
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
@@ -82,7 +82,7 @@ def run(
             src_authfile=src_authfile,
         )
     except ValidationError as e:
-        _fail(LayoverError("; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())))
+        _fail(UsageError("; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())))
     from layover import imagelist
 
     try:
@@ -90,7 +90,7 @@ def run(
     except LayoverError as e:
         _fail(e)
     if 0 < heartbeat_seconds < 30:
-        _fail(LayoverError(f"--heartbeat-seconds {heartbeat_seconds}: Prefect needs 30 or more; "
+        _fail(UsageError(f"--heartbeat-seconds {heartbeat_seconds}: Prefect needs 30 or more; "
                            "use 0 for no heartbeats"))
     _quiet_prefect_defaults()
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
@@ -105,27 +105,20 @@ def run(
     except Exception as e:  # noqa: BLE001 - the CLI's contract is a one-line reason, never a traceback
         _fail(RuntimeError(f"{type(e).__name__}: {e}"))
     typer.echo(report.to_text())
-    _exit_without_teardown(0)
+    _exit_fast(0)
 
 
-def _exit_without_teardown(code: int) -> NoReturn:
-    """Exit as the interpreter would, minus tearing down every module and object.
+def _exit_fast(code: int) -> NoReturn:
+    """Exit the ordinary way, but tell the collector the heap is done with first.
 
-    Prefect's services drain their queues (task-run events, logs) in `threading._shutdown`
-    and the embedded server stops in an atexit handler: both run here, in the interpreter's
-    order. What is skipped, module teardown of Prefect's import graph, took 0.3 s of every
-    run (measured: a one-task flow exits in 0.95 s instead of 1.3 s)."""
-    import atexit
-    import threading
+    Prefect's import graph is hundreds of thousands of objects, and the interpreter's last
+    collections walk them all: `gc.freeze()` moves them out of the collector's sight. Measured
+    with a one-task flow against a standing server, 5 runs: exit 1.43-1.62 s -> 1.19-1.30 s.
+    Prefect's own shutdown (draining logs and events, stopping an embedded server) still runs."""
+    import gc as collector
 
-    shutdown = getattr(threading, "_shutdown", None)
-    if shutdown is None:  # not CPython as we know it: exit the ordinary way
-        raise typer.Exit(code)
-    shutdown()
-    atexit._run_exitfuncs()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    collector.freeze()
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -142,7 +135,7 @@ def gc(
     try:
         layout = StorageLayout(storage_dir.absolute())
         if not layout.v2.is_dir():
-            raise LayoverError(f"{storage_dir}: no docker/registry/v2 inside; give the registry's root dir")
+            raise UsageError(f"{storage_dir}: no docker/registry/v2 inside; give the registry's root dir")
         refuse_if_served(layout.root)
         plan = plan_gc(layout)
         typer.echo(plan.summary())
@@ -171,7 +164,7 @@ def verify(
         elif target.is_file():
             report = verify_tarball(target, listed)
         else:
-            raise LayoverError(f"{target}: no such directory or tarball")
+            raise UsageError(f"{target}: no such directory or tarball")
     except LayoverError as e:
         _fail(e)
     typer.echo(report.to_json() if json_out else report.summary())
@@ -194,7 +187,7 @@ def repair_archive(
     try:
         wd = WorkDir.at(work_dir)
         if not wd.archive.v2.is_dir():
-            raise LayoverError(f"{wd.lower}: no archive here (no docker/registry/v2); check --work-dir")
+            raise UsageError(f"{wd.lower}: no archive here (no docker/registry/v2); check --work-dir")
         if overlay.is_mounted(wd.merged):
             raise LayoverError(f"{wd.merged} is mounted over the archive: is a run in progress? "
                                "wait for it, or run `layover run` once to clean up a killed run")

@@ -1,6 +1,6 @@
 """Manifests classified by structure, as GC and the verifier need them.
 
-`mediaType` is optional in both Docker and OCI documents, so the shape decides (DESIGN §4):
+`mediaType` is optional in both Docker and OCI documents, so the shape decides (docs/design.md §4):
 
     schemaVersion 1          -> SCHEMA1: fsLayers[].blobSum are layers
     has "manifests"          -> INDEX:   OCI index or Docker manifest list; children are manifests
@@ -37,7 +37,7 @@ MANIFEST_MEDIA_TYPES = frozenset({DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_MAN
 # registry may answer with a different document than the one stored (or 404).
 MANIFEST_ACCEPT = ", ".join((OCI_INDEX, DOCKER_MANIFEST_LIST, OCI_MANIFEST, DOCKER_MANIFEST))
 
-# Layers the registry accepts without the blob being pushed (DESIGN §3: data and link may be
+# Layers the registry accepts without the blob being pushed (docs/design.md §3: data and link may be
 # absent). Docker's foreign type and every OCI non-distributable variant (+gzip, +zstd, ...).
 _FOREIGN_MARKERS = ("foreign", "nondistributable")
 

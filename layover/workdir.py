@@ -8,7 +8,7 @@
       run/       registry configs, a decoded credentials file (0600) during a run (disposable)
       lock       fcntl lock + holder description: one run per work dir
 
-Keeping all of them in one directory keeps upper/work on lower's filesystem (DESIGN §3).
+Keeping all of them in one directory keeps upper/work on lower's filesystem (docs/design.md §3).
 """
 
 from __future__ import annotations

@@ -14,13 +14,12 @@ from dataclasses import dataclass
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from layover.copy import SkopeoCopier
 from layover.imagelist import ImageList
 from layover.reference import ImageRef
 from layover.report import ImageCopy, StageReport
-from tasks.copying import Endpoints, already_archived, copy_task
 from tasks.fanout import fan_out
-
-copy_to_archive = copy_task("archive-sync")
+from tasks.retry import COPY_RETRY
 
 
 @dataclass(frozen=True)
@@ -30,10 +29,10 @@ class ArchivePlan:
 
 
 @task(name="archive-sync-plan", cache_policy=NO_CACHE)
-def plan_archive_sync(images: ImageList, ends: Endpoints, concurrency: int) -> ArchivePlan:
+def plan_archive_sync(images: ImageList, copier: SkopeoCopier, concurrency: int) -> ArchivePlan:
     refs = images.refs
     with ThreadPoolExecutor(max(1, concurrency)) as pool:
-        found = list(pool.map(lambda ref: already_archived(ref, ends), refs))
+        found = list(pool.map(copier.already_there, refs))
     present = tuple(f for f in found if f is not None)
     todo = tuple(ref for ref, f in zip(refs, found, strict=True) if f is None)
     get_run_logger().info(
@@ -42,10 +41,21 @@ def plan_archive_sync(images: ImageList, ends: Endpoints, concurrency: int) -> A
     return ArchivePlan(present, todo)
 
 
-def sync_archive(images: ImageList, ends: Endpoints, *, concurrency: int, retries: int) -> StageReport:
+@task(
+    name="archive-sync-copy",
+    task_run_name="archive-sync: {ref}",
+    cache_policy=NO_CACHE,
+    # No tags: Prefect acquires a tag concurrency slot for every tagged task run, one request at
+    # a time per tag set. Measured, 300 small images: 30.3 s with a tag, 24.4 s without. Cap
+    # copies per run with --concurrency, runs per pool with the work pool's concurrency limit.
+    **COPY_RETRY,
+)
+def copy_to_archive(ref: ImageRef, copier: SkopeoCopier) -> ImageCopy:
+    return copier.copy(ref)
+
+
+def sync_archive(images: ImageList, copier: SkopeoCopier, *, concurrency: int, retries: int) -> StageReport:
     started = time.monotonic()
-    plan = plan_archive_sync(images, ends, concurrency)
-    copied = fan_out(
-        "archive sync", copy_to_archive.with_options(retries=retries), plan.todo, ends, concurrency
-    )
+    plan = plan_archive_sync(images, copier, concurrency)
+    copied = fan_out("archive sync", copy_to_archive.with_options(retries=retries), plan.todo, copier, concurrency)
     return StageReport.from_copies("archive sync", time.monotonic() - started, [*plan.present, *copied])

@@ -15,14 +15,13 @@ from prefect.futures import PrefectFuture, as_completed
 from layover.errors import StageFailed
 from layover.reference import ImageRef
 from layover.report import ImageCopy
-from tasks.copying import Endpoints
 
 MAX_CONCURRENCY = 64
 
 
-def fan_out(
-    stage: str, copy: Task, refs: Sequence[ImageRef], ends: Endpoints, concurrency: int
-) -> list[ImageCopy]:
+def fan_out(stage: str, copy: Task, refs: Sequence[ImageRef], copier: object, concurrency: int) -> list[ImageCopy]:
+    """Run `copy(ref, copier)` for every ref, at most `concurrency` at a time; every failure is
+    collected and named together in one StageFailed."""
     logger = get_run_logger()
     started = time.monotonic()
     window = max(1, min(concurrency, MAX_CONCURRENCY))
@@ -34,7 +33,7 @@ def fan_out(
     while todo or pending:
         while todo and len(pending) < window:
             ref = todo.pop(0)
-            pending[copy.submit(ref, ends)] = ref
+            pending[copy.submit(ref, copier)] = ref
         done = next(as_completed(list(pending)))
         ref = pending.pop(done)
         outcome = done.result(raise_on_failure=False)

@@ -1,7 +1,7 @@
 """Stage 5: mark-and-sweep the package storage (the merged view; `lower` is never written).
 
 The package registry is stopped before this runs: deleting under a running registry leaves its
-blob-descriptor cache stale (DESIGN §3).
+blob-descriptor cache stale (docs/design.md §3).
 """
 
 from __future__ import annotations

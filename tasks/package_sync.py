@@ -1,10 +1,10 @@
 """Stage 4: write every listed image's manifests archive -> package.
 
 The pruned overlay kept every blob and `_layers` link, so each image costs a few HTTP PUTs of a
-few milliseconds. A Prefect task per image costs about 40 ms of orchestration on this 2-core
-machine (measured on the bench: 64 images, 3.3 s of stage for 0.7 s of copying), more than the
-work, so this stage is one retrying task that copies the images on a thread pool and reports each
-one. PUTting a manifest again is harmless, so a retry of the whole stage is safe.
+few milliseconds. A Prefect task per image costs about 40 ms of orchestration on a 2-core machine
+(measured on the bench: 64 images, 3.3 s of stage for 0.7 s of copying), more than the work, so
+this stage is one retrying task that copies the images on a thread pool and reports each one.
+PUTting a manifest again is harmless, so a retry of the whole stage is safe.
 """
 
 from __future__ import annotations
@@ -14,27 +14,20 @@ from concurrent.futures import ThreadPoolExecutor
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.tasks import exponential_backoff
 
+from layover.copy import ManifestCopier
 from layover.errors import StageFailed, Transient, TransientCopyError
 from layover.imagelist import ImageList
 from layover.reference import ImageRef
 from layover.report import ImageCopy, StageReport
-from tasks.copying import Endpoints, _transient_only, copy_diagnosed
+from tasks.retry import COPY_RETRY
 
 
-@task(
-    name="package-sync",
-    retries=3,
-    retry_delay_seconds=exponential_backoff(backoff_factor=2),
-    retry_jitter_factor=0.5,
-    retry_condition_fn=_transient_only,
-    cache_policy=NO_CACHE,
-)
-def copy_manifests_to_package(refs: tuple[ImageRef, ...], ends: Endpoints, concurrency: int) -> list[ImageCopy]:
+@task(name="package-sync", cache_policy=NO_CACHE, **COPY_RETRY)
+def copy_manifests_to_package(refs: tuple[ImageRef, ...], copier: ManifestCopier, concurrency: int) -> list[ImageCopy]:
     def one(ref: ImageRef) -> ImageCopy | BaseException:
         try:
-            return copy_diagnosed(ref, ends)
+            return copier.copy(ref)
         except Exception as e:  # noqa: BLE001 - collected, then reported together below
             return e
 
@@ -52,7 +45,7 @@ def copy_manifests_to_package(refs: tuple[ImageRef, ...], ends: Endpoints, concu
     return [o for o in outcomes if isinstance(o, ImageCopy)]
 
 
-def sync_package(images: ImageList, ends: Endpoints, *, concurrency: int, retries: int) -> StageReport:
+def sync_package(images: ImageList, copier: ManifestCopier, *, concurrency: int, retries: int) -> StageReport:
     started = time.monotonic()
-    copies = copy_manifests_to_package.with_options(retries=retries)(images.refs, ends, concurrency)
+    copies = copy_manifests_to_package.with_options(retries=retries)(images.refs, copier, concurrency)
     return StageReport.from_copies("package sync", time.monotonic() - started, copies)

@@ -5,7 +5,7 @@ As root: `mount -t overlay`. Otherwise: `fuse-overlayfs` (unmounted with `fuserm
 upper/work/merged is thrown away and a fresh view of lower is mounted.
 
 Never move directories inside `merged` (renaming a lower directory fails with EXDEV); delete
-or copy instead (DESIGN §3).
+or copy instead (docs/design.md §3).
 """
 
 from __future__ import annotations

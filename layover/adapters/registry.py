@@ -1,11 +1,11 @@
 """Registry containers (Docker SDK): start, health-check, restart, stop, clean up.
 
 Every container runs with host networking on REGISTRY_HTTP_ADDR=127.0.0.1:<port>: no published
-port, so no docker-proxy copying bytes in user space and no bridge address (DESIGN §3). Each gets a
+port, so no docker-proxy copying bytes in user space and no bridge address (docs/design.md §3). Each gets a
 generated config with
 
 - no blob-descriptor cache: it goes stale when links or blobs are deleted under it and then makes
-  skopeo "skip" blobs that cannot be pulled (DESIGN §3);
+  skopeo "skip" blobs that cannot be pulled (docs/design.md §3);
 - upload purging off: it runs even in read-only mode and would write into the overlay lowerdir;
 - read-only maintenance mode plus a `:ro` storage bind mount when `read_only`;
 - the same `validation.manifests.urls.allow` on every registry of a manager, so foreign layers
@@ -93,7 +93,7 @@ def render_config(
     """The registry config.yml. JSON-quoted strings are valid YAML and need no yaml library.
 
     `blob_cache` exists only for the negative-control test: the in-memory blob-descriptor cache
-    goes stale when storage changes underneath a running registry (DESIGN §3).
+    goes stale when storage changes underneath a running registry (docs/design.md §3).
     """
     import json
 

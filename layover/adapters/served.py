@@ -1,7 +1,7 @@
 """Refuse to touch a storage dir that a running registry container serves (when we can tell).
 
 Deleting under a running registry leaves its blob-descriptor cache stale: it keeps answering
-200 for deleted blobs and serves truncated data (DESIGN §3).
+200 for deleted blobs and serves truncated data (docs/design.md §3).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 `copy` always runs `skopeo --debug copy --all --preserve-digests --retry-times 0`:
 - `--all` keeps every platform of an index; `--preserve-digests` makes skopeo fail rather than
-  re-serialise an index it does not fully understand (DESIGN §3);
+  re-serialise an index it does not fully understand (docs/design.md §3);
 - `--retry-times 0` because retries belong to the caller (Prefect task retries), one layer only;
 - `--debug` because skopeo never reports skipped blobs otherwise. From its stderr we read
   "Upload of layer sha256:X complete" (copied) and the destination checks "Checking

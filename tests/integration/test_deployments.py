@@ -314,12 +314,12 @@ def _release_work_dirs(hosts: Path) -> None:
     """Containers and overlay mounts a killed run may have left: never leak them."""
     from layover.adapters import overlay
     from layover.workdir import WorkDir
-    from tasks.registries import manager
+    from layover.registries import remove_stale_containers
 
     for work in sorted(hosts.glob("*/work")):
         wd = WorkDir.at(work)
         try:
-            manager(wd).remove_scope()
+            remove_stale_containers(wd)
         finally:
             if overlay.is_mounted(wd.merged):
                 overlay.unmount(wd.merged)

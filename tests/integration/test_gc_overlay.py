@@ -1,7 +1,7 @@
 """GC on an overlay merged view gives the same tree as GC on a plain copy, and leaves lower alone.
 
 The pipeline runs GC on `merged`, where deleting a lower directory leaves a whiteout in upper and
-renaming one fails with EXDEV: GC must work by deletion alone (DESIGN §3).
+renaming one fails with EXDEV: GC must work by deletion alone (docs/design.md §3).
 """
 
 from __future__ import annotations

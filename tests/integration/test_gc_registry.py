@@ -1,6 +1,6 @@
 """GC against a real registry: what survives pulls, what was deleted is 404.
 
-And the negative control for DESIGN §3's stale blob-descriptor cache: GC under a *running*
+And the negative control for docs/design.md §3's stale blob-descriptor cache: GC under a *running*
 registry that caches descriptors, then a push, gives a package `layover verify` rejects; the
 same steps with the cache off give one it accepts. That is why the pipeline stops the package
 registry before GC and runs registries without that cache.

@@ -11,13 +11,13 @@ def _run(*args):
     return runner.invoke(app, list(args))
 
 
-def test_run_lists_every_bad_line_and_exits_1_before_anything_starts(tmp_path):
+def test_run_lists_every_bad_line_and_exits_3_before_anything_starts(tmp_path):
     bad = tmp_path / "images.list"
     bad.write_text("ok/a:1\nBad/a:1\n\nno-tag\n")
     work = tmp_path / "work"
     r = _run("run", "--images", str(bad), "--source", "127.0.0.1:5000", "--work-dir", str(work),
              "--output", str(tmp_path / "r.tar"))
-    assert r.exit_code == 1
+    assert r.exit_code == 3  # input error
     assert r.output.startswith("layover: error: ")
     assert f"{bad}:2:" in r.output and f"{bad}:4:" in r.output
     assert not work.exists()
@@ -28,7 +28,7 @@ def test_run_rejects_a_scheme_in_source(tmp_path):
     lst.write_text("a:1\n")
     r = _run("run", "--images", str(lst), "--source", "https://ci:5000", "--work-dir",
              str(tmp_path / "w"), "--output", str(tmp_path / "r.tar"))
-    assert r.exit_code == 1 and "without a scheme" in r.output
+    assert r.exit_code == 2 and "without a scheme" in r.output  # usage
 
 
 def test_run_has_exactly_the_documented_options():
@@ -45,14 +45,14 @@ def test_run_rejects_a_heartbeat_prefect_would_refuse(tmp_path):
     work = tmp_path / "w"
     r = _run("run", "--images", str(lst), "--source", "ci:5000", "--work-dir", str(work),
              "--output", str(tmp_path / "r.tar"), "--heartbeat-seconds", "10")
-    assert r.exit_code == 1 and "--heartbeat-seconds 10: Prefect needs 30 or more" in r.output
+    assert r.exit_code == 2 and "--heartbeat-seconds 10: Prefect needs 30 or more" in r.output
     assert not work.exists()
 
 
 def test_gc_and_verify_name_a_missing_storage_dir(tmp_path):
     r = _run("gc", str(tmp_path))
-    assert r.exit_code == 1 and "docker/registry/v2" in r.output
+    assert r.exit_code == 2 and "docker/registry/v2" in r.output
     lst = tmp_path / "images.list"
     lst.write_text("a:1\n")
     r = _run("verify", str(tmp_path / "nope"), "--images", str(lst))
-    assert r.exit_code == 1 and "no such directory or tarball" in r.output
+    assert r.exit_code == 2 and "no such directory or tarball" in r.output

@@ -1,4 +1,4 @@
-"""GC rules from DESIGN §4, each asserting the exact set of files that survive."""
+"""GC rules from docs/design.md §4, each asserting the exact set of files that survive."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DESIGN §4 invariants on random storage trees, checked against an independent oracle.
+"""docs/design.md §4 invariants on random storage trees, checked against an independent oracle.
 
 The oracle reads the tree before GC with plain json (not layover.manifest) and predicts the exact
 set of files that must survive; after GC the tree must equal it, a second plan must be empty, and

@@ -1,0 +1,143 @@
+"""Copying one image between registries: the two copiers the sync stages use.
+
+    SkopeoCopier    archive sync: CI registry -> archive. Asks the source for the tag's digest
+                    first (one HEAD); an image the archive already holds whole is not copied.
+                    Otherwise `skopeo copy --all --preserve-digests`, which moves the new blobs.
+    ManifestCopier  package sync: archive -> package, manifests only, in process. After pruning
+                    the package registry already holds every blob and link, so an image costs a
+                    few PUTs of milliseconds (a skopeo process costs ~0.1 s before it moves a
+                    byte).
+
+Clients and the failure guard are handed in: the flow owns them (layover/registries.py), and the
+copiers stay testable with any registry. Retries are not here: they are the Prefect task's, one
+layer only (docs/design.md §5).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from layover.adapters import skopeo
+from layover.adapters.manifest_copy import copy_manifests
+from layover.adapters.registry_api import RegistryAPI
+from layover.adapters.source_probe import SourceProbe
+from layover.errors import CommandError, CopyError, LayoverError, Transient
+from layover.reference import Digest, ImageRef
+from layover.report import ImageCopy
+from layover.storage.images import image_complete, resolve
+from layover.storage.layout import StorageLayout
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where one stage copies from and to."""
+
+    src_host: str
+    dst_host: str
+    dst_storage: Path  # the destination registry's root dir: to size what moved, to check wholeness
+    src_tls_verify: bool = True
+    src_authfile: Path | None = None
+    timeout: float = 900  # one attempt of one image, seconds
+
+    @property
+    def destination(self) -> StorageLayout:
+        return StorageLayout(self.dst_storage)
+
+
+class Guard(Protocol):
+    """What a failed copy may ask of the registries it talked to."""
+
+    def explain(self, ref: ImageRef, error: LayoverError) -> LayoverError | None:
+        """A better error than a bare HTTP 500 (a full disk, a damaged file), or None."""
+
+    def revive(self) -> None:
+        """Bring back registries of ours that stopped answering, before a retry."""
+
+
+class _Copier:
+    def __init__(self, route: Route, guard: Guard | None) -> None:
+        self.route = route
+        self.guard = guard
+
+    def copy(self, ref: ImageRef) -> ImageCopy:
+        """Copy `ref`; a failure comes out as the most telling error of the tree."""
+        try:
+            return self._copy(ref)
+        except (CommandError, CopyError) as e:
+            if self.guard is not None:
+                better = self.guard.explain(ref, e)
+                if better is not None:
+                    raise better from e
+                if isinstance(e, Transient):
+                    self.guard.revive()
+            raise
+
+    def _copy(self, ref: ImageRef) -> ImageCopy:
+        raise NotImplementedError
+
+
+class SkopeoCopier(_Copier):
+    def __init__(self, route: Route, probe: SourceProbe, guard: Guard | None = None) -> None:
+        super().__init__(route, guard)
+        self.probe = probe
+
+    def already_there(self, ref: ImageRef) -> ImageCopy | None:
+        """The copy's result without copying, if the archive already holds, whole, the digest
+        the source's tag has now (one HEAD request); None means a real copy must run."""
+        started = time.monotonic()
+        layout = self.route.destination
+        digest = self.probe.digest(ref)
+        if digest is None or resolve(layout, ref) != digest:
+            return None
+        blobs = image_complete(layout, ref.repository, digest)
+        if blobs is None:
+            return None
+        return ImageCopy(str(ref), str(digest), 0, blobs, 0, time.monotonic() - started)
+
+    def _copy(self, ref: ImageRef) -> ImageCopy:
+        started = time.monotonic()
+        route = self.route
+        result = skopeo.copy(
+            f"docker://{ref.at(route.src_host)}",
+            f"docker://{route.dst_host}/{ref.destination_suffix}",
+            src_tls_verify=route.src_tls_verify,
+            dest_tls_verify=False,  # our registries listen on 127.0.0.1, plain HTTP
+            src_authfile=route.src_authfile,
+            timeout=route.timeout,
+        )
+        layout = route.destination
+        copied = tuple(sorted((d.hex, _size(layout, d)) for d in result.copied))
+        return ImageCopy(
+            image=str(ref),
+            manifest_digest=str(result.manifest_digest) if result.manifest_digest else None,
+            blobs_copied=len(result.copied),
+            blobs_reused=len(result.skipped),
+            bytes_copied=sum(size for _, size in copied),
+            seconds=time.monotonic() - started,
+            copied=copied,
+        )
+
+
+class ManifestCopier(_Copier):
+    def __init__(self, route: Route, src: RegistryAPI, dst: RegistryAPI, guard: Guard | None = None) -> None:
+        super().__init__(route, guard)
+        self.src = src
+        self.dst = dst
+
+    def _copy(self, ref: ImageRef) -> ImageCopy:
+        started = time.monotonic()
+        digest, _ = copy_manifests(self.src, self.dst, ref)
+        blobs = image_complete(self.route.destination, ref.repository, digest)
+        if blobs is None:
+            raise CopyError(f"{ref}: written, but the package does not hold it whole")
+        return ImageCopy(str(ref), str(digest), 0, blobs, 0, time.monotonic() - started)
+
+
+def _size(layout: StorageLayout, digest: Digest) -> int:
+    try:
+        return layout.blob_data(digest).stat().st_size
+    except FileNotFoundError:
+        return 0  # a foreign layer has no data; nothing moved

@@ -1,0 +1,54 @@
+"""Explain a failed copy into a registry of ours from what it is handed: the registry's log and
+its storage directory.
+
+A registry writing to a full disk, or reading a damaged file, answers a bare HTTP 500, which
+looks transient and would be retried into the ground. Both are named here instead, and neither is
+a `Transient` error: neither clears itself.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from layover.errors import DiskFullError, LayoverError, StorageError
+from layover.reference import ImageRef
+from layover.storage.layout import StorageLayout
+from layover.storage.repair import scan_repository
+
+_NO_SPACE = "no space left on device"
+_LOG_TAIL = 20000  # the registry logs every request: only the latest lines can be about this copy
+
+
+def disk_full(ref: ImageRef, storage: Path, registry_log: str) -> DiskFullError | None:
+    """The registry said ENOSPC: name the directory and what is free (space and inodes)."""
+    if _NO_SPACE not in registry_log[-_LOG_TAIL:]:
+        return None
+    st = os.statvfs(storage)
+    # ENOSPC also means "no inodes left": registry storage is many small files and dirs
+    inodes = f", {st.f_favail} inodes free" if st.f_files else ""
+    return DiskFullError(
+        f"{storage}: no space left on device while copying {ref} "
+        f"({st.f_bavail * st.f_frsize} bytes{inodes}; the image's new blobs and links need more): "
+        "free space (or inodes) or move the work dir to a bigger disk and run again. The archive "
+        "keeps everything already copied; nothing was shipped"
+    )
+
+
+def damaged_storage(ref: ImageRef, storages: list[Path], error: LayoverError, work_dir: Path) -> StorageError | None:
+    """A damaged link or manifest under the repository being copied: name the file and the fix."""
+    seen: set[str] = set()
+    for storage in storages:
+        real = os.path.realpath(storage)
+        if real in seen:
+            continue
+        seen.add(real)
+        damage = scan_repository(StorageLayout(Path(real)), ref.repository)
+        if damage:
+            return StorageError(
+                str(damage[0].path),
+                f"{damage[0].reason} ({len(damage)} damaged file(s) for {ref.repository}, found "
+                f"after: {error}); nothing shipped. Run `layover repair-archive {work_dir}` and "
+                "run again: archive sync re-fetches the removed files from the source",
+            )
+    return None

@@ -1,0 +1,155 @@
+"""The registries one release run owns, as one context manager the flow holds:
+
+    with registries(wd) as regs:
+        archive = regs.serve_archive()                  # writable: archive sync adds to lower/
+        archive = regs.serve_archive(read_only=True)    # restarted read-only, `:ro` bind mount
+        package = regs.serve_package()                  # on the overlay's merged view
+        regs.stop(package)                              # before GC: never delete under it
+
+Entering removes the containers a killed run of this work dir left (they carry the work dir's
+label scope); leaving removes every container of the scope and closes the HTTP clients, on
+success and failure alike. Clients are one per registry, shared by the copy threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from layover.adapters.registry import Registry, RegistryManager, docker_client
+from layover.adapters.registry_api import RegistryAPI
+from layover.adapters.registry_image import ensure_registry_image
+from layover.adapters.source_probe import SourceProbe
+from layover.diagnose import damaged_storage, disk_full
+from layover.errors import LayoverError
+from layover.reference import ImageRef
+from layover.workdir import WorkDir
+
+log = logging.getLogger(__name__)
+
+
+def manager_for(wd: WorkDir) -> RegistryManager:
+    """A container manager labelled with this work dir's scope (configs under run/)."""
+    client = docker_client()
+    wd.run.mkdir(parents=True, exist_ok=True)
+    return RegistryManager(client, ensure_registry_image(client), wd.scope, config_dir=wd.run)
+
+
+class RunRegistries:
+    def __init__(self, wd: WorkDir, manager: RegistryManager) -> None:
+        self.wd = wd
+        self.manager = manager
+        self._serving: dict[str, Registry] = {}  # role -> running registry
+        self._clients: dict[str, RegistryAPI] = {}
+        self._probes: list[SourceProbe] = []
+        self._lock = threading.Lock()
+
+    # --- lifecycle -----------------------------------------------------------------------
+    def serve_archive(self, *, read_only: bool = False) -> Registry:
+        """The archive registry on lower/, (re)started in the mode asked for."""
+        return self._serve("archive", self.wd.lower, read_only)
+
+    def serve_package(self) -> Registry:
+        """The package registry on the overlay's merged view."""
+        return self._serve("package", self.wd.merged, False)
+
+    def _serve(self, role: str, storage: Path, read_only: bool) -> Registry:
+        running = self._serving.get(role)
+        if running is not None:
+            self.stop(running)
+        storage.mkdir(parents=True, exist_ok=True)
+        reg = self._serving[role] = self.manager.start(role, storage, read_only=read_only)
+        return reg
+
+    def stop(self, reg: Registry) -> None:
+        client = self._clients.pop(reg.host, None)
+        if client is not None:
+            client.close()
+        self.manager.stop(reg)
+        if self._serving.get(reg.role) == reg:
+            del self._serving[reg.role]
+
+    def stop_all(self) -> int:
+        """Remove every container of this work dir, ours or a killed run's; how many there were."""
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()
+        self._serving.clear()
+        return len(self.manager.remove_scope())
+
+    def close(self) -> None:
+        self.stop_all()
+        for probe in self._probes:
+            probe.close()
+        self._probes.clear()
+
+    # --- clients -------------------------------------------------------------------------
+    def api(self, reg: Registry) -> RegistryAPI:
+        with self._lock:
+            client = self._clients.get(reg.host)
+            if client is None:
+                client = self._clients[reg.host] = RegistryAPI(reg.host)
+            return client
+
+    def probe(self, host: str, *, tls_verify: bool, authfile: Path | None) -> SourceProbe:
+        probe = SourceProbe(host, tls_verify=tls_verify, authfile=authfile)
+        self._probes.append(probe)
+        return probe
+
+    def guard(self, *own: Registry, destination: Registry) -> StageGuard:
+        return StageGuard(self, own, destination)
+
+    def logs(self, reg: Registry) -> str:
+        try:
+            return self.manager.logs(reg)
+        except LayoverError:
+            return ""
+
+
+class StageGuard:
+    """layover.copy.Guard for one stage: explains failures from the registries' logs and
+    storage, and revives a registry of ours that stopped answering (killed, engine restart)."""
+
+    def __init__(self, regs: RunRegistries, own: tuple[Registry, ...], destination: Registry) -> None:
+        self.regs = regs
+        self.own = own
+        self.destination = destination
+
+    def explain(self, ref: ImageRef, error: LayoverError) -> LayoverError | None:
+        dst = self.destination
+        full = disk_full(ref, dst.storage, self.regs.logs(dst))
+        if full is not None:
+            return full
+        return damaged_storage(ref, [reg.storage for reg in self.own], error, self.regs.wd.root)
+
+    def revive(self) -> None:
+        with _revive_lock:  # one copy thread restarts it; the others find it answering
+            for reg in self.own:
+                if self.regs.manager.ensure_serving(reg):
+                    log.warning("registry %s stopped answering and was restarted", reg.name)
+
+
+_revive_lock = threading.Lock()
+
+
+@contextmanager
+def registries(wd: WorkDir) -> Iterator[RunRegistries]:
+    regs = RunRegistries(wd, manager_for(wd))
+    stale = regs.stop_all()
+    if stale:
+        log.warning("removed %d registry container(s) a killed run of %s left", stale, wd.root)
+    try:
+        yield regs
+    finally:
+        regs.close()
+
+
+def remove_stale_containers(wd: WorkDir) -> int:
+    """Remove every container labelled with this work dir (for cleanup outside a run)."""
+    if not os.path.isdir(wd.root):
+        return 0
+    return len(manager_for(wd).remove_scope())
