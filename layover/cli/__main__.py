@@ -1,0 +1,3 @@
+from layover.cli import main
+
+main()
