@@ -173,7 +173,7 @@ def simple_signing_payload(docker_reference: str, digest: Digest,
     })
 
 
-def _cosign_manifest(layer: bytes, layer_type: str, annotations: Mapping[str, str]) -> tuple[bytes, dict]:
+def cosign_manifest(layer: bytes, layer_type: str, annotations: Mapping[str, str]) -> tuple[bytes, dict]:
     """cosign's `.sig`/`.att` image: an OCI config naming the layer's diff_id, and the one layer.
 
     Returns (manifest bytes, blobs)."""
@@ -197,7 +197,7 @@ def cosign_signature(signer: Signer, repository: str, subject: Digest, *,
     """`cosign sign --key`: a `sha256-<hex>.sig` manifest signing `subject`."""
     payload = simple_signing_payload(docker_reference or repository, subject, optional)
     signature = base64.b64encode(signer.sign(payload)).decode()
-    manifest, blobs = _cosign_manifest(payload, COSIGN_SIMPLESIGNING, {SIGNATURE_ANNOTATION: signature})
+    manifest, blobs = cosign_manifest(payload, COSIGN_SIMPLESIGNING, {SIGNATURE_ANNOTATION: signature})
     return Artifact(repository, manifest, OCI_MANIFEST, subject, AttachmentKind.SIGNATURE,
                     tag=cosign_tag(subject, ".sig"), blobs=blobs)
 
@@ -225,7 +225,7 @@ def cosign_attestation(signer: Signer, repository: str, subject: Digest, *,
         "payload": base64.b64encode(statement).decode(),
         "signatures": [{"keyid": "", "sig": base64.b64encode(signer.sign(pae(IN_TOTO, statement))).decode()}],
     })
-    manifest, blobs = _cosign_manifest(envelope, DSSE_ENVELOPE, {PREDICATE_TYPE_ANNOTATION: predicate_type})
+    manifest, blobs = cosign_manifest(envelope, DSSE_ENVELOPE, {PREDICATE_TYPE_ANNOTATION: predicate_type})
     return Artifact(repository, manifest, OCI_MANIFEST, subject, AttachmentKind.ATTESTATION,
                     tag=cosign_tag(subject, ".att"), blobs=blobs)
 
