@@ -121,7 +121,7 @@ class AttachmentReader(Protocol):
 
 
 # --- results -------------------------------------------------------------------------------
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class AttachedArtifact:
     """One manifest attached (directly or through other artifacts) to a listed image."""
 
@@ -136,7 +136,7 @@ class AttachedArtifact:
     children: tuple[Digest, ...] = ()  # when the artifact is itself an index: copy these first
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class ReferrersIndex:
     """A referrers tag-schema index (`sha256-<hex>` tag): copied by tag, its digest preserved.
 
@@ -151,7 +151,7 @@ class ReferrersIndex:
     referrers: tuple[Digest, ...]  # its manifests, in document order
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class AttachmentProblem:
     """Something that looks attached but cannot be used; left out of the result, reported."""
 
@@ -229,8 +229,8 @@ class ImageAttachments:
 # --- classification ------------------------------------------------------------------------
 def effective_artifact_type(manifest: Manifest, descriptor: Descriptor | None = None) -> str | None:
     """distribution-spec's artifactType of a referrer: its own, else the descriptor's, else config's."""
-    return manifest.artifact_type or (descriptor.artifact_type if descriptor else None) \
-        or manifest.config_media_type
+    from_descriptor = descriptor.artifact_type if descriptor else None
+    return manifest.artifact_type or from_descriptor or manifest.config_media_type
 
 
 def classify(manifest: Manifest, *, descriptor: Descriptor | None = None,
@@ -259,7 +259,8 @@ def _kind_of_type(media_type: str | None, annotations: dict[str, str]) -> Attach
         return AttachmentKind.SIGNATURE
     if mt.startswith(SIGSTORE_BUNDLE):
         predicate = annotations.get(BUNDLE_PREDICATE_ANNOTATION)
-        if predicate == COSIGN_SIGN_PREDICATE or annotations.get(BUNDLE_CONTENT_ANNOTATION) == "message-signature":
+        content = annotations.get(BUNDLE_CONTENT_ANNOTATION)
+        if predicate == COSIGN_SIGN_PREDICATE or content == "message-signature":
             return AttachmentKind.SIGNATURE
         return AttachmentKind.ATTESTATION if predicate else None
     if mt in (DSSE_ENVELOPE, IN_TOTO) or mt.startswith("application/vnd.in-toto."):
@@ -342,9 +343,10 @@ class _Walk:
             if read is None:
                 continue
             manifest, media_type, digest = read
+            kind = classify(manifest, cosign_suffix=suffix)
             self._add(AttachedArtifact(
-                self.repository, digest, subject, classify(manifest, cosign_suffix=suffix), FoundBy.COSIGN_TAG,
-                manifest.media_type or media_type, effective_artifact_type(manifest), tag, manifest.children,
+                self.repository, digest, subject, kind, FoundBy.COSIGN_TAG, manifest.media_type or media_type,
+                effective_artifact_type(manifest), tag, manifest.children,
             ))
 
     def _referrers(self, subject: Digest) -> None:

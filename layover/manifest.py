@@ -8,6 +8,9 @@
 
 Anything else, or bytes that are not a JSON object, is a StorageError naming where it came from:
 GC must stop rather than guess what a manifest references.
+
+The OCI 1.1 fields (`artifactType`, `subject`, `annotations`, an index's full descriptors) are
+read too, for attachment discovery (layover/attached.py); they never change what is referenced.
 """
 
 from __future__ import annotations
@@ -141,20 +144,24 @@ def parse_manifest(data: bytes, where: str) -> Manifest:
             raise StorageError(where, "manifest has both `manifests` and `config`/`layers`; "
                                "cannot tell an index from an image, refusing to guess")
         descriptors = tuple(_descriptor(_obj(m, where), where) for m in _list(doc, "manifests", where))
+        artifact_type, subject, annotations = _oci11(doc)
         return Manifest(ManifestKind.INDEX, media_type, children=tuple(d.digest for d in descriptors),
-                        descriptors=descriptors, **_oci11(doc))
+                        descriptors=descriptors, artifact_type=artifact_type, subject=subject,
+                        annotations=annotations)
     if "config" in doc and "layers" in doc:
         config_obj = _obj(doc["config"], where)
         config = _digest(config_obj.get("digest"), where, "config.digest")
-        layers = []
+        image_layers: list[Layer] = []
         for entry in _list(doc, "layers", where):
             obj = _obj(entry, where)
             mt = obj.get("mediaType")
-            layers.append(Layer(_digest(obj.get("digest"), where, "layers[].digest"),
+            image_layers.append(Layer(_digest(obj.get("digest"), where, "layers[].digest"),
                                 is_foreign(mt if isinstance(mt, str) else None, obj.get("urls")),
                                 mt if isinstance(mt, str) else None))
-        return Manifest(ManifestKind.IMAGE, media_type, config=config, layers=tuple(layers),
-                        config_media_type=_str(config_obj.get("mediaType")), **_oci11(doc))
+        artifact_type, subject, annotations = _oci11(doc)
+        return Manifest(ManifestKind.IMAGE, media_type, config=config, layers=tuple(image_layers),
+                        config_media_type=_str(config_obj.get("mediaType")), artifact_type=artifact_type,
+                        subject=subject, annotations=annotations)
     raise StorageError(
         where,
         f"unknown manifest shape (mediaType {media_type!r}, keys {sorted(doc)[:8]}): expected "
@@ -172,16 +179,13 @@ def _annotations(value: object) -> Annotations:
     return tuple(sorted((k, v) for k, v in value.items() if isinstance(k, str) and isinstance(v, str)))
 
 
-def _oci11(doc: dict) -> dict:
-    """artifactType, subject and annotations of an image manifest or index (lenient)."""
+def _oci11(doc: dict) -> tuple[str | None, Digest | None, Annotations]:
+    """artifactType, subject digest and annotations of an image manifest or index (lenient: a
+    subject that is not a sha256 digest reads as none)."""
     subject = doc.get("subject")
-    subject_digest = subject.get("digest") if isinstance(subject, dict) else None
-    return {
-        "artifact_type": _str(doc.get("artifactType")),
-        "subject": (Digest.parse(subject_digest)
-                    if isinstance(subject_digest, str) and Digest.is_valid(subject_digest) else None),
-        "annotations": _annotations(doc.get("annotations")),
-    }
+    digest = subject.get("digest") if isinstance(subject, dict) else None
+    parsed = Digest.parse(digest) if isinstance(digest, str) and Digest.is_valid(digest) else None
+    return _str(doc.get("artifactType")), parsed, _annotations(doc.get("annotations"))
 
 
 def _descriptor(obj: dict, where: str) -> Descriptor:
@@ -202,7 +206,7 @@ def parse_descriptors(data: bytes, where: str) -> tuple[Descriptor, ...]:
     """
     manifest = parse_manifest(data, where)
     if manifest.kind is not ManifestKind.INDEX:
-        raise StorageError(where, f"expected an image index, got a {manifest.kind.value} manifest")
+        raise StorageError(where, f"expected an image index, found a manifest of kind {manifest.kind.value}")
     return manifest.descriptors
 
 

@@ -232,7 +232,8 @@ class RegistryAPI:
             resp = self._request("GET", url, ok=(200, 404), headers={"Accept": OCI_INDEX})
             if resp.status_code == 404:
                 return None
-            found.extend(parse_descriptors(resp.content, f"referrers of {repository}@{digest} at {self.base}"))
+            where = f"referrers of {repository}@{digest} at {self.base}"
+            found.extend(parse_descriptors(resp.content, where))
             nxt = resp.links.get("next", {}).get("url")
             if not nxt:
                 return tuple(found)

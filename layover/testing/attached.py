@@ -230,7 +230,8 @@ def cosign_attestation(signer: Signer, repository: str, subject: Digest, *,
                     tag=cosign_tag(subject, ".att"), blobs=blobs)
 
 
-def spdx_sbom(repository: str, subject: Subject, *, package: str = "example", version: str = "1.0") -> Artifact:
+def spdx_sbom(repository: str, subject: Subject, *, package: str = "example",
+              version: str = "1.0") -> Artifact:
     """An SPDX 2.3 JSON SBOM as an OCI 1.1 referrer of `subject` (what `oras attach` writes)."""
     document = _compact({
         "spdxVersion": "SPDX-2.3",
@@ -327,7 +328,7 @@ def _load_public_key(public_key_pem: bytes) -> ec.EllipticCurvePublicKey:
 
 
 def _layers(manifest: bytes, media_type: str, where: str) -> list[dict]:
-    layers = [layer for layer in json.loads(manifest).get("layers", []) if layer.get("mediaType") == media_type]
+    layers = [x for x in json.loads(manifest).get("layers", []) if x.get("mediaType") == media_type]
     if not layers:
         raise VerifyError(f"{where}: no {media_type} layer; this is not a cosign signature manifest")
     return layers
@@ -368,7 +369,8 @@ def verify_cosign_signature(public_key_pem: bytes, signature_manifest: bytes, bl
                               "with this public key")
         critical = json.loads(payload).get("critical", {})
         if critical.get("type") != COSIGN_SIGNATURE_TYPE:
-            raise VerifyError(f"{where}: payload type is {critical.get('type')!r}, not {COSIGN_SIGNATURE_TYPE!r}")
+            raise VerifyError(f"{where}: payload type is {critical.get('type')!r}, "
+                              f"not {COSIGN_SIGNATURE_TYPE!r}")
         signed = critical.get("image", {}).get("docker-manifest-digest")
         if signed != str(subject):
             raise VerifyError(f"{where}: payload signs {signed} but the pulled manifest is {subject}")
@@ -396,7 +398,8 @@ def verify_attestation(public_key_pem: bytes, attestation_manifest: bytes, blob:
         doc = json.loads(statement)
         digests = {s.get("digest", {}).get("sha256") for s in doc.get("subject", [])}
         if subject.hex not in digests:
-            raise VerifyError(f"{where}: the statement's subjects do not include the pulled manifest {subject}")
+            raise VerifyError(f"{where}: the statement's subjects do not include the pulled manifest "
+                              f"{subject}")
         annotated = (layer.get("annotations") or {}).get(PREDICATE_TYPE_ANNOTATION)
         if annotated != doc.get("predicateType"):
             raise VerifyError(f"{where}: predicateType annotation {annotated!r} differs from the statement's "

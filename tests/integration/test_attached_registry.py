@@ -9,8 +9,10 @@ verify with the independent verifier.
 
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -19,7 +21,7 @@ from layover.adapters.attachment_reader import RegistryAttachmentReader
 from layover.adapters.registry_api import RegistryAPI, push_release
 from layover.attached import AttachmentKind, FoundBy, ImageAttachments, discover, referrers_tag
 from layover.errors import RegistryHTTPError, VerifyError
-from layover.manifest import COSIGN_SIMPLESIGNING, OCI_MANIFEST
+from layover.manifest import COSIGN_SIMPLESIGNING, DSSE_ENVELOPE, OCI_MANIFEST
 from layover.reference import Digest
 from layover.samples import SampleImage, release
 from layover.testing.attached import (
@@ -28,6 +30,7 @@ from layover.testing.attached import (
     Signer,
     Subject,
     attach_all,
+    cosign_attestation,
     cosign_manifest,
     cosign_signature,
     push_artifact,
@@ -71,7 +74,7 @@ def verify_all(api: RegistryAPI, found: ImageAttachments) -> int:
 
 def test_discovery_finds_exactly_what_was_attached_and_every_signature_verifies(ci):
     api, rel = ci
-    web, metrics, gateway = (rel.image(r) for r in ("apps/team-a/web", "platform/metrics", "platform/gateway"))
+    web, metrics, gateway = map(rel.image, ("apps/team-a/web", "platform/metrics", "platform/gateway"))
     unsigned, elsewhere = rel.image("base/debian"), rel.image("base/python")
 
     pushed = {
@@ -83,7 +86,8 @@ def test_discovery_finds_exactly_what_was_attached_and_every_signature_verifies(
     }
     # An SBOM on one platform of the index, with that child's own tag-schema index.
     child = metrics.children[1]
-    child_sbom = spdx_sbom(metrics.repository, Subject(child.digest, child.media_type, child.size), package="arm64")
+    child_sbom = spdx_sbom(metrics.repository, Subject(child.digest, child.media_type, child.size),
+                           package="arm64")
     child_index = referrers_index(metrics.repository, child.digest, [child_sbom])
     for a in (child_sbom, child_index):
         push_artifact(api, a)
@@ -101,7 +105,8 @@ def test_discovery_finds_exactly_what_was_attached_and_every_signature_verifies(
         fixture = pushed[img.repository]
         expected = list(fixture.artifacts) + ([child_sbom] if img is metrics else [])
         indexes = list(fixture.indexes) + ([child_index] if img is metrics else [])
-        assert found.digest == img.digest and found.subjects == (img.digest, *(c.digest for c in img.children))
+        assert found.digest == img.digest
+        assert found.subjects == (img.digest, *(c.digest for c in img.children))
         assert {(a.digest, a.subject, a.kind) for a in found.artifacts} == {
             (a.digest, a.subject, a.kind) for a in expected}, img.repository
         assert len(found.artifacts) == len(expected)
@@ -111,10 +116,11 @@ def test_discovery_finds_exactly_what_was_attached_and_every_signature_verifies(
         assert found.tags == {a.tag: a.digest for a in (*expected, *indexes) if a.tag}
         # the SBOM came through the tag schema, the rest through cosign tags
         for a in found.artifacts:
-            assert a.found_by is (FoundBy.REFERRERS_TAG if a.kind is AttachmentKind.SBOM else FoundBy.COSIGN_TAG)
+            via_tag_schema = a.kind is AttachmentKind.SBOM
+            assert a.found_by is (FoundBy.REFERRERS_TAG if via_tag_schema else FoundBy.COSIGN_TAG)
         sboms = [a for a in found.artifacts if a.kind is AttachmentKind.SBOM]
         assert {a.artifact_type for a in sboms} == {"application/spdx+json"}
-        assert {a.tag for a in sboms} <= {referrers_tag(img.digest), referrers_tag(metrics.children[1].digest)}
+        assert {a.tag for a in sboms} <= {referrers_tag(img.digest), referrers_tag(child.digest)}
         platforms = len(img.children)
         assert found.counts.signatures == 1 + platforms + 1  # image, each child, the SBOM
         assert (found.counts.attestations, found.counts.sboms, found.counts.other) == (
@@ -155,13 +161,36 @@ def test_the_verifier_rejects_a_tampered_payload_a_foreign_key_and_another_image
     assert len(verify_cosign_signature(SIGNER.public_key_pem, pulled, blob, subject_bytes)) == 1
     with pytest.raises(VerifyError, match="does not verify with this public key"):
         verify_cosign_signature(Signer("someone else").public_key_pem, pulled, blob, subject_bytes)
-    with pytest.raises(VerifyError, match=f"payload signs {img.digest} but the pulled manifest is {other.digest}"):
+    wrong_image = f"payload signs {img.digest} but the pulled manifest is {other.digest}$"
+    with pytest.raises(VerifyError, match=wrong_image):
         verify_cosign_signature(SIGNER.public_key_pem, pulled, blob, other.manifest)
 
 
-def _layer_annotations(artifact: Artifact) -> list[tuple[str, str]]:
-    import json
+def test_the_verifier_rejects_a_tampered_attestation(ci):
+    api, rel = ci
+    img = rel.image("apps/team-a/web")
+    genuine = cosign_attestation(SIGNER, img.repository, img.digest)
+    [(_, envelope_bytes)] = [(d, b) for d, b in genuine.blobs.items() if b.startswith(b'{"payloadType"')]
+    envelope = json.loads(envelope_bytes)
+    statement = json.loads(base64.b64decode(envelope["payload"]))
+    statement["predicate"] = {"builder": "mallory"}  # the claim changes, the signature stays
+    envelope["payload"] = base64.b64encode(json.dumps(statement).encode()).decode()
+    manifest, blobs = cosign_manifest(json.dumps(envelope).encode(), DSSE_ENVELOPE,
+                                      dict(_layer_annotations(genuine)))
+    tampered = Artifact(img.repository, manifest, OCI_MANIFEST, img.digest, AttachmentKind.ATTESTATION,
+                        tag=genuine.tag, blobs=blobs)
+    blob = functools.partial(api.get_blob, img.repository)
+    subject_bytes = api.manifest(img.repository, img.digest).data
+    for artifact in (genuine, tampered):
+        push_artifact(api, artifact)
+    with pytest.raises(VerifyError, match="a DSSE signature does not verify with this public key"):
+        verify_attestation(SIGNER.public_key_pem, api.manifest(img.repository, tampered.digest).data, blob,
+                           subject_bytes)
+    assert len(verify_attestation(SIGNER.public_key_pem, api.manifest(img.repository, genuine.digest).data,
+                                  blob, subject_bytes)) == 1
 
+
+def _layer_annotations(artifact: Artifact) -> list[tuple[str, str]]:
     return list(json.loads(artifact.manifest)["layers"][0]["annotations"].items())
 
 

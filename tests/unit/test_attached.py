@@ -53,15 +53,16 @@ def image_manifest(seed: str) -> bytes:
                                    "digest": sha(seed + "l"), "size": 1}]}).encode()
 
 
-def push_image(reg: FakeRegistry, tag: str = "1.0", *, platforms: int = 0) -> tuple[Digest, tuple[Digest, ...]]:
+def push_image(reg: FakeRegistry, tag: str = "1.0", *,
+               platforms: int = 0) -> tuple[Digest, tuple[Digest, ...]]:
     """A tagged image (platforms=0) or an index of `platforms` untagged children."""
     if not platforms:
         return reg.put(REPO, image_manifest(tag), OCI_MANIFEST, tag), ()
     children = [image_manifest(f"{tag}/{p}") for p in range(platforms)]
     digests = tuple(reg.put(REPO, c, OCI_MANIFEST) for c in children)
-    index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
-        {"mediaType": OCI_MANIFEST, "digest": str(d), "size": len(c)} for d, c in zip(digests, children)
-    ]}).encode()
+    entries = [{"mediaType": OCI_MANIFEST, "digest": str(d), "size": len(c)}
+               for d, c in zip(digests, children, strict=True)]
+    index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}).encode()
     return reg.put(REPO, index, OCI_INDEX, tag), digests
 
 
@@ -86,7 +87,8 @@ def test_attachment_tag_names_round_trip():
     assert cosign_tag(d, ".sig") == f"sha256-{d.hex}.sig" and referrers_tag(d) == f"sha256-{d.hex}"
     assert attachment_tag_subject(cosign_tag(d, ".att")) == (d, ".att")
     assert attachment_tag_subject(referrers_tag(d)) == (d, "")
-    for other in ("latest", "sha256-abc.sig", f"sha256-{d.hex}.cert", f"sha512-{d.hex}", f"sha256-{d.hex}.sig.x"):
+    for other in ("latest", "sha256-abc.sig", f"sha256-{d.hex}.cert", f"sha512-{d.hex}",
+                  f"sha256-{d.hex}.sig.x"):
         assert attachment_tag_subject(other) is None, other
     with pytest.raises(ValueError):
         cosign_tag(d, ".cert")
@@ -186,7 +188,8 @@ def test_with_the_api_the_tag_schema_is_not_read():
     stale = referrers_index(REPO, image, [sbom])
     push(reg, sbom, stale)
     result = discover(reg, ImageRef(REPO, "1.0"))
-    assert result.referrers_indexes == () and [a.found_by for a in result.artifacts] == [FoundBy.REFERRERS_API]
+    assert result.referrers_indexes == ()
+    assert [a.found_by for a in result.artifacts] == [FoundBy.REFERRERS_API]
 
 
 def test_recursion_finds_the_signature_of_an_sbom_and_a_signature_of_that_signature():
@@ -198,7 +201,8 @@ def test_recursion_finds_the_signature_of_an_sbom_and_a_signature_of_that_signat
     push(reg, sbom, referrers_index(REPO, image, [sbom]), sbom_sig, sig_sig)
     result = discover(reg, ImageRef(REPO, "1.0"))
     assert {(a.digest, a.subject, a.kind) for a in result.artifacts} == {
-        (sbom.digest, image, SBOM), (sbom_sig.digest, sbom.digest, SIG), (sig_sig.digest, sbom_sig.digest, SIG)}
+        (sbom.digest, image, SBOM), (sbom_sig.digest, sbom.digest, SIG),
+        (sig_sig.digest, sbom_sig.digest, SIG)}
     assert result.counts == AttachmentCounts(signatures=2, sboms=1)
     assert not result.signed  # signatures exist, but none signs the image itself
     # breadth first: the image's own attachments before what is attached to them
@@ -335,7 +339,8 @@ def test_classify_prefers_the_manifest_then_descriptor_then_config_then_layers()
     # descriptor's artifactType when the manifest has none
     assert classify(artifact_manifest(None), descriptor=sbom_descriptor) is SBOM
     # the manifest's own artifactType wins over the descriptor's
-    assert classify(artifact_manifest("application/vnd.dsse.envelope.v1+json"), descriptor=sbom_descriptor) is ATT
+    dsse = artifact_manifest("application/vnd.dsse.envelope.v1+json")
+    assert classify(dsse, descriptor=sbom_descriptor) is ATT
     # cosign-style manifests: OCI config, the layer type decides
     assert classify(artifact_manifest(None, ("application/vnd.dev.cosign.simplesigning.v1+json",),
                                       OCI_CONFIG)) is SIG
@@ -354,5 +359,6 @@ def test_counts_add_and_print():
     a = AttachmentCounts(1, 2, 3, 4)
     assert a + a == AttachmentCounts(2, 4, 6, 8) and (a + a).total == 20
     assert str(a) == "1 signature(s), 2 attestation(s), 3 SBOM(s), 4 other referrer(s)"
-    one = AttachedArtifact(REPO, Digest("2" * 64), Digest("3" * 64), OTHER, FoundBy.REFERRERS_API, None, None, None)
+    one = AttachedArtifact(REPO, Digest("2" * 64), Digest("3" * 64), OTHER, FoundBy.REFERRERS_API,
+                           None, None, None)
     assert AttachmentCounts.of([one, one]) == AttachmentCounts(other=2)
