@@ -95,7 +95,7 @@ def attachment_tag_subject(tag: str) -> tuple[Digest, str] | None:
     """
     if not tag.startswith("sha256-"):
         return None
-    hex_, dot, rest = tag[len("sha256-"):].partition(".")
+    hex_, dot, rest = tag[len("sha256-") :].partition(".")
     suffix = dot + rest
     if suffix and suffix not in COSIGN_SUFFIXES:
         return None
@@ -174,20 +174,30 @@ class AttachmentCounts:
     @classmethod
     def of(cls, artifacts: Iterable[AttachedArtifact]) -> AttachmentCounts:
         kinds = [a.kind for a in artifacts]
-        return cls(kinds.count(AttachmentKind.SIGNATURE), kinds.count(AttachmentKind.ATTESTATION),
-                   kinds.count(AttachmentKind.SBOM), kinds.count(AttachmentKind.OTHER))
+        return cls(
+            kinds.count(AttachmentKind.SIGNATURE),
+            kinds.count(AttachmentKind.ATTESTATION),
+            kinds.count(AttachmentKind.SBOM),
+            kinds.count(AttachmentKind.OTHER),
+        )
 
     @property
     def total(self) -> int:
         return self.signatures + self.attestations + self.sboms + self.other
 
     def __add__(self, other: AttachmentCounts) -> AttachmentCounts:
-        return AttachmentCounts(self.signatures + other.signatures, self.attestations + other.attestations,
-                                self.sboms + other.sboms, self.other + other.other)
+        return AttachmentCounts(
+            self.signatures + other.signatures,
+            self.attestations + other.attestations,
+            self.sboms + other.sboms,
+            self.other + other.other,
+        )
 
     def __str__(self) -> str:
-        return (f"{self.signatures} signature(s), {self.attestations} attestation(s), "
-                f"{self.sboms} SBOM(s), {self.other} other referrer(s)")
+        return (
+            f"{self.signatures} signature(s), {self.attestations} attestation(s), "
+            f"{self.sboms} SBOM(s), {self.other} other referrer(s)"
+        )
 
 
 @dataclass(frozen=True)
@@ -233,15 +243,19 @@ def effective_artifact_type(manifest: Manifest, descriptor: Descriptor | None = 
     return manifest.artifact_type or from_descriptor or manifest.config_media_type
 
 
-def classify(manifest: Manifest, *, descriptor: Descriptor | None = None,
-             cosign_suffix: str | None = None) -> AttachmentKind:
+def classify(
+    manifest: Manifest, *, descriptor: Descriptor | None = None, cosign_suffix: str | None = None
+) -> AttachmentKind:
     """Signature, attestation, SBOM or other: see the module docstring for the order of the rules."""
     if cosign_suffix is not None:
         return COSIGN_SUFFIXES[cosign_suffix]
     annotations = dict(descriptor.annotations if descriptor else ())
     annotations.update(manifest.annotations)  # the manifest's own win: a fallback index may drop them
-    for media_type in (manifest.artifact_type, descriptor.artifact_type if descriptor else None,
-                       manifest.config_media_type):
+    for media_type in (
+        manifest.artifact_type,
+        descriptor.artifact_type if descriptor else None,
+        manifest.config_media_type,
+    ):
         kind = _kind_of_type(media_type, annotations)
         if kind is not None:
             return kind
@@ -265,8 +279,12 @@ def _kind_of_type(media_type: str | None, annotations: dict[str, str]) -> Attach
         return AttachmentKind.ATTESTATION if predicate else None
     if mt in (DSSE_ENVELOPE, IN_TOTO) or mt.startswith("application/vnd.in-toto."):
         return AttachmentKind.ATTESTATION
-    if (mt in (SPDX_JSON, SYFT_JSON) or mt.startswith(SPDX_TEXT) or mt.startswith(CYCLONEDX)
-            or mt.startswith("application/spdx")):
+    if (
+        mt in (SPDX_JSON, SYFT_JSON)
+        or mt.startswith(SPDX_TEXT)
+        or mt.startswith(CYCLONEDX)
+        or mt.startswith("application/spdx")
+    ):
         return AttachmentKind.SBOM
     return None
 
@@ -282,8 +300,10 @@ def discover(reader: AttachmentReader, image: ImageRef) -> ImageAttachments:
     ref: str | Digest = image.digest if image.digest is not None else image.tag or ""
     fetched = reader.manifest(repository, ref)
     if fetched is None:
-        raise ImageNotFoundError(f"{image}: not found in the source registry, so its signatures and SBOMs "
-                                 "cannot be looked up; check the tag or digest in the images list")
+        raise ImageNotFoundError(
+            f"{image}: not found in the source registry, so its signatures and SBOMs "
+            "cannot be looked up; check the tag or digest in the images list"
+        )
     data, _media_type, digest = fetched
     root = parse_manifest(data, f"{repository}@{digest}")
     subjects = (digest, *root.children) if root.kind is ManifestKind.INDEX else (digest,)
@@ -291,8 +311,14 @@ def discover(reader: AttachmentReader, image: ImageRef) -> ImageAttachments:
     for subject in subjects:
         walk.queue.append(subject)
     walk.run()
-    return ImageAttachments(repository, digest, subjects, tuple(walk.artifacts.values()),
-                            tuple(walk.indexes), tuple(walk.problems))
+    return ImageAttachments(
+        repository,
+        digest,
+        subjects,
+        tuple(walk.artifacts.values()),
+        tuple(walk.indexes),
+        tuple(walk.problems),
+    )
 
 
 class _Walk:
@@ -344,10 +370,19 @@ class _Walk:
                 continue
             manifest, media_type, digest = read
             kind = classify(manifest, cosign_suffix=suffix)
-            self._add(AttachedArtifact(
-                self.repository, digest, subject, kind, FoundBy.COSIGN_TAG, manifest.media_type or media_type,
-                effective_artifact_type(manifest), tag, manifest.children,
-            ))
+            self._add(
+                AttachedArtifact(
+                    self.repository,
+                    digest,
+                    subject,
+                    kind,
+                    FoundBy.COSIGN_TAG,
+                    manifest.media_type or media_type,
+                    effective_artifact_type(manifest),
+                    tag,
+                    manifest.children,
+                )
+            )
 
     def _referrers(self, subject: Digest) -> None:
         descriptors = self.reader.referrers(self.repository, subject)
@@ -362,8 +397,11 @@ class _Walk:
             index, _, index_digest = read
             if index.kind is not ManifestKind.INDEX:
                 # distribution-spec: a tag that is not a valid index means "no referrers".
-                self._problem(tag, subject, f"referrers tag holds a {index.kind.value} manifest, not an "
-                              "image index; ignored")
+                self._problem(
+                    tag,
+                    subject,
+                    f"referrers tag holds a {index.kind.value} manifest, not an image index; ignored",
+                )
                 return
             descriptors = index.descriptors
             self.indexes.append(ReferrersIndex(self.repository, subject, tag, index_digest, index.children))
@@ -374,8 +412,16 @@ class _Walk:
             manifest, media_type, digest = read
             if manifest.subject is not None and manifest.subject != subject:
                 self._problem(digest, subject, f"listed as a referrer but its subject is {manifest.subject}")
-            self._add(AttachedArtifact(
-                self.repository, digest, subject, classify(manifest, descriptor=descriptor), found_by,
-                manifest.media_type or descriptor.media_type or media_type,
-                effective_artifact_type(manifest, descriptor), tag, manifest.children,
-            ))
+            self._add(
+                AttachedArtifact(
+                    self.repository,
+                    digest,
+                    subject,
+                    classify(manifest, descriptor=descriptor),
+                    found_by,
+                    manifest.media_type or descriptor.media_type or media_type,
+                    effective_artifact_type(manifest, descriptor),
+                    tag,
+                    manifest.children,
+                )
+            )

@@ -59,6 +59,13 @@ class FakeRegistry:
             if (doc.get("subject") or {}).get("digest") != str(digest):
                 continue
             artifact_type = doc.get("artifactType") or (doc.get("config") or {}).get("mediaType")
-            out.append(Descriptor(d, media_type, len(data), artifact_type,
-                                  tuple(sorted((doc.get("annotations") or {}).items()))))
+            out.append(
+                Descriptor(
+                    d,
+                    media_type,
+                    len(data),
+                    artifact_type,
+                    tuple(sorted((doc.get("annotations") or {}).items())),
+                )
+            )
         return out

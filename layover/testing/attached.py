@@ -111,8 +111,9 @@ class Signer:
     @property
     def public_key_pem(self) -> bytes:
         """What `cosign generate-key-pair` writes to cosign.pub."""
-        return self._key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                   serialization.PublicFormat.SubjectPublicKeyInfo)
+        return self._key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
 
 
 # --- artifacts -----------------------------------------------------------------------------
@@ -160,46 +161,68 @@ class Artifact:
         return entry
 
 
-def simple_signing_payload(docker_reference: str, digest: Digest,
-                           optional: Mapping[str, object] | None = None) -> bytes:
+def simple_signing_payload(
+    docker_reference: str, digest: Digest, optional: Mapping[str, object] | None = None
+) -> bytes:
     """The payload cosign signs, with the key order and compact JSON of Go's encoding/json."""
-    return _compact({
-        "critical": {
-            "identity": {"docker-reference": docker_reference},
-            "image": {"docker-manifest-digest": str(digest)},
-            "type": COSIGN_SIGNATURE_TYPE,
-        },
-        "optional": dict(optional) if optional is not None else None,
-    })
+    return _compact(
+        {
+            "critical": {
+                "identity": {"docker-reference": docker_reference},
+                "image": {"docker-manifest-digest": str(digest)},
+                "type": COSIGN_SIGNATURE_TYPE,
+            },
+            "optional": dict(optional) if optional is not None else None,
+        }
+    )
 
 
 def cosign_manifest(layer: bytes, layer_type: str, annotations: Mapping[str, str]) -> tuple[bytes, dict]:
     """cosign's `.sig`/`.att` image: an OCI config naming the layer's diff_id, and the one layer.
 
     Returns (manifest bytes, blobs)."""
-    config = _compact({
-        "architecture": "", "created": "0001-01-01T00:00:00Z",
-        "history": [{"created": "0001-01-01T00:00:00Z"}], "os": "",
-        "rootfs": {"type": "layers", "diff_ids": [str(_sha256(layer))]}, "config": {},
-    })
-    manifest = _compact({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": _descriptor(OCI_CONFIG, config),
-        "layers": [_descriptor(layer_type, layer, annotations=dict(annotations))],
-    })
+    config = _compact(
+        {
+            "architecture": "",
+            "created": "0001-01-01T00:00:00Z",
+            "history": [{"created": "0001-01-01T00:00:00Z"}],
+            "os": "",
+            "rootfs": {"type": "layers", "diff_ids": [str(_sha256(layer))]},
+            "config": {},
+        }
+    )
+    manifest = _compact(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": _descriptor(OCI_CONFIG, config),
+            "layers": [_descriptor(layer_type, layer, annotations=dict(annotations))],
+        }
+    )
     return manifest, {_sha256(config): config, _sha256(layer): layer}
 
 
-def cosign_signature(signer: Signer, repository: str, subject: Digest, *,
-                     docker_reference: str | None = None,
-                     optional: Mapping[str, object] | None = None) -> Artifact:
+def cosign_signature(
+    signer: Signer,
+    repository: str,
+    subject: Digest,
+    *,
+    docker_reference: str | None = None,
+    optional: Mapping[str, object] | None = None,
+) -> Artifact:
     """`cosign sign --key`: a `sha256-<hex>.sig` manifest signing `subject`."""
     payload = simple_signing_payload(docker_reference or repository, subject, optional)
     signature = base64.b64encode(signer.sign(payload)).decode()
     manifest, blobs = cosign_manifest(payload, COSIGN_SIMPLESIGNING, {SIGNATURE_ANNOTATION: signature})
-    return Artifact(repository, manifest, OCI_MANIFEST, subject, AttachmentKind.SIGNATURE,
-                    tag=cosign_tag(subject, ".sig"), blobs=blobs)
+    return Artifact(
+        repository,
+        manifest,
+        OCI_MANIFEST,
+        subject,
+        AttachmentKind.SIGNATURE,
+        tag=cosign_tag(subject, ".sig"),
+        blobs=blobs,
+    )
 
 
 def pae(payload_type: str, payload: bytes) -> bytes:
@@ -208,63 +231,104 @@ def pae(payload_type: str, payload: bytes) -> bytes:
     return b"DSSEv1 %d %s %d %s" % (len(t), t, len(payload), payload)
 
 
-def cosign_attestation(signer: Signer, repository: str, subject: Digest, *,
-                       predicate_type: str = SLSA_PROVENANCE_V1,
-                       predicate: Mapping[str, object] | None = None) -> Artifact:
+def cosign_attestation(
+    signer: Signer,
+    repository: str,
+    subject: Digest,
+    *,
+    predicate_type: str = SLSA_PROVENANCE_V1,
+    predicate: Mapping[str, object] | None = None,
+) -> Artifact:
     """`cosign attest --key`: a `sha256-<hex>.att` manifest with an in-toto statement in DSSE."""
-    statement = _compact({
-        "_type": IN_TOTO_STATEMENT_V1,
-        "subject": [{"name": repository, "digest": {"sha256": subject.hex}}],
-        "predicateType": predicate_type,
-        "predicate": dict(predicate) if predicate is not None else
-        {"buildDefinition": {"buildType": "https://layover.invalid/test-build/v1"},
-         "runDetails": {"builder": {"id": "https://layover.invalid/test-builder"}}},
-    })
-    envelope = _compact({
-        "payloadType": IN_TOTO,
-        "payload": base64.b64encode(statement).decode(),
-        "signatures": [{"keyid": "", "sig": base64.b64encode(signer.sign(pae(IN_TOTO, statement))).decode()}],
-    })
+    statement = _compact(
+        {
+            "_type": IN_TOTO_STATEMENT_V1,
+            "subject": [{"name": repository, "digest": {"sha256": subject.hex}}],
+            "predicateType": predicate_type,
+            "predicate": dict(predicate)
+            if predicate is not None
+            else {
+                "buildDefinition": {"buildType": "https://layover.invalid/test-build/v1"},
+                "runDetails": {"builder": {"id": "https://layover.invalid/test-builder"}},
+            },
+        }
+    )
+    envelope = _compact(
+        {
+            "payloadType": IN_TOTO,
+            "payload": base64.b64encode(statement).decode(),
+            "signatures": [
+                {"keyid": "", "sig": base64.b64encode(signer.sign(pae(IN_TOTO, statement))).decode()}
+            ],
+        }
+    )
     manifest, blobs = cosign_manifest(envelope, DSSE_ENVELOPE, {PREDICATE_TYPE_ANNOTATION: predicate_type})
-    return Artifact(repository, manifest, OCI_MANIFEST, subject, AttachmentKind.ATTESTATION,
-                    tag=cosign_tag(subject, ".att"), blobs=blobs)
+    return Artifact(
+        repository,
+        manifest,
+        OCI_MANIFEST,
+        subject,
+        AttachmentKind.ATTESTATION,
+        tag=cosign_tag(subject, ".att"),
+        blobs=blobs,
+    )
 
 
-def spdx_sbom(repository: str, subject: Subject, *, package: str = "example",
-              version: str = "1.0") -> Artifact:
+def spdx_sbom(
+    repository: str, subject: Subject, *, package: str = "example", version: str = "1.0"
+) -> Artifact:
     """An SPDX 2.3 JSON SBOM as an OCI 1.1 referrer of `subject` (what `oras attach` writes)."""
-    document = _compact({
-        "spdxVersion": "SPDX-2.3",
-        "dataLicense": "CC0-1.0",
-        "SPDXID": "SPDXRef-DOCUMENT",
-        "name": f"{repository}@{subject.digest}",
-        "documentNamespace": f"https://layover.invalid/spdx/{subject.digest.hex}",
-        "creationInfo": {"created": _CREATED, "creators": ["Tool: layover-testing"]},
-        "packages": [{"SPDXID": "SPDXRef-Package", "name": package, "versionInfo": version,
-                      "downloadLocation": "NOASSERTION"}],
-    })
+    document = _compact(
+        {
+            "spdxVersion": "SPDX-2.3",
+            "dataLicense": "CC0-1.0",
+            "SPDXID": "SPDXRef-DOCUMENT",
+            "name": f"{repository}@{subject.digest}",
+            "documentNamespace": f"https://layover.invalid/spdx/{subject.digest.hex}",
+            "creationInfo": {"created": _CREATED, "creators": ["Tool: layover-testing"]},
+            "packages": [
+                {
+                    "SPDXID": "SPDXRef-Package",
+                    "name": package,
+                    "versionInfo": version,
+                    "downloadLocation": "NOASSERTION",
+                }
+            ],
+        }
+    )
     annotations = {"org.opencontainers.image.created": _CREATED}
-    manifest = _compact({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "artifactType": SPDX_JSON,
-        "config": _descriptor(OCI_EMPTY, EMPTY_JSON),
-        "layers": [_descriptor(SPDX_JSON, document)],
-        "subject": subject.descriptor(),
-        "annotations": annotations,
-    })
-    return Artifact(repository, manifest, OCI_MANIFEST, subject.digest, AttachmentKind.SBOM,
-                    blobs={_sha256(EMPTY_JSON): EMPTY_JSON, _sha256(document): document},
-                    artifact_type=SPDX_JSON, annotations=annotations)
+    manifest = _compact(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": SPDX_JSON,
+            "config": _descriptor(OCI_EMPTY, EMPTY_JSON),
+            "layers": [_descriptor(SPDX_JSON, document)],
+            "subject": subject.descriptor(),
+            "annotations": annotations,
+        }
+    )
+    return Artifact(
+        repository,
+        manifest,
+        OCI_MANIFEST,
+        subject.digest,
+        AttachmentKind.SBOM,
+        blobs={_sha256(EMPTY_JSON): EMPTY_JSON, _sha256(document): document},
+        artifact_type=SPDX_JSON,
+        annotations=annotations,
+    )
 
 
 def referrers_index(repository: str, subject: Digest, referrers: Sequence[Artifact]) -> Artifact:
     """The referrers tag-schema index (`sha256-<hex>`) listing `referrers`, in that order."""
-    manifest = _compact({
-        "schemaVersion": 2,
-        "mediaType": OCI_INDEX,
-        "manifests": [r.referrer_descriptor() for r in referrers],
-    })
+    manifest = _compact(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [r.referrer_descriptor() for r in referrers],
+        }
+    )
     return Artifact(repository, manifest, OCI_INDEX, subject, None, tag=referrers_tag(subject))
 
 
@@ -276,8 +340,9 @@ def push_artifact(api: RegistryAPI, artifact: Artifact) -> Digest:
     """
     for digest, data in artifact.blobs.items():
         api.push_blob(artifact.repository, digest, data)
-    return api.put_manifest(artifact.repository, artifact.tag or artifact.digest, artifact.manifest,
-                            artifact.media_type)
+    return api.put_manifest(
+        artifact.repository, artifact.tag or artifact.digest, artifact.manifest, artifact.media_type
+    )
 
 
 @dataclass(frozen=True)
@@ -293,8 +358,9 @@ class AttachedFixture:
         return tuple(a for a in self.artifacts if a.kind is kind)
 
 
-def attach_all(api: RegistryAPI, repository: str, image: Digest, signer: Signer, *,
-               children: Sequence[Digest] = ()) -> AttachedFixture:
+def attach_all(
+    api: RegistryAPI, repository: str, image: Digest, signer: Signer, *, children: Sequence[Digest] = ()
+) -> AttachedFixture:
     """Sign `image` and every child, attest it, attach an SPDX SBOM as a referrer (with its tag-schema
     index, as cosign v3 and oras write on a registry without the referrers API) and sign the SBOM."""
     fetched = api.manifest(repository, image)
@@ -349,8 +415,9 @@ def _ecdsa_ok(key: ec.EllipticCurvePublicKey, signature_b64: str, data: bytes) -
     return True
 
 
-def verify_cosign_signature(public_key_pem: bytes, signature_manifest: bytes, blob: Blob,
-                            subject_manifest: bytes) -> tuple[VerifiedSignature, ...]:
+def verify_cosign_signature(
+    public_key_pem: bytes, signature_manifest: bytes, blob: Blob, subject_manifest: bytes
+) -> tuple[VerifiedSignature, ...]:
     """Every simple-signing layer of a `.sig` manifest verifies with the key, and its payload's
     docker-manifest-digest is the digest of `subject_manifest` (the manifest as pulled).
 
@@ -365,12 +432,15 @@ def verify_cosign_signature(public_key_pem: bytes, signature_manifest: bytes, bl
         payload = _blob(blob, layer, where)
         signature = (layer.get("annotations") or {}).get(SIGNATURE_ANNOTATION, "")
         if not _ecdsa_ok(key, signature, payload):
-            raise VerifyError(f"{where}: the ECDSA signature over payload {layer['digest']} does not verify "
-                              "with this public key")
+            raise VerifyError(
+                f"{where}: the ECDSA signature over payload {layer['digest']} does not verify "
+                "with this public key"
+            )
         critical = json.loads(payload).get("critical", {})
         if critical.get("type") != COSIGN_SIGNATURE_TYPE:
-            raise VerifyError(f"{where}: payload type is {critical.get('type')!r}, "
-                              f"not {COSIGN_SIGNATURE_TYPE!r}")
+            raise VerifyError(
+                f"{where}: payload type is {critical.get('type')!r}, not {COSIGN_SIGNATURE_TYPE!r}"
+            )
         signed = critical.get("image", {}).get("docker-manifest-digest")
         if signed != str(subject):
             raise VerifyError(f"{where}: payload signs {signed} but the pulled manifest is {subject}")
@@ -378,8 +448,9 @@ def verify_cosign_signature(public_key_pem: bytes, signature_manifest: bytes, bl
     return tuple(out)
 
 
-def verify_attestation(public_key_pem: bytes, attestation_manifest: bytes, blob: Blob,
-                       subject_manifest: bytes) -> tuple[VerifiedSignature, ...]:
+def verify_attestation(
+    public_key_pem: bytes, attestation_manifest: bytes, blob: Blob, subject_manifest: bytes
+) -> tuple[VerifiedSignature, ...]:
     """Every DSSE layer of a `.att` manifest: each signature verifies over PAE(payloadType, payload),
     the statement's subject digest is the pulled manifest's, and its predicateType matches the
     layer's annotation."""
@@ -392,17 +463,21 @@ def verify_attestation(public_key_pem: bytes, attestation_manifest: bytes, blob:
         envelope = json.loads(_blob(blob, layer, where))
         statement = base64.b64decode(envelope["payload"])
         signed_bytes = pae(envelope["payloadType"], statement)
-        if not envelope.get("signatures") or not all(_ecdsa_ok(key, s.get("sig", ""), signed_bytes)
-                                                     for s in envelope["signatures"]):
+        if not envelope.get("signatures") or not all(
+            _ecdsa_ok(key, s.get("sig", ""), signed_bytes) for s in envelope["signatures"]
+        ):
             raise VerifyError(f"{where}: a DSSE signature does not verify with this public key")
         doc = json.loads(statement)
         digests = {s.get("digest", {}).get("sha256") for s in doc.get("subject", [])}
         if subject.hex not in digests:
-            raise VerifyError(f"{where}: the statement's subjects do not include the pulled manifest "
-                              f"{subject}")
+            raise VerifyError(
+                f"{where}: the statement's subjects do not include the pulled manifest {subject}"
+            )
         annotated = (layer.get("annotations") or {}).get(PREDICATE_TYPE_ANNOTATION)
         if annotated != doc.get("predicateType"):
-            raise VerifyError(f"{where}: predicateType annotation {annotated!r} differs from the statement's "
-                              f"{doc.get('predicateType')!r}")
+            raise VerifyError(
+                f"{where}: predicateType annotation {annotated!r} differs from the statement's "
+                f"{doc.get('predicateType')!r}"
+            )
         out.append(VerifiedSignature(att_digest, subject, statement))
     return tuple(out)

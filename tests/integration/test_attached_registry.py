@@ -64,9 +64,12 @@ def verify_all(api: RegistryAPI, found: ImageAttachments) -> int:
         if a.kind not in (AttachmentKind.SIGNATURE, AttachmentKind.ATTESTATION):
             continue
         verify = verify_cosign_signature if a.kind is AttachmentKind.SIGNATURE else verify_attestation
-        result = verify(SIGNER.public_key_pem, api.manifest(found.repository, a.digest).data,
-                        functools.partial(api.get_blob, found.repository),
-                        api.manifest(found.repository, a.subject).data)
+        result = verify(
+            SIGNER.public_key_pem,
+            api.manifest(found.repository, a.digest).data,
+            functools.partial(api.get_blob, found.repository),
+            api.manifest(found.repository, a.subject).data,
+        )
         assert [v.subject for v in result] == [a.subject]
         verified += 1
     return verified
@@ -79,15 +82,18 @@ def test_discovery_finds_exactly_what_was_attached_and_every_signature_verifies(
 
     pushed = {
         web.repository: attach_all(api, web.repository, web.digest, SIGNER),
-        metrics.repository: attach_all(api, metrics.repository, metrics.digest, SIGNER,
-                                       children=[c.digest for c in metrics.children]),
-        gateway.repository: attach_all(api, gateway.repository, gateway.digest, SIGNER,
-                                       children=[c.digest for c in gateway.children]),
+        metrics.repository: attach_all(
+            api, metrics.repository, metrics.digest, SIGNER, children=[c.digest for c in metrics.children]
+        ),
+        gateway.repository: attach_all(
+            api, gateway.repository, gateway.digest, SIGNER, children=[c.digest for c in gateway.children]
+        ),
     }
     # An SBOM on one platform of the index, with that child's own tag-schema index.
     child = metrics.children[1]
-    child_sbom = spdx_sbom(metrics.repository, Subject(child.digest, child.media_type, child.size),
-                           package="arm64")
+    child_sbom = spdx_sbom(
+        metrics.repository, Subject(child.digest, child.media_type, child.size), package="arm64"
+    )
     child_index = referrers_index(metrics.repository, child.digest, [child_sbom])
     for a in (child_sbom, child_index):
         push_artifact(api, a)
@@ -108,10 +114,12 @@ def test_discovery_finds_exactly_what_was_attached_and_every_signature_verifies(
         assert found.digest == img.digest
         assert found.subjects == (img.digest, *(c.digest for c in img.children))
         assert {(a.digest, a.subject, a.kind) for a in found.artifacts} == {
-            (a.digest, a.subject, a.kind) for a in expected}, img.repository
+            (a.digest, a.subject, a.kind) for a in expected
+        }, img.repository
         assert len(found.artifacts) == len(expected)
         assert {(r.tag, r.digest, r.subject) for r in found.referrers_indexes} == {
-            (i.tag, i.digest, i.subject) for i in indexes}
+            (i.tag, i.digest, i.subject) for i in indexes
+        }
         assert found.problems == ()
         assert found.tags == {a.tag: a.digest for a in (*expected, *indexes) if a.tag}
         # the SBOM came through the tag schema, the rest through cosign tags
@@ -124,7 +132,10 @@ def test_discovery_finds_exactly_what_was_attached_and_every_signature_verifies(
         platforms = len(img.children)
         assert found.counts.signatures == 1 + platforms + 1  # image, each child, the SBOM
         assert (found.counts.attestations, found.counts.sboms, found.counts.other) == (
-            1, 1 + (img is metrics), 0)
+            1,
+            1 + (img is metrics),
+            0,
+        )
         assert found.signed
         assert verify_all(api, found) == found.counts.signatures + found.counts.attestations
 
@@ -145,8 +156,15 @@ def test_the_verifier_rejects_a_tampered_payload_a_foreign_key_and_another_image
     signature = dict(_layer_annotations(genuine))[SIGNATURE_ANNOTATION]
     forged_payload = simple_signing_payload(img.repository, img.digest, {"approved-by": "mallory"})
     manifest, blobs = cosign_manifest(forged_payload, COSIGN_SIMPLESIGNING, {SIGNATURE_ANNOTATION: signature})
-    tampered = Artifact(img.repository, manifest, OCI_MANIFEST, img.digest, AttachmentKind.SIGNATURE,
-                        tag=genuine.tag, blobs=blobs)
+    tampered = Artifact(
+        img.repository,
+        manifest,
+        OCI_MANIFEST,
+        img.digest,
+        AttachmentKind.SIGNATURE,
+        tag=genuine.tag,
+        blobs=blobs,
+    )
     push_artifact(api, tampered)
 
     blob = functools.partial(api.get_blob, img.repository)
@@ -175,19 +193,34 @@ def test_the_verifier_rejects_a_tampered_attestation(ci):
     statement = json.loads(base64.b64decode(envelope["payload"]))
     statement["predicate"] = {"builder": "mallory"}  # the claim changes, the signature stays
     envelope["payload"] = base64.b64encode(json.dumps(statement).encode()).decode()
-    manifest, blobs = cosign_manifest(json.dumps(envelope).encode(), DSSE_ENVELOPE,
-                                      dict(_layer_annotations(genuine)))
-    tampered = Artifact(img.repository, manifest, OCI_MANIFEST, img.digest, AttachmentKind.ATTESTATION,
-                        tag=genuine.tag, blobs=blobs)
+    manifest, blobs = cosign_manifest(
+        json.dumps(envelope).encode(), DSSE_ENVELOPE, dict(_layer_annotations(genuine))
+    )
+    tampered = Artifact(
+        img.repository,
+        manifest,
+        OCI_MANIFEST,
+        img.digest,
+        AttachmentKind.ATTESTATION,
+        tag=genuine.tag,
+        blobs=blobs,
+    )
     blob = functools.partial(api.get_blob, img.repository)
     subject_bytes = api.manifest(img.repository, img.digest).data
     for artifact in (genuine, tampered):
         push_artifact(api, artifact)
     with pytest.raises(VerifyError, match="a DSSE signature does not verify with this public key"):
-        verify_attestation(SIGNER.public_key_pem, api.manifest(img.repository, tampered.digest).data, blob,
-                           subject_bytes)
-    assert len(verify_attestation(SIGNER.public_key_pem, api.manifest(img.repository, genuine.digest).data,
-                                  blob, subject_bytes)) == 1
+        verify_attestation(
+            SIGNER.public_key_pem, api.manifest(img.repository, tampered.digest).data, blob, subject_bytes
+        )
+    assert (
+        len(
+            verify_attestation(
+                SIGNER.public_key_pem, api.manifest(img.repository, genuine.digest).data, blob, subject_bytes
+            )
+        )
+        == 1
+    )
 
 
 def _layer_annotations(artifact: Artifact) -> list[tuple[str, str]]:

@@ -38,8 +38,12 @@ from tests.fake_registry import FakeRegistry
 
 REPO = "apps/web"
 SIGNER = Signer("unit")
-SIG, ATT, SBOM, OTHER = (AttachmentKind.SIGNATURE, AttachmentKind.ATTESTATION, AttachmentKind.SBOM,
-                         AttachmentKind.OTHER)
+SIG, ATT, SBOM, OTHER = (
+    AttachmentKind.SIGNATURE,
+    AttachmentKind.ATTESTATION,
+    AttachmentKind.SBOM,
+    AttachmentKind.OTHER,
+)
 
 
 def sha(text: str) -> str:
@@ -47,21 +51,34 @@ def sha(text: str) -> str:
 
 
 def image_manifest(seed: str) -> bytes:
-    return json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
-                       "config": {"mediaType": OCI_CONFIG, "digest": sha(seed + "c"), "size": 1},
-                       "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                                   "digest": sha(seed + "l"), "size": 1}]}).encode()
+    return json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": OCI_CONFIG, "digest": sha(seed + "c"), "size": 1},
+            "layers": [
+                {
+                    "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": sha(seed + "l"),
+                    "size": 1,
+                }
+            ],
+        }
+    ).encode()
 
 
-def push_image(reg: FakeRegistry, tag: str = "1.0", *,
-               platforms: int = 0) -> tuple[Digest, tuple[Digest, ...]]:
+def push_image(
+    reg: FakeRegistry, tag: str = "1.0", *, platforms: int = 0
+) -> tuple[Digest, tuple[Digest, ...]]:
     """A tagged image (platforms=0) or an index of `platforms` untagged children."""
     if not platforms:
         return reg.put(REPO, image_manifest(tag), OCI_MANIFEST, tag), ()
     children = [image_manifest(f"{tag}/{p}") for p in range(platforms)]
     digests = tuple(reg.put(REPO, c, OCI_MANIFEST) for c in children)
-    entries = [{"mediaType": OCI_MANIFEST, "digest": str(d), "size": len(c)}
-               for d, c in zip(digests, children, strict=True)]
+    entries = [
+        {"mediaType": OCI_MANIFEST, "digest": str(d), "size": len(c)}
+        for d, c in zip(digests, children, strict=True)
+    ]
     index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}).encode()
     return reg.put(REPO, index, OCI_INDEX, tag), digests
 
@@ -87,8 +104,13 @@ def test_attachment_tag_names_round_trip():
     assert cosign_tag(d, ".sig") == f"sha256-{d.hex}.sig" and referrers_tag(d) == f"sha256-{d.hex}"
     assert attachment_tag_subject(cosign_tag(d, ".att")) == (d, ".att")
     assert attachment_tag_subject(referrers_tag(d)) == (d, "")
-    for other in ("latest", "sha256-abc.sig", f"sha256-{d.hex}.cert", f"sha512-{d.hex}",
-                  f"sha256-{d.hex}.sig.x"):
+    for other in (
+        "latest",
+        "sha256-abc.sig",
+        f"sha256-{d.hex}.cert",
+        f"sha512-{d.hex}",
+        f"sha256-{d.hex}.sig.x",
+    ):
         assert attachment_tag_subject(other) is None, other
     with pytest.raises(ValueError):
         cosign_tag(d, ".cert")
@@ -100,7 +122,12 @@ def test_no_attachments():
     image, _ = push_image(reg)
     result = discover(reg, ImageRef(REPO, "1.0"))
     assert (result.digest, result.subjects, result.artifacts, result.referrers_indexes, result.problems) == (
-        image, (image,), (), (), ())
+        image,
+        (image,),
+        (),
+        (),
+        (),
+    )
     assert result.counts == AttachmentCounts() and result.counts.total == 0 and not result.signed
     assert result.tags == {} and result.digests == frozenset()
 
@@ -110,8 +137,9 @@ def test_cosign_tags_on_a_single_image():
     image, _ = push_image(reg)
     sig = cosign_signature(SIGNER, REPO, image)
     att = cosign_attestation(SIGNER, REPO, image)
-    sbom_tagged = Artifact(REPO, image_manifest("cosign-sbom"), OCI_MANIFEST, image, SBOM,
-                           tag=cosign_tag(image, ".sbom"))
+    sbom_tagged = Artifact(
+        REPO, image_manifest("cosign-sbom"), OCI_MANIFEST, image, SBOM, tag=cosign_tag(image, ".sbom")
+    )
     push(reg, sig, att, sbom_tagged)
     result = discover(reg, ImageRef(REPO, "1.0"))
     assert found(result) == {
@@ -135,13 +163,17 @@ def test_every_child_of_an_index_is_a_subject():
     result = discover(reg, ImageRef(REPO, "1.0"))
     assert result.subjects == (index, *children)
     assert {(a.subject, a.kind) for a in result.artifacts} == {
-        (index, SIG), (children[0], SIG), (children[1], SIG), (children[1], SBOM)}
+        (index, SIG),
+        (children[0], SIG),
+        (children[1], SIG),
+        (children[1], SBOM),
+    }
     assert result.signed  # the index itself is signed
 
 
 def test_a_child_signature_alone_does_not_make_the_image_signed():
     reg = FakeRegistry()
-    index, children = push_image(reg, platforms=2)
+    _, children = push_image(reg, platforms=2)
     push(reg, cosign_signature(SIGNER, REPO, children[0]))
     result = discover(reg, ImageRef(REPO, "1.0"))
     assert result.counts.signatures == 1 and not result.signed
@@ -167,8 +199,12 @@ def test_referrers_tag_schema_when_the_registry_has_no_api():
     result = discover(reg, ImageRef(REPO, "1.0"))
     assert found(result) == {(sbom.digest, image, SBOM, FoundBy.REFERRERS_TAG, referrers_tag(image))}
     [ri] = result.referrers_indexes
-    assert (ri.subject, ri.tag, ri.digest, ri.referrers) == (image, referrers_tag(image), index.digest,
-                                                             (sbom.digest,))
+    assert (ri.subject, ri.tag, ri.digest, ri.referrers) == (
+        image,
+        referrers_tag(image),
+        index.digest,
+        (sbom.digest,),
+    )
     assert result.tags == {referrers_tag(image): index.digest}
     assert result.digests == {sbom.digest, index.digest}
 
@@ -201,8 +237,10 @@ def test_recursion_finds_the_signature_of_an_sbom_and_a_signature_of_that_signat
     push(reg, sbom, referrers_index(REPO, image, [sbom]), sbom_sig, sig_sig)
     result = discover(reg, ImageRef(REPO, "1.0"))
     assert {(a.digest, a.subject, a.kind) for a in result.artifacts} == {
-        (sbom.digest, image, SBOM), (sbom_sig.digest, sbom.digest, SIG),
-        (sig_sig.digest, sbom_sig.digest, SIG)}
+        (sbom.digest, image, SBOM),
+        (sbom_sig.digest, sbom.digest, SIG),
+        (sig_sig.digest, sbom_sig.digest, SIG),
+    }
     assert result.counts == AttachmentCounts(signatures=2, sboms=1)
     assert not result.signed  # signatures exist, but none signs the image itself
     # breadth first: the image's own attachments before what is attached to them
@@ -236,7 +274,7 @@ def test_an_artifact_both_tagged_and_listed_as_referrer_is_reported_once():
 
 def test_attachment_tags_whose_subject_does_not_exist_are_not_attached():
     reg = FakeRegistry()
-    image, _ = push_image(reg)
+    push_image(reg)
     gone = Digest(hashlib.sha256(b"an image deleted long ago").hexdigest())
     orphan_sig = cosign_signature(SIGNER, REPO, gone)
     orphan_sbom = spdx_sbom(REPO, Subject(gone, OCI_MANIFEST, 100))
@@ -256,8 +294,10 @@ def test_a_listed_tag_without_its_manifest_is_a_problem_not_an_error():
     push(reg, referrers_index(REPO, image, [sbom]))  # lists a referrer the registry does not hold
     result = discover(reg, ImageRef(REPO, "1.0"))
     assert result.artifacts == ()
-    assert [(p.ref, p.subject) for p in result.problems] == [(cosign_tag(image, ".sig"), image),
-                                                             (str(sbom.digest), image)]
+    assert [(p.ref, p.subject) for p in result.problems] == [
+        (cosign_tag(image, ".sig"), image),
+        (str(sbom.digest), image),
+    ]
     assert str(result.problems[0]).startswith(f"{REPO}:{cosign_tag(image, '.sig')} (attached to {image}): ")
 
 
@@ -289,11 +329,18 @@ def test_tags_are_listed_once_per_image():
 
 
 # --- classification --------------------------------------------------------------------------
-def artifact_manifest(artifact_type: str | None = None, layer_types: tuple[str, ...] = ("application/x",),
-                      config_type: str = OCI_EMPTY, annotations: dict | None = None):
-    doc: dict = {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
-                 "config": {"mediaType": config_type, "digest": sha("c"), "size": 2},
-                 "layers": [{"mediaType": t, "digest": sha(t), "size": 1} for t in layer_types]}
+def artifact_manifest(
+    artifact_type: str | None = None,
+    layer_types: tuple[str, ...] = ("application/x",),
+    config_type: str = OCI_EMPTY,
+    annotations: dict | None = None,
+):
+    doc: dict = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": config_type, "digest": sha("c"), "size": 2},
+        "layers": [{"mediaType": t, "digest": sha(t), "size": 1} for t in layer_types],
+    }
     if artifact_type:
         doc["artifactType"] = artifact_type
     if annotations:
@@ -304,31 +351,42 @@ def artifact_manifest(artifact_type: str | None = None, layer_types: tuple[str, 
 BUNDLE = "application/vnd.dev.sigstore.bundle.v0.3+json"
 
 
-@pytest.mark.parametrize(("artifact_type", "kind"), [
-    ("application/vnd.dev.cosign.simplesigning.v1+json", SIG),
-    ("application/vnd.cncf.notary.signature", SIG),
-    ("application/vnd.dsse.envelope.v1+json", ATT),
-    ("application/vnd.in-toto+json", ATT),
-    ("application/vnd.in-toto.provenance+dsse", ATT),
-    ("application/spdx+json", SBOM),
-    ("text/spdx+json", SBOM),
-    ("text/spdx", SBOM),
-    ("application/vnd.cyclonedx+json", SBOM),
-    ("application/vnd.cyclonedx+xml; version=1.5", SBOM),
-    ("application/vnd.syft+json", SBOM),
-    ("application/vnd.example.thing", OTHER),
-])
+@pytest.mark.parametrize(
+    ("artifact_type", "kind"),
+    [
+        ("application/vnd.dev.cosign.simplesigning.v1+json", SIG),
+        ("application/vnd.cncf.notary.signature", SIG),
+        ("application/vnd.dsse.envelope.v1+json", ATT),
+        ("application/vnd.in-toto+json", ATT),
+        ("application/vnd.in-toto.provenance+dsse", ATT),
+        ("application/spdx+json", SBOM),
+        ("text/spdx+json", SBOM),
+        ("text/spdx", SBOM),
+        ("application/vnd.cyclonedx+json", SBOM),
+        ("application/vnd.cyclonedx+xml; version=1.5", SBOM),
+        ("application/vnd.syft+json", SBOM),
+        ("application/vnd.example.thing", OTHER),
+    ],
+)
 def test_classify_by_artifact_type(artifact_type, kind):
     assert classify(artifact_manifest(artifact_type)) is kind
 
 
-@pytest.mark.parametrize(("annotations", "kind"), [
-    ({"dev.sigstore.bundle.predicateType": "https://sigstore.dev/cosign/sign/v1"}, SIG),
-    ({"dev.sigstore.bundle.content": "message-signature"}, SIG),
-    ({"dev.sigstore.bundle.predicateType": "https://slsa.dev/provenance/v1",
-      "dev.sigstore.bundle.content": "dsse-envelope"}, ATT),
-    ({}, OTHER),  # a bundle that does not say what it carries
-])
+@pytest.mark.parametrize(
+    ("annotations", "kind"),
+    [
+        ({"dev.sigstore.bundle.predicateType": "https://sigstore.dev/cosign/sign/v1"}, SIG),
+        ({"dev.sigstore.bundle.content": "message-signature"}, SIG),
+        (
+            {
+                "dev.sigstore.bundle.predicateType": "https://slsa.dev/provenance/v1",
+                "dev.sigstore.bundle.content": "dsse-envelope",
+            },
+            ATT,
+        ),
+        ({}, OTHER),  # a bundle that does not say what it carries
+    ],
+)
 def test_classify_sigstore_bundles_by_predicate(annotations, kind):
     assert classify(artifact_manifest(BUNDLE, annotations=annotations)) is kind
 
@@ -342,14 +400,17 @@ def test_classify_prefers_the_manifest_then_descriptor_then_config_then_layers()
     dsse = artifact_manifest("application/vnd.dsse.envelope.v1+json")
     assert classify(dsse, descriptor=sbom_descriptor) is ATT
     # cosign-style manifests: OCI config, the layer type decides
-    assert classify(artifact_manifest(None, ("application/vnd.dev.cosign.simplesigning.v1+json",),
-                                      OCI_CONFIG)) is SIG
+    assert (
+        classify(artifact_manifest(None, ("application/vnd.dev.cosign.simplesigning.v1+json",), OCI_CONFIG))
+        is SIG
+    )
     assert classify(artifact_manifest(None, ("text/spdx", "application/vnd.cyclonedx"), OCI_CONFIG)) is SBOM
     assert classify(artifact_manifest(None, ("text/spdx", "application/x"), OCI_CONFIG)) is OTHER
     # a bundle whose annotations a fallback index dropped (sigstore/cosign#4641): the manifest's count
     bare = Descriptor(d, OCI_MANIFEST, 1, BUNDLE)
-    signed = artifact_manifest(BUNDLE, annotations={"dev.sigstore.bundle.predicateType":
-                                                    "https://sigstore.dev/cosign/sign/v1"})
+    signed = artifact_manifest(
+        BUNDLE, annotations={"dev.sigstore.bundle.predicateType": "https://sigstore.dev/cosign/sign/v1"}
+    )
     assert classify(signed, descriptor=bare) is SIG
     # the cosign tag suffix outranks everything
     assert classify(artifact_manifest("application/spdx+json"), cosign_suffix=".att") is ATT
@@ -359,6 +420,7 @@ def test_counts_add_and_print():
     a = AttachmentCounts(1, 2, 3, 4)
     assert a + a == AttachmentCounts(2, 4, 6, 8) and (a + a).total == 20
     assert str(a) == "1 signature(s), 2 attestation(s), 3 SBOM(s), 4 other referrer(s)"
-    one = AttachedArtifact(REPO, Digest("2" * 64), Digest("3" * 64), OTHER, FoundBy.REFERRERS_API,
-                           None, None, None)
+    one = AttachedArtifact(
+        REPO, Digest("2" * 64), Digest("3" * 64), OTHER, FoundBy.REFERRERS_API, None, None, None
+    )
     assert AttachmentCounts.of([one, one]) == AttachmentCounts(other=2)

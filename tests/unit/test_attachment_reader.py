@@ -20,9 +20,22 @@ A, B = Digest("b" * 64), Digest("c" * 64)
 
 
 def page(*digests: Digest) -> bytes:
-    return json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
-        {"mediaType": OCI_MANIFEST, "digest": str(d), "size": 10, "artifactType": "application/spdx+json",
-         "annotations": {"k": "v"}} for d in digests]}).encode()
+    return json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [
+                {
+                    "mediaType": OCI_MANIFEST,
+                    "digest": str(d),
+                    "size": 10,
+                    "artifactType": "application/spdx+json",
+                    "annotations": {"k": "v"},
+                }
+                for d in digests
+            ],
+        }
+    ).encode()
 
 
 def api_answering(handler) -> RegistryAPI:
@@ -36,16 +49,24 @@ def test_referrers_follows_pages_and_keeps_descriptors():
         seen.append((request.url.path, request.url.query.decode(), request.headers["accept"]))
         if request.url.query:
             return httpx.Response(200, content=page(B), headers={"Content-Type": OCI_INDEX})
-        return httpx.Response(200, content=page(A), headers={
-            "Content-Type": OCI_INDEX, "Link": f'</v2/repo/referrers/{SUBJECT}?last=x>; rel="next"'})
+        return httpx.Response(
+            200,
+            content=page(A),
+            headers={"Content-Type": OCI_INDEX, "Link": f'</v2/repo/referrers/{SUBJECT}?last=x>; rel="next"'},
+        )
 
     with api_answering(handler) as api:
         got = api.referrers("repo", SUBJECT)
     assert got is not None and [d.digest for d in got] == [A, B]
     assert (got[0].artifact_type, got[0].annotations, got[0].size) == (
-        "application/spdx+json", (("k", "v"),), 10)
-    assert seen == [(f"/v2/repo/referrers/{SUBJECT}", "", OCI_INDEX),
-                    (f"/v2/repo/referrers/{SUBJECT}", "last=x", OCI_INDEX)]
+        "application/spdx+json",
+        (("k", "v"),),
+        10,
+    )
+    assert seen == [
+        (f"/v2/repo/referrers/{SUBJECT}", "", OCI_INDEX),
+        (f"/v2/repo/referrers/{SUBJECT}", "last=x", OCI_INDEX),
+    ]
 
 
 def test_reader_probes_the_referrers_api_once_when_it_is_missing():
