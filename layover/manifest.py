@@ -8,6 +8,9 @@
 
 Anything else, or bytes that are not a JSON object, is a StorageError naming where it came from:
 GC must stop rather than guess what a manifest references.
+
+The OCI 1.1 fields (`artifactType`, `subject`, `annotations`, an index's full descriptors) are
+read too, for attachment discovery (layover/attached.py); they never change what is referenced.
 """
 
 from __future__ import annotations
@@ -29,6 +32,18 @@ OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 OCI_EMPTY = "application/vnd.oci.empty.v1+json"  # the empty config of OCI 1.1 artifacts
+
+# Attached artifacts (signatures, attestations, SBOMs). Layer media types and OCI 1.1
+# `artifactType` values; see layover/attached.py for how they are classified.
+COSIGN_SIMPLESIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"  # cosign `.sig` layers
+DSSE_ENVELOPE = "application/vnd.dsse.envelope.v1+json"  # cosign `.att` layers (in-toto in DSSE)
+IN_TOTO = "application/vnd.in-toto+json"  # the DSSE payloadType of an in-toto statement
+SIGSTORE_BUNDLE = "application/vnd.dev.sigstore.bundle"  # prefix: v0.3+json, +json;version=0.2
+NOTARY_SIGNATURE = "application/vnd.cncf.notary.signature"
+SPDX_JSON = "application/spdx+json"
+SPDX_TEXT = "text/spdx"  # cosign `.sbom` layers; also text/spdx+json, text/spdx+xml
+CYCLONEDX = "application/vnd.cyclonedx"  # also +json, +xml
+SYFT_JSON = "application/vnd.syft+json"
 
 INDEX_MEDIA_TYPES = frozenset({DOCKER_MANIFEST_LIST, OCI_INDEX})
 MANIFEST_MEDIA_TYPES = frozenset({DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_MANIFEST, OCI_INDEX})
@@ -55,6 +70,23 @@ class Layer:
     media_type: str | None = None
 
 
+Annotations = tuple[tuple[str, str], ...]  # sorted by key; a frozen stand-in for a JSON object
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    """An entry of an index's `manifests` (or of a referrers list), as far as Layover reads it."""
+
+    digest: Digest
+    media_type: str | None = None
+    size: int | None = None
+    artifact_type: str | None = None
+    annotations: Annotations = ()
+
+    def annotation(self, key: str) -> str | None:
+        return dict(self.annotations).get(key)
+
+
 @dataclass(frozen=True)
 class Manifest:
     kind: ManifestKind
@@ -62,6 +94,16 @@ class Manifest:
     config: Digest | None = None  # IMAGE only
     layers: tuple[Layer, ...] = ()  # IMAGE and SCHEMA1, in document order, repeats kept
     children: tuple[Digest, ...] = ()  # INDEX only: child manifests, stored in the same repo
+    # OCI 1.1 fields, read leniently: they never decide what a manifest references (GC ignores
+    # them), so a value of the wrong type reads as absent instead of failing the manifest.
+    descriptors: tuple[Descriptor, ...] = ()  # INDEX only: `manifests` entries, same order as children
+    config_media_type: str | None = None  # IMAGE only
+    artifact_type: str | None = None
+    subject: Digest | None = None  # `subject.digest`: the manifest this one is attached to
+    annotations: Annotations = ()
+
+    def annotation(self, key: str) -> str | None:
+        return dict(self.annotations).get(key)
 
     @property
     def blobs(self) -> tuple[Digest, ...]:
@@ -101,24 +143,71 @@ def parse_manifest(data: bytes, where: str) -> Manifest:
         if "config" in doc or "layers" in doc:
             raise StorageError(where, "manifest has both `manifests` and `config`/`layers`; "
                                "cannot tell an index from an image, refusing to guess")
-        children = tuple(_digest(_obj(m, where).get("digest"), where, "manifests[].digest")
-                         for m in _list(doc, "manifests", where))
-        return Manifest(ManifestKind.INDEX, media_type, children=children)
+        descriptors = tuple(_descriptor(_obj(m, where), where) for m in _list(doc, "manifests", where))
+        artifact_type, subject, annotations = _oci11(doc)
+        return Manifest(ManifestKind.INDEX, media_type, children=tuple(d.digest for d in descriptors),
+                        descriptors=descriptors, artifact_type=artifact_type, subject=subject,
+                        annotations=annotations)
     if "config" in doc and "layers" in doc:
-        config = _digest(_obj(doc["config"], where).get("digest"), where, "config.digest")
-        layers = []
+        config_obj = _obj(doc["config"], where)
+        config = _digest(config_obj.get("digest"), where, "config.digest")
+        image_layers: list[Layer] = []
         for entry in _list(doc, "layers", where):
             obj = _obj(entry, where)
             mt = obj.get("mediaType")
-            layers.append(Layer(_digest(obj.get("digest"), where, "layers[].digest"),
+            image_layers.append(Layer(_digest(obj.get("digest"), where, "layers[].digest"),
                                 is_foreign(mt if isinstance(mt, str) else None, obj.get("urls")),
                                 mt if isinstance(mt, str) else None))
-        return Manifest(ManifestKind.IMAGE, media_type, config=config, layers=tuple(layers))
+        artifact_type, subject, annotations = _oci11(doc)
+        return Manifest(ManifestKind.IMAGE, media_type, config=config, layers=tuple(image_layers),
+                        config_media_type=_str(config_obj.get("mediaType")), artifact_type=artifact_type,
+                        subject=subject, annotations=annotations)
     raise StorageError(
         where,
         f"unknown manifest shape (mediaType {media_type!r}, keys {sorted(doc)[:8]}): expected "
         "schemaVersion 1, `manifests`, or `config` + `layers`",
     )
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _annotations(value: object) -> Annotations:
+    if not isinstance(value, dict):
+        return ()
+    return tuple(sorted((k, v) for k, v in value.items() if isinstance(k, str) and isinstance(v, str)))
+
+
+def _oci11(doc: dict) -> tuple[str | None, Digest | None, Annotations]:
+    """artifactType, subject digest and annotations of an image manifest or index (lenient: a
+    subject that is not a sha256 digest reads as none)."""
+    subject = doc.get("subject")
+    digest = subject.get("digest") if isinstance(subject, dict) else None
+    parsed = Digest.parse(digest) if isinstance(digest, str) and Digest.is_valid(digest) else None
+    return _str(doc.get("artifactType")), parsed, _annotations(doc.get("annotations"))
+
+
+def _descriptor(obj: dict, where: str) -> Descriptor:
+    size = obj.get("size")
+    return Descriptor(
+        _digest(obj.get("digest"), where, "manifests[].digest"),
+        media_type=_str(obj.get("mediaType")),
+        size=size if isinstance(size, int) and not isinstance(size, bool) else None,
+        artifact_type=_str(obj.get("artifactType")),
+        annotations=_annotations(obj.get("annotations")),
+    )
+
+
+def parse_descriptors(data: bytes, where: str) -> tuple[Descriptor, ...]:
+    """The `manifests` of an index document, e.g. a referrers API response.
+
+    Raises StorageError like parse_manifest when `data` is not an index.
+    """
+    manifest = parse_manifest(data, where)
+    if manifest.kind is not ManifestKind.INDEX:
+        raise StorageError(where, f"expected an image index, found a manifest of kind {manifest.kind.value}")
+    return manifest.descriptors
 
 
 def _list(doc: dict, key: str, where: str) -> list:

@@ -11,6 +11,8 @@ this client refuses any other host so that no test can send a byte off the machi
     push a manifest  PUT  /v2/<name>/manifests/<tag|digest>    201, Content-Type = its media type
     read             GET  /v2/_catalog, /v2/<name>/tags/list, /v2/<name>/manifests/<ref>,
                      HEAD/GET /v2/<name>/blobs/<digest>
+    referrers        GET  /v2/<name>/referrers/<digest>         404: no referrers API (Distribution
+                                                                2.8 and 3.x); 200: an OCI index
     delete           DELETE /v2/<name>/manifests/<digest>, /v2/<name>/blobs/<digest>
 
 A registry checks on manifest PUT that the config and layers are linked in that repository and
@@ -28,7 +30,7 @@ import httpx
 import tenacity
 
 from layover.errors import RegistryError, RegistryHTTPError
-from layover.manifest import MANIFEST_ACCEPT
+from layover.manifest import MANIFEST_ACCEPT, OCI_INDEX, Descriptor, parse_descriptors
 from layover.reference import Digest
 from layover.samples import Release, SampleImage
 
@@ -216,6 +218,27 @@ class RegistryAPI:
         """Delete a manifest revision by digest (the registry refuses deletes by tag)."""
         self._request("DELETE", self._path(repository, "manifests", digest), ok=(202,),
                       hint="deletes need storage.delete.enabled: true")
+
+    def referrers(self, repository: str, digest: Digest) -> tuple[Descriptor, ...] | None:
+        """Descriptors of every manifest whose `subject` is `digest` (OCI distribution-spec 1.1),
+        following `Link: rel=next` pages; None when the registry has no referrers API (404).
+
+        A registry with the API never answers 404 here (the spec forbids it), so 404 means the
+        client must fall back to the referrers tag schema.
+        """
+        url: str | httpx.URL = self._path(repository, "referrers", digest)
+        found: list[Descriptor] = []
+        while True:
+            resp = self._request("GET", url, ok=(200, 404), headers={"Accept": OCI_INDEX})
+            if resp.status_code == 404:
+                return None
+            where = f"referrers of {repository}@{digest} at {self.base}"
+            found.extend(parse_descriptors(resp.content, where))
+            nxt = resp.links.get("next", {}).get("url")
+            if not nxt:
+                return tuple(found)
+            url = self.base.join(nxt)
+            _check_loopback(url, "referrers next page")
 
     # --- listing -------------------------------------------------------------------------
     def catalog(self) -> tuple[str, ...]:

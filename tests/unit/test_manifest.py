@@ -81,3 +81,46 @@ def test_bad_manifests_name_where(data, needle):
         parse_manifest(data, "/some/where/data")
     assert "/some/where/data" in str(e.value)
     assert needle in str(e.value)
+
+
+def test_oci_1_1_artifact_fields():
+    m = parse_manifest(doc(schemaVersion=2, mediaType="application/vnd.oci.image.manifest.v1+json",
+                           artifactType="application/spdx+json",
+                           config={"mediaType": "application/vnd.oci.empty.v1+json", "digest": A, "size": 2},
+                           layers=[{"mediaType": "application/spdx+json", "digest": B, "size": 9}],
+                           subject={"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": C,
+                                    "size": 500},
+                           annotations={"z": "1", "a": "2"}), "x")
+    assert (m.artifact_type, m.subject, m.config_media_type) == (
+        "application/spdx+json", Digest.parse(C), "application/vnd.oci.empty.v1+json")
+    assert m.annotations == (("a", "2"), ("z", "1")) and m.annotation("z") == "1"
+    assert m.blobs == (Digest.parse(A), Digest.parse(B))  # the subject is not referenced content
+
+
+@pytest.mark.parametrize("subject", [None, "sha256:abc", {"digest": "sha512:" + "a" * 128}, {"digest": 7}])
+def test_oci_1_1_fields_are_read_leniently(subject):
+    body = {"schemaVersion": 2, "config": {"digest": A}, "layers": [], "artifactType": 5,
+            "annotations": {"k": 1, "ok": "v"}}
+    if subject is not None:
+        body["subject"] = subject
+    m = parse_manifest(json.dumps(body).encode(), "x")
+    assert (m.artifact_type, m.subject, m.annotations) == (None, None, (("ok", "v"),))
+
+
+def test_index_descriptors_keep_artifact_type_and_annotations():
+    from layover.manifest import Descriptor, parse_descriptors
+
+    data = doc(schemaVersion=2, mediaType="application/vnd.oci.image.index.v1+json", manifests=[
+        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": A, "size": 646,
+         "artifactType": "application/spdx+json", "annotations": {"k": "v"}},
+        {"digest": B},
+    ])
+    m = parse_manifest(data, "x")
+    assert m.children == (Digest.parse(A), Digest.parse(B))
+    assert parse_descriptors(data, "x") == m.descriptors == (
+        Descriptor(Digest.parse(A), "application/vnd.oci.image.manifest.v1+json", 646,
+                   "application/spdx+json", (("k", "v"),)),
+        Descriptor(Digest.parse(B)),
+    )
+    with pytest.raises(StorageError, match="expected an image index, found a manifest of kind image"):
+        parse_descriptors(doc(schemaVersion=2, config={"digest": A}, layers=[]), "x")

@@ -1,0 +1,427 @@
+"""What is attached to a listed image: signatures, attestations, SBOMs and other OCI referrers.
+
+Pure discovery over a small reader (`AttachmentReader`); the registry adapter is
+layover.adapters.attachment_reader. Everything attached lives in the image's own repository:
+
+    subjects      the image's digest, and every child digest when it is an index or manifest list
+    cosign tags   sha256-<hex>.sig / .att / .sbom       -> one manifest each (tag convention)
+    referrers     GET /v2/<repo>/referrers/<digest>      -> an index of descriptors (OCI 1.1 API)
+                  else the tag schema sha256-<hex>       -> the same index, pushed by the client
+                                                            (Distribution 2.8 and 3.x have no API)
+    recursion     every artifact found is itself a subject: a signature of an SBOM is attached
+                  to the SBOM, and so to the image
+
+A tag that only looks like an attachment (its subject is not reachable from a listed image) is
+never visited: discovery walks from the image outwards, so orphans stay out of the result.
+
+Classification (first match wins), into signature / attestation / SBOM / other:
+    1. the cosign tag suffix: .sig, .att, .sbom
+    2. the artifact type: the manifest's `artifactType`, else the referrers descriptor's, else
+       `config.mediaType` (distribution-spec's rule for referrers): cosign simple signing,
+       Notary and sigstore bundles (a bundle's predicateType annotation tells a signature from an
+       attestation) / DSSE and in-toto / SPDX, CycloneDX and Syft
+    3. the layers' media types, when every layer says the same
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from layover.errors import ImageNotFoundError
+from layover.manifest import (
+    COSIGN_SIMPLESIGNING,
+    CYCLONEDX,
+    DSSE_ENVELOPE,
+    IN_TOTO,
+    NOTARY_SIGNATURE,
+    SIGSTORE_BUNDLE,
+    SPDX_JSON,
+    SPDX_TEXT,
+    SYFT_JSON,
+    Descriptor,
+    Manifest,
+    ManifestKind,
+    parse_manifest,
+)
+from layover.reference import Digest, ImageRef
+
+
+class AttachmentKind(enum.Enum):
+    SIGNATURE = "signature"
+    ATTESTATION = "attestation"
+    SBOM = "sbom"
+    OTHER = "other"  # any other referrer (an unknown artifactType, a vendor's own format)
+
+
+class FoundBy(enum.Enum):
+    COSIGN_TAG = "cosign tag"
+    REFERRERS_API = "referrers API"
+    REFERRERS_TAG = "referrers tag schema"
+
+
+COSIGN_SUFFIXES: dict[str, AttachmentKind] = {
+    ".sig": AttachmentKind.SIGNATURE,
+    ".att": AttachmentKind.ATTESTATION,
+    ".sbom": AttachmentKind.SBOM,
+}
+
+# The predicateType cosign v3 writes on a sigstore bundle that signs an image (as opposed to one
+# carrying an attestation); the same bundle media type holds both.
+COSIGN_SIGN_PREDICATE = "https://sigstore.dev/cosign/sign/v1"
+BUNDLE_PREDICATE_ANNOTATION = "dev.sigstore.bundle.predicateType"
+BUNDLE_CONTENT_ANNOTATION = "dev.sigstore.bundle.content"
+
+
+def referrers_tag(digest: Digest) -> str:
+    """The referrers tag schema's tag for `digest` (sha256-<hex>; sha256 needs no truncation)."""
+    return f"sha256-{digest.hex}"
+
+
+def cosign_tag(digest: Digest, suffix: str) -> str:
+    """`sha256-<hex>.sig` (or .att, .sbom): where cosign stores what it attaches to `digest`."""
+    if suffix not in COSIGN_SUFFIXES:
+        raise ValueError(f"cosign tag suffix must be one of {sorted(COSIGN_SUFFIXES)}, not {suffix!r}")
+    return f"{referrers_tag(digest)}{suffix}"
+
+
+def attachment_tag_subject(tag: str) -> tuple[Digest, str] | None:
+    """(subject digest, suffix) for a cosign or referrers-schema tag; suffix "" for the latter.
+
+    None for any other tag. Says nothing about whether the subject exists.
+    """
+    if not tag.startswith("sha256-"):
+        return None
+    hex_, dot, rest = tag[len("sha256-") :].partition(".")
+    suffix = dot + rest
+    if suffix and suffix not in COSIGN_SUFFIXES:
+        return None
+    text = f"sha256:{hex_}"
+    return (Digest.parse(text), suffix) if Digest.is_valid(text) else None
+
+
+# --- the reader ----------------------------------------------------------------------------
+class AttachmentReader(Protocol):
+    """What discovery needs from a registry. Every call is about one repository."""
+
+    def tags(self, repository: str) -> Sequence[str]:
+        """Every tag of the repository (empty for an unknown repository)."""
+        ...
+
+    def manifest(self, repository: str, ref: str | Digest) -> tuple[bytes, str, Digest] | None:
+        """(exact bytes, media type, digest of the bytes) of a manifest by tag or digest; None if absent."""
+        ...
+
+    def referrers(self, repository: str, digest: Digest) -> Sequence[Descriptor] | None:
+        """The referrers API's descriptors for `digest`; None when the registry has no referrers API."""
+        ...
+
+
+# --- results -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AttachedArtifact:
+    """One manifest attached (directly or through other artifacts) to a listed image."""
+
+    repository: str
+    digest: Digest
+    subject: Digest  # what it is attached to: the image, an index child, or another artifact
+    kind: AttachmentKind
+    found_by: FoundBy
+    media_type: str | None  # of the manifest itself (OCI image manifest, or an index)
+    artifact_type: str | None  # artifactType, else the descriptor's, else config.mediaType
+    tag: str | None  # the tag that carries it: its cosign tag, or the referrers-schema index tag
+    children: tuple[Digest, ...] = ()  # when the artifact is itself an index: copy these first
+
+
+@dataclass(frozen=True)
+class ReferrersIndex:
+    """A referrers tag-schema index (`sha256-<hex>` tag): copied by tag, its digest preserved.
+
+    A client rewrites it whenever it adds a referrer, so its digest changes when something new is
+    attached to an unchanged image.
+    """
+
+    repository: str
+    subject: Digest
+    tag: str
+    digest: Digest
+    referrers: tuple[Digest, ...]  # its manifests, in document order
+
+
+@dataclass(frozen=True)
+class AttachmentProblem:
+    """Something that looks attached but cannot be used; left out of the result, reported."""
+
+    repository: str
+    ref: str  # the tag or digest that failed
+    subject: Digest
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.repository}:{self.ref} (attached to {self.subject}): {self.reason}"
+
+
+@dataclass(frozen=True)
+class AttachmentCounts:
+    signatures: int = 0
+    attestations: int = 0
+    sboms: int = 0
+    other: int = 0
+
+    @classmethod
+    def of(cls, artifacts: Iterable[AttachedArtifact]) -> AttachmentCounts:
+        kinds = [a.kind for a in artifacts]
+        return cls(
+            kinds.count(AttachmentKind.SIGNATURE),
+            kinds.count(AttachmentKind.ATTESTATION),
+            kinds.count(AttachmentKind.SBOM),
+            kinds.count(AttachmentKind.OTHER),
+        )
+
+    @property
+    def total(self) -> int:
+        return self.signatures + self.attestations + self.sboms + self.other
+
+    def __add__(self, other: AttachmentCounts) -> AttachmentCounts:
+        return AttachmentCounts(
+            self.signatures + other.signatures,
+            self.attestations + other.attestations,
+            self.sboms + other.sboms,
+            self.other + other.other,
+        )
+
+    def __str__(self) -> str:
+        return (
+            f"{self.signatures} signature(s), {self.attestations} attestation(s), "
+            f"{self.sboms} SBOM(s), {self.other} other referrer(s)"
+        )
+
+
+@dataclass(frozen=True)
+class ImageAttachments:
+    """Everything attached to one listed image, in discovery order (breadth first)."""
+
+    repository: str
+    digest: Digest  # the listed image's manifest
+    subjects: tuple[Digest, ...]  # the image's digest, then its index children
+    artifacts: tuple[AttachedArtifact, ...]
+    referrers_indexes: tuple[ReferrersIndex, ...]
+    problems: tuple[AttachmentProblem, ...] = ()
+
+    @property
+    def counts(self) -> AttachmentCounts:
+        return AttachmentCounts.of(self.artifacts)
+
+    @property
+    def signed(self) -> bool:
+        """At least one signature attached to the image itself (not only to a child or an SBOM)."""
+        return any(a.kind is AttachmentKind.SIGNATURE and a.subject == self.digest for a in self.artifacts)
+
+    @property
+    def digests(self) -> frozenset[Digest]:
+        """Every manifest discovery added to the image: artifacts, their children, referrers indexes."""
+        out = {a.digest for a in self.artifacts}
+        out.update(c for a in self.artifacts for c in a.children)
+        out.update(r.digest for r in self.referrers_indexes)
+        return frozenset(out)
+
+    @property
+    def tags(self) -> dict[str, Digest]:
+        """tag -> digest of every attachment tag to copy: cosign tags and referrers-schema tags."""
+        out = {a.tag: a.digest for a in self.artifacts if a.found_by is FoundBy.COSIGN_TAG and a.tag}
+        out.update((r.tag, r.digest) for r in self.referrers_indexes)
+        return out
+
+
+# --- classification ------------------------------------------------------------------------
+def effective_artifact_type(manifest: Manifest, descriptor: Descriptor | None = None) -> str | None:
+    """distribution-spec's artifactType of a referrer: its own, else the descriptor's, else config's."""
+    from_descriptor = descriptor.artifact_type if descriptor else None
+    return manifest.artifact_type or from_descriptor or manifest.config_media_type
+
+
+def classify(
+    manifest: Manifest, *, descriptor: Descriptor | None = None, cosign_suffix: str | None = None
+) -> AttachmentKind:
+    """Signature, attestation, SBOM or other: see the module docstring for the order of the rules."""
+    if cosign_suffix is not None:
+        return COSIGN_SUFFIXES[cosign_suffix]
+    annotations = dict(descriptor.annotations if descriptor else ())
+    annotations.update(manifest.annotations)  # the manifest's own win: a fallback index may drop them
+    for media_type in (
+        manifest.artifact_type,
+        descriptor.artifact_type if descriptor else None,
+        manifest.config_media_type,
+    ):
+        kind = _kind_of_type(media_type, annotations)
+        if kind is not None:
+            return kind
+    layer_kinds = {_kind_of_type(layer.media_type, annotations) for layer in manifest.layers}
+    if len(layer_kinds) == 1 and None not in layer_kinds:
+        return layer_kinds.pop()  # type: ignore[return-value]  # None was excluded just above
+    return AttachmentKind.OTHER
+
+
+def _kind_of_type(media_type: str | None, annotations: dict[str, str]) -> AttachmentKind | None:
+    if not media_type:
+        return None
+    mt = media_type.split(";")[0].strip().lower()
+    if mt == COSIGN_SIMPLESIGNING or mt.startswith(NOTARY_SIGNATURE):
+        return AttachmentKind.SIGNATURE
+    if mt.startswith(SIGSTORE_BUNDLE):
+        predicate = annotations.get(BUNDLE_PREDICATE_ANNOTATION)
+        content = annotations.get(BUNDLE_CONTENT_ANNOTATION)
+        if predicate == COSIGN_SIGN_PREDICATE or content == "message-signature":
+            return AttachmentKind.SIGNATURE
+        return AttachmentKind.ATTESTATION if predicate else None
+    if mt in (DSSE_ENVELOPE, IN_TOTO) or mt.startswith("application/vnd.in-toto."):
+        return AttachmentKind.ATTESTATION
+    if (
+        mt in (SPDX_JSON, SYFT_JSON)
+        or mt.startswith(SPDX_TEXT)
+        or mt.startswith(CYCLONEDX)
+        or mt.startswith("application/spdx")
+    ):
+        return AttachmentKind.SBOM
+    return None
+
+
+# --- discovery -----------------------------------------------------------------------------
+def discover(reader: AttachmentReader, image: ImageRef) -> ImageAttachments:
+    """Everything attached to `image` (by its digest if pinned, else its tag) in its repository.
+
+    ImageNotFoundError if the image itself is not there; an attachment that cannot be read is
+    reported in `problems`, not raised.
+    """
+    repository = image.repository
+    ref: str | Digest = image.digest if image.digest is not None else image.tag or ""
+    fetched = reader.manifest(repository, ref)
+    if fetched is None:
+        raise ImageNotFoundError(
+            f"{image}: not found in the source registry, so its signatures and SBOMs "
+            "cannot be looked up; check the tag or digest in the images list"
+        )
+    data, _media_type, digest = fetched
+    root = parse_manifest(data, f"{repository}@{digest}")
+    subjects = (digest, *root.children) if root.kind is ManifestKind.INDEX else (digest,)
+    walk = _Walk(reader, repository, frozenset(reader.tags(repository)))
+    for subject in subjects:
+        walk.queue.append(subject)
+    walk.run()
+    return ImageAttachments(
+        repository,
+        digest,
+        subjects,
+        tuple(walk.artifacts.values()),
+        tuple(walk.indexes),
+        tuple(walk.problems),
+    )
+
+
+class _Walk:
+    """Breadth-first over subjects; every artifact found becomes a subject in turn."""
+
+    def __init__(self, reader: AttachmentReader, repository: str, tags: frozenset[str]) -> None:
+        self.reader = reader
+        self.repository = repository
+        self.tags = tags
+        self.queue: deque[Digest] = deque()
+        self.visited: set[Digest] = set()
+        self.artifacts: dict[Digest, AttachedArtifact] = {}
+        self.indexes: list[ReferrersIndex] = []
+        self.problems: list[AttachmentProblem] = []
+
+    def run(self) -> None:
+        while self.queue:
+            subject = self.queue.popleft()
+            if subject in self.visited:
+                continue
+            self.visited.add(subject)
+            self._cosign_tags(subject)
+            self._referrers(subject)
+
+    def _problem(self, ref: str | Digest, subject: Digest, reason: str) -> None:
+        self.problems.append(AttachmentProblem(self.repository, str(ref), subject, reason))
+
+    def _read(self, ref: str | Digest, subject: Digest) -> tuple[Manifest, str, Digest] | None:
+        fetched = self.reader.manifest(self.repository, ref)
+        if fetched is None:
+            what = "tag is listed" if isinstance(ref, str) else "listed as a referrer"
+            self._problem(ref, subject, f"{what} but the registry has no such manifest")
+            return None
+        data, media_type, digest = fetched
+        return parse_manifest(data, f"{self.repository}@{digest}"), media_type, digest
+
+    def _add(self, artifact: AttachedArtifact) -> None:
+        if artifact.digest not in self.artifacts:  # one artifact may be both tagged and a referrer
+            self.artifacts[artifact.digest] = artifact
+        self.queue.append(artifact.digest)
+
+    def _cosign_tags(self, subject: Digest) -> None:
+        for suffix in COSIGN_SUFFIXES:
+            tag = cosign_tag(subject, suffix)
+            if tag not in self.tags:
+                continue
+            read = self._read(tag, subject)
+            if read is None:
+                continue
+            manifest, media_type, digest = read
+            kind = classify(manifest, cosign_suffix=suffix)
+            self._add(
+                AttachedArtifact(
+                    self.repository,
+                    digest,
+                    subject,
+                    kind,
+                    FoundBy.COSIGN_TAG,
+                    manifest.media_type or media_type,
+                    effective_artifact_type(manifest),
+                    tag,
+                    manifest.children,
+                )
+            )
+
+    def _referrers(self, subject: Digest) -> None:
+        descriptors = self.reader.referrers(self.repository, subject)
+        found_by, tag = FoundBy.REFERRERS_API, None
+        if descriptors is None:  # no referrers API: the tag schema, if a client maintained one
+            found_by, tag = FoundBy.REFERRERS_TAG, referrers_tag(subject)
+            if tag not in self.tags:
+                return
+            read = self._read(tag, subject)
+            if read is None:
+                return
+            index, _, index_digest = read
+            if index.kind is not ManifestKind.INDEX:
+                # distribution-spec: a tag that is not a valid index means "no referrers".
+                self._problem(
+                    tag,
+                    subject,
+                    f"referrers tag holds a {index.kind.value} manifest, not an image index; ignored",
+                )
+                return
+            descriptors = index.descriptors
+            self.indexes.append(ReferrersIndex(self.repository, subject, tag, index_digest, index.children))
+        for descriptor in descriptors:
+            read = self._read(descriptor.digest, subject)
+            if read is None:
+                continue
+            manifest, media_type, digest = read
+            if manifest.subject is not None and manifest.subject != subject:
+                self._problem(digest, subject, f"listed as a referrer but its subject is {manifest.subject}")
+            self._add(
+                AttachedArtifact(
+                    self.repository,
+                    digest,
+                    subject,
+                    classify(manifest, descriptor=descriptor),
+                    found_by,
+                    manifest.media_type or descriptor.media_type or media_type,
+                    effective_artifact_type(manifest, descriptor),
+                    tag,
+                    manifest.children,
+                )
+            )
