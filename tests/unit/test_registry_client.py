@@ -30,6 +30,7 @@ from layover.errors import (
     ImageNotFoundError,
     RegistryError,
     RegistryHTTPError,
+    TLSError,
     Transient,
     TransientHTTPError,
 )
@@ -661,3 +662,83 @@ def test_loopback_only_refuses_to_follow_anything_off_the_machine():
 def test_endpoint_wants_host_and_port_only(host):
     with pytest.raises(RegistryError, match="give HOST"):
         Endpoint(host)
+
+
+# --- certificate directories -----------------------------------------------------------------
+def pem_pair() -> tuple[bytes, bytes]:
+    """A self-signed certificate and its key, PEM."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "layover client")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.BasicConstraints(ca=True, path_length=None), critical=True
+        )  # get_ca_certs lists CAs
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem
+
+
+def test_cert_dir_loads_cas_and_client_pairs(tmp_path):
+    cert, key = pem_pair()
+    (tmp_path / "ca.crt").write_bytes(cert)
+    (tmp_path / "client.cert").write_bytes(cert)
+    (tmp_path / "client.key").write_bytes(key)
+    ctx = rc.tls_context(Endpoint(HOST), tmp_path)
+    assert any(c.get("subject") == ((("commonName", "layover client"),),) for c in ctx.get_ca_certs())
+    assert ctx.check_hostname and ctx.verify_mode == rc.ssl.CERT_REQUIRED
+    off = rc.tls_context(Endpoint(HOST, tls_verify=False), tmp_path)  # the pair is still presented
+    assert not off.check_hostname and off.verify_mode == rc.ssl.CERT_NONE
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        (
+            {"client.cert": "cert"},
+            "client certificate client.cert has no client.key (a CA certificate must be named *.crt)",
+        ),
+        ({"client.key": "key"}, "key client.key has no client certificate client.cert"),
+        ({"ca.crt": b"not a certificate"}, "cannot load ca.crt"),
+        ({"client.cert": "cert", "client.key": "other-key"}, "cannot load client.cert"),  # the pair is loaded
+    ],
+)
+def test_cert_dir_mistakes_are_tls_errors_naming_the_flag(tmp_path, files, message):
+    cert, key = pem_pair()
+    other_key = pem_pair()[1]
+    for name, content in files.items():
+        pems = {"cert": cert, "key": key, "other-key": other_key}
+        data = pems[content] if isinstance(content, str) else content
+        (tmp_path / name).write_bytes(data)
+    with pytest.raises(TLSError) as e:
+        rc.tls_context(Endpoint(HOST, flags=DESTINATION), tmp_path)
+    assert str(e.value).startswith(f"--dest-cert-dir {tmp_path}: ") and message in str(e.value)
+
+
+def test_an_explicit_cert_dir_must_exist(tmp_path):
+    with pytest.raises(TLSError, match=r"--src-cert-dir .*/nope: no such directory"):
+        RegistryClient(Endpoint(HOST, cert_dir=tmp_path / "nope", flags=SOURCE))
+
+
+def test_default_cert_dir_is_skopeos_per_host_directory(tmp_path):
+    assert rc.default_cert_dir("reg.example.com:5000", home=tmp_path) is None
+    mine = tmp_path / ".config/containers/certs.d/reg.example.com:5000"
+    mine.mkdir(parents=True)
+    assert rc.default_cert_dir("reg.example.com:5000", home=tmp_path) == mine
