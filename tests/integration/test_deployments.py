@@ -34,9 +34,9 @@ import httpx
 import pytest
 
 from layover import imagelist
-from layover.adapters.registry_api import push_release
-from layover.samples import Release, release
 from layover.storage.verify import verify_tarball
+from layover.testing.push import push_release
+from layover.testing.releases import Release, release
 from layover.workdir import WorkDir
 from tests.conftest import require
 

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from layover.adapters.registry_api import push_release
 from layover.errors import LayoverError
-from layover.samples import release
 from layover.settings import ListFromFile, ReleaseRequest
+from layover.testing.push import push_release
+from layover.testing.releases import release
 from layover.workdir import WorkDir
 from tests.conftest import require
 

@@ -18,12 +18,13 @@ from pathlib import Path
 import pytest
 
 from layover import imagelist
-from layover.adapters.registry_api import RegistryAPI, push_release
+from layover.adapters.registry_api import RegistryAPI
 from layover.errors import ImageListError, LayoverError
-from layover.storage.layout import StorageLayout
-from layover.samples import Release, release
 from layover.settings import ListFromFile, ReleaseRequest
+from layover.storage.layout import StorageLayout
 from layover.storage.verify import verify_tarball
+from layover.testing.push import push_release
+from layover.testing.releases import Release, release
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
