@@ -294,6 +294,7 @@ def _plan_apps() -> tuple[list[_AppPlan], list[_AppPlan]]:
     plans: list[_AppPlan] = []
     for i, name in enumerate(names):
         base = ("os", "python", "java", "node")[i % 4]
+        arches: tuple[str, ...]
         if i in (3, 21, 40):
             kind, arches = "docker-list", ("amd64", "arm64")
         elif i in (11, 33):

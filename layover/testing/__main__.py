@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path  # noqa: TC003 - typer evaluates the CLI's annotations at run time
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -15,12 +16,12 @@ app = typer.Typer(add_completion=False, help="Deterministic sample images for La
 
 @app.command()
 def push(
-    registry: str = typer.Option(..., help="Registry to push to, 127.0.0.1:PORT (plain HTTP)."),
-    release_number: int = typer.Option(1, "--release", help="Sample release: 1 or 2."),
-    list_out: Path | None = typer.Option(None, help="Write the release's images.list here."),
-    scale: float = typer.Option(1.0, help="Multiply every layer's size by this factor."),
-    pin_digests: bool = typer.Option(False, help="Write repo:tag@digest lines in the list."),
-    wait: float = typer.Option(30.0, help="Seconds to wait for the registry to answer /v2/."),
+    registry: Annotated[str, typer.Option(help="Registry to push to, 127.0.0.1:PORT (plain HTTP).")],
+    release_number: Annotated[int, typer.Option("--release", help="Sample release: 1 or 2.")] = 1,
+    list_out: Annotated[Path | None, typer.Option(help="Write the release's images.list here.")] = None,
+    scale: Annotated[float, typer.Option(help="Multiply every layer's size by this factor.")] = 1.0,
+    pin_digests: Annotated[bool, typer.Option(help="Write repo:tag@digest lines in the list.")] = False,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for the registry to answer /v2/.")] = 30.0,
 ) -> None:
     """Push a sample release into a registry and write its images.list."""
     rel = release(release_number, scale)
@@ -44,9 +45,9 @@ def push(
 
 @app.command("list")
 def list_(
-    release_number: int = typer.Option(1, "--release", help="Sample release: 1 or 2."),
-    scale: float = typer.Option(1.0, help="Multiply every layer's size by this factor."),
-    pin_digests: bool = typer.Option(False, help="Write repo:tag@digest lines."),
+    release_number: Annotated[int, typer.Option("--release", help="Sample release: 1 or 2.")] = 1,
+    scale: Annotated[float, typer.Option(help="Multiply every layer's size by this factor.")] = 1.0,
+    pin_digests: Annotated[bool, typer.Option(help="Write repo:tag@digest lines.")] = False,
 ) -> None:
     """Print a sample release's images.list."""
     typer.echo(release(release_number, scale).list_text(pin_digests=pin_digests), nl=False)

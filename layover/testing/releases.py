@@ -100,7 +100,7 @@ def _namespace(repository: str) -> str:
 
 
 # --- content -------------------------------------------------------------------------------
-_WORDS = (
+_WORDS = (  # noqa: SIM905 - a word list reads better as one string
     "alpha beta gamma delta config server client request response handler buffer cache "
     "index layer image manifest digest registry storage volume socket thread worker queue "
     "event logger metric value result error retry timeout module package install build "
