@@ -37,9 +37,9 @@ from layover.testing.images import (
     DOCKER_INDENT,
     FIXED_MTIME,
     OCI,
-    Descriptor,
     LayerWriter,
     Platform,
+    SampleDescriptor,
     SampleManifest,
     image_config,
     image_manifest,
@@ -75,8 +75,8 @@ class Blob:
     size: int
     path: Path  # content-addressed file in the blob cache
 
-    def descriptor(self, media_type: str) -> Descriptor:
-        return Descriptor(media_type, Digest.parse(self.digest), self.size)
+    def descriptor(self, media_type: str) -> SampleDescriptor:
+        return SampleDescriptor(media_type, Digest.parse(self.digest), self.size)
 
 
 @dataclass(frozen=True)

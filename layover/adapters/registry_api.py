@@ -1,8 +1,8 @@
 """A small client for the Distribution HTTP API v2, for registries on loopback only.
 
-The protocol verbs only: blobs, manifests, catalog, tags (layover.testing.push builds image
-pushes on them). Plain HTTP, no auth: every registry Layover starts listens on 127.0.0.1, and
-this client refuses any other host so that no test can send a byte off the machine.
+The protocol verbs only: blobs, manifests, catalog, tags, referrers (layover.testing.push
+builds image pushes on them). Plain HTTP, no auth: every registry Layover starts listens on
+127.0.0.1, and this client refuses any other host so that no test can send a byte off the machine.
 
     push a blob      HEAD /v2/<name>/blobs/<digest>            200: already there, skip
                      POST /v2/<name>/blobs/uploads/?mount=&from=   201: mounted from a sibling

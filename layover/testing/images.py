@@ -80,14 +80,14 @@ OCI = ImageFormat(OCI_MANIFEST, OCI_CONFIG, OCI_LAYER, OCI_INDEX)
 
 
 @dataclass(frozen=True)
-class Descriptor:
+class SampleDescriptor:
     media_type: str
     digest: Digest
     size: int
     platform: Platform | None = None
 
     @classmethod
-    def of(cls, media_type: str, data: bytes, platform: Platform | None = None) -> Descriptor:
+    def of(cls, media_type: str, data: bytes, platform: Platform | None = None) -> SampleDescriptor:
         return cls(media_type, sha256(data), len(data), platform)
 
     def json(self) -> dict:
@@ -133,8 +133,8 @@ class SampleManifest:
     def json(self) -> dict:
         return json.loads(self.data)
 
-    def descriptor(self) -> Descriptor:
-        return Descriptor(self.media_type, self.digest, self.size, self.platform)
+    def descriptor(self) -> SampleDescriptor:
+        return SampleDescriptor(self.media_type, self.digest, self.size, self.platform)
 
 
 @dataclass(frozen=True)
@@ -323,8 +323,8 @@ def image_config(
 
 def image_manifest(
     fmt: ImageFormat,
-    config: Descriptor,
-    layers: Sequence[Descriptor],
+    config: SampleDescriptor,
+    layers: Sequence[SampleDescriptor],
     *,
     indent: int | None,
     platform: Platform | None = None,
@@ -363,8 +363,8 @@ def platform_image(
     """An image manifest over in-memory `config` and `layers`, with its blobs (config first)."""
     manifest = image_manifest(
         fmt,
-        Descriptor.of(fmt.config, config),
-        [Descriptor(fmt.layer, x.digest, x.size) for x in layers],
+        SampleDescriptor.of(fmt.config, config),
+        [SampleDescriptor(fmt.layer, x.digest, x.size) for x in layers],
         indent=indent,
         platform=platform,
     )
