@@ -12,6 +12,7 @@ import errno
 import os
 import shutil
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -32,12 +33,13 @@ class GCResult:
                 f"freed {human_bytes(self.bytes_freed)} in {self.seconds:.2f}s")
 
 
-def apply_gc(plan: GCPlan, *, workers: int = 4) -> GCResult:
+def apply_gc(plan: GCPlan, *, workers: int = 4, progress: Callable[[int], None] | None = None) -> GCResult:
     """Delete the planned paths, then directories left empty. Safe to re-run after a crash.
 
     Kinds are applied one after the other (references before blobs); within a kind, paths are
     independent and `workers` threads delete them, which overlaps the filesystem's metadata
-    latency (journal, overlayfs whiteouts).
+    latency (journal, overlayfs whiteouts). `progress(n)` is called as each chunk of n planned
+    paths is done (a long archive prune says how far it is).
     """
     start = time.monotonic()
     layout = plan.layout
@@ -49,9 +51,11 @@ def apply_gc(plan: GCPlan, *, workers: int = 4) -> GCResult:
         for kind in DeletionKind:
             batch = [d for d in plan.deletions if d.kind is kind]
             chunks = [batch[i:i + 512] for i in range(0, len(batch), 512)]
-            for n, size, parents in pool.map(_delete_chunk, chunks):
+            for chunk, (n, size, parents) in zip(chunks, pool.map(_delete_chunk, chunks), strict=True):
                 deleted += n
                 freed += size
+                if progress is not None:
+                    progress(len(chunk))
                 # Only a removed repository or blob may leave empty parents worth removing. In a
                 # kept repository an empty `_layers` still matters: the catalog lists it.
                 if kind in tops:
