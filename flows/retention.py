@@ -32,6 +32,6 @@ def archive_retention(request: RetentionRequest) -> PruneReport:
     with work_dir_lock(wd.lock, holder, wait_seconds=request.lock_wait_seconds):
         check_archive_idle(wd)
         plan = plan_prune(wd, lists, request.force)
-        report = PruneReport(plan.summary(), True) if request.dry_run else apply_prune(plan)
+        report = PruneReport(plan.summary(), True) if request.dry_run else apply_prune(wd, plan)
     publish_prune_report(plan, report)
     return report

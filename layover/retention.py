@@ -152,6 +152,7 @@ class RetentionPlan:
                 "images": list(self.dropped),
                 "repositories": list(self.gc.removed_repositories),
                 "manifests": c.revisions_deleted,
+                "layer_links": c.layer_links_deleted,
                 "blobs": c.blobs_deleted,
                 "paths": len(self.gc.deletions),
                 "bytes": self.gc.bytes_freed,
@@ -267,6 +268,7 @@ class PruneReport:
     deleted: int = 0  # planned paths removed
     bytes_freed: int = 0
     seconds: float = 0.0
+    empty_dirs: int = 0  # left empty by an earlier, interrupted prune, and removed now
 
     @property
     def files_per_second(self) -> float:
@@ -275,8 +277,9 @@ class PruneReport:
     def summary(self) -> str:
         if self.dry_run:
             return f"dry run, nothing deleted: {self.plan}"
+        tidy = f" and {self.empty_dirs} empty dirs an interrupted prune left" if self.empty_dirs else ""
         return (
-            f"pruned: removed {self.deleted} paths, freed {human_bytes(self.bytes_freed)} in "
+            f"pruned: removed {self.deleted} paths{tidy}, freed {human_bytes(self.bytes_freed)} in "
             f"{self.seconds:.2f} s ({self.files_per_second:,.0f} files/s); {self.plan}"
         )
 

@@ -19,7 +19,7 @@ from layover.retention import (
     select_recent,
 )
 from layover.settings import KeepRecent, ListFromGit
-from layover.storage.vacuum import apply_gc
+from layover.storage.vacuum import apply_gc, remove_empty_dirs
 from layover.workdir import WorkDir
 from tasks.load_list import LoadedList
 
@@ -44,11 +44,12 @@ def plan_prune(wd: WorkDir, lists: list[LoadedList], force: bool) -> RetentionPl
 
 
 @task(name="apply-prune", cache_policy=NO_CACHE)
-def apply_prune(plan: RetentionPlan) -> PruneReport:
+def apply_prune(wd: WorkDir, plan: RetentionPlan) -> PruneReport:
     logger = get_run_logger()
     progress = ApplyProgress(len(plan.gc.deletions), logger.info, every=10.0)
     result = apply_gc(plan.gc, progress=progress.advance)
-    return PruneReport(plan.summary(), False, result.deleted, result.bytes_freed, result.seconds)
+    empty = remove_empty_dirs(wd.archive)
+    return PruneReport(plan.summary(), False, result.deleted, result.bytes_freed, result.seconds, empty)
 
 
 @task(name="publish-prune-report", cache_policy=NO_CACHE)

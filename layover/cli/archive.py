@@ -133,7 +133,7 @@ def prune(
     from layover.adapters.lock import work_dir_lock
     from layover.adapters.served import serving_containers
     from layover.retention import ApplyProgress, PruneReport, check_idle, plan_retention
-    from layover.storage.vacuum import apply_gc
+    from layover.storage.vacuum import apply_gc, remove_empty_dirs
     from layover.workdir import WorkDir
 
     try:
@@ -166,12 +166,16 @@ def prune(
             else:
                 progress = ApplyProgress(len(plan.gc.deletions), lambda line: typer.echo(line, err=True))
                 done = apply_gc(plan.gc, progress=progress.advance)
-                report = PruneReport(plan.summary(), False, done.deleted, done.bytes_freed, done.seconds)
+                empty = remove_empty_dirs(wd.archive)
+                report = PruneReport(
+                    plan.summary(), False, done.deleted, done.bytes_freed, done.seconds, empty
+                )
         if as_json:
             doc = {
                 "plan": plan.to_dict(),
                 "dry_run": dry_run,
                 "deleted": report.deleted,
+                "empty_dirs": report.empty_dirs,
                 "bytes_freed": report.bytes_freed,
                 "seconds": report.seconds,
             }

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from layover.errors import GCError
 from layover.storage.gc import Deletion, DeletionKind, GCPlan
+from layover.storage.layout import StorageLayout
 from layover.units import human_bytes
 
 
@@ -131,3 +132,34 @@ def _remove_empty_upwards(path: str, top: str) -> int:
             removed += 1
         path = os.path.dirname(path)
     return removed
+
+
+def remove_empty_dirs(layout: StorageLayout) -> int:
+    """Remove what an apply killed before its last step leaves: empty `blobs/sha256/<hh>` dirs,
+    and empty repository path dirs (a removed repository's, bottom-up). A complete apply removes
+    them itself; the next plan has nothing to say about them, and an empty directory in the archive
+    would show up in every package built from it. Internal `_*` dirs are never touched (an empty
+    `_layers` of a kept repository is still listed by the catalog). Returns how many were removed.
+    """
+    removed = 0
+    blobs = str(layout.blobs)
+    if os.path.isdir(blobs):
+        for name in sorted(os.listdir(blobs)):
+            removed += _rmdir_if_empty(os.path.join(blobs, name))
+    top = str(layout.repositories)
+    paths: list[str] = []
+    for dirpath, dirnames, _ in os.walk(top):
+        dirnames[:] = [d for d in dirnames if not d.startswith("_")]  # never into internals
+        if dirpath != top:
+            paths.append(dirpath)
+    for path in reversed(paths):  # children before their parents
+        removed += _rmdir_if_empty(path)
+    return removed
+
+
+def _rmdir_if_empty(path: str) -> int:
+    try:
+        os.rmdir(path)
+    except OSError:  # not empty, not a directory, or gone
+        return 0
+    return 1

@@ -365,3 +365,34 @@ def test_the_archive_retention_deployment_is_weekly_and_its_parameters_validate(
     req = RetentionRequest.model_validate(params["request"])
     assert req.dry_run is True
     assert req.keep_recent is not None and req.keep_lists
+
+
+def empty_dirs(root: Path) -> set[str]:
+    """Empty directories outside repositories' internal `_*` dirs."""
+    out = set()
+    for dirpath, dirnames, filenames in os.walk(root):
+        if not dirnames and not filenames and "/_" not in dirpath:
+            out.add(os.path.relpath(dirpath, root))
+    return out
+
+
+def test_prune_after_an_interrupted_one_removes_the_empty_dirs_it_left(archive, tmp_path):
+    """An apply killed before its last step leaves empty blob prefix and repository dirs that no
+    plan names; every package built from the archive would carry them."""
+    import shutil
+
+    work = tmp_path / "work"
+    layout = archive.layout
+    plan = plan_retention(layout, [kept("app:3\nlib:1\n")])
+    # what the kill left: the dropped repository's internals and a blob dir, parents not yet removed
+    for d in plan.gc.deletions:
+        if d.kind.value in ("repository", "blob"):
+            shutil.rmtree(d.path)
+    assert {"docker/registry/v2/repositories/old"} <= empty_dirs(work / "lower")
+    keep = tmp_path / "k.list"
+    keep.write_text("app:3\nlib:1\n")
+    r = runner.invoke(app, ["archive", "prune", str(work), "--keep", str(keep)])
+    assert r.exit_code == 0, r.output
+    assert "empty dirs an interrupted prune left" in r.output
+    assert empty_dirs(work / "lower") == set()
+    assert (layout.layers("app")).is_dir()  # a kept repository's internals are never swept
