@@ -321,6 +321,7 @@ def _race(sc: Scenario, cli: Cli, images: Path, output: Path) -> None:
         sc.race["run_rc"] = run.returncode
         sc.race["run_done"] = time.monotonic()
         sc.race["run_out"] = run_out[-3000:]
+        sc.race["run_sha256"] = output.with_name(output.name + ".sha256").read_text().split()[0]
         p_out, p_err = prune.communicate(timeout=240)
         sc.race["prune_done"] = time.monotonic()
         sc.race["prune_rc"] = prune.returncode
@@ -414,6 +415,8 @@ def test_every_kept_image_pulls_by_tag_and_digest_and_pruned_tags_are_gone(scena
 
 def test_release_3_after_the_prune_is_byte_identical_and_copies_nothing(scenario):
     assert scenario.reports["r3-after"].sha256 == scenario.reports["r3"].sha256
+    # also the one built between the killed prune and its re-run, over the empty dirs it left
+    assert scenario.race["run_sha256"] == scenario.reports["r3"].sha256
     assert _stage(scenario.reports["r3-after"], "archive sync").blobs_copied == 0
 
 
