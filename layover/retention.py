@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from layover.errors import InputError, LayoverError, UsageError
 from layover.imagelist import ImageList
@@ -391,7 +392,7 @@ def recorded_releases(directory: Path) -> tuple[list[RecordedRelease], list[str]
         path = directory / name
         try:
             doc = json.loads(path.read_bytes())
-            sync: dict[str, object] = next(
+            sync: dict[str, Any] = next(
                 (s for s in doc.get("stages", ()) if s.get("name") == "archive sync"), {}
             )
             found.append(
@@ -401,8 +402,8 @@ def recorded_releases(directory: Path) -> tuple[list[RecordedRelease], list[str]
                     list_commit=doc.get("list_commit"),
                     images=int(doc["images"]),
                     package_bytes=int(doc.get("tarball_bytes", 0)),
-                    added_blobs=int(str(sync.get("blobs_copied", 0))),
-                    added_bytes=int(str(sync.get("bytes_moved", 0))),
+                    added_blobs=int(sync.get("blobs_copied", 0)),
+                    added_bytes=int(sync.get("bytes_moved", 0)),
                     recorded=path.stat().st_mtime,
                 )
             )

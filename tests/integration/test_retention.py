@@ -437,3 +437,22 @@ def test_release_1_after_the_prune_fetches_only_the_pruned_images_again(scenario
     assert len(gone) <= sync.blobs_copied <= len(needed), (sync.blobs_copied, len(gone), len(needed))
     assert sync.blobs_copied < _stage(r1, "archive sync").blobs_copied
     assert scenario.blobs["r1-after"] == scenario.blobs["r3"]
+
+
+def test_the_retention_flow_is_a_dry_run_by_default_then_prunes(scenario, prefect_harness):
+    """The deployment's code path: the flow, its tasks, the lists read from git at the last two
+    tags. Runs last: it prunes release 1 again, which the tests above have looked at already."""
+    from flows.retention import archive_retention
+    from layover.settings import KeepRecent, RetentionRequest
+
+    rule = KeepRecent(repo=str(scenario.lists_repo), pattern="v*", last=2)
+    lower = scenario.work / "lower"
+    before = snapshot(lower)
+    dry = archive_retention(RetentionRequest(work_dir=scenario.work, keep_recent=rule))
+    assert dry.dry_run and dry.deleted == 0 and "delete 5 tags" in dry.plan
+    assert snapshot(lower) == before
+    done = archive_retention(RetentionRequest(work_dir=scenario.work, keep_recent=rule, dry_run=False))
+    assert not done.dry_run and done.deleted > 0 and done.bytes_freed > 0
+    assert archive_blobs(scenario.work) == scenario.blobs["pruned"]
+    again = archive_retention(RetentionRequest(work_dir=scenario.work, keep_recent=rule, dry_run=False))
+    assert again.deleted == 0

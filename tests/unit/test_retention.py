@@ -396,3 +396,13 @@ def test_prune_after_an_interrupted_one_removes_the_empty_dirs_it_left(archive, 
     assert "empty dirs an interrupted prune left" in r.output
     assert empty_dirs(work / "lower") == set()
     assert (layout.layers("app")).is_dir()  # a kept repository's internals are never swept
+
+
+def test_list_refs_reads_tags_and_branches_from_a_path_and_a_url(list_repo):
+    from layover.adapters.git import list_refs
+
+    expected = ["refs/heads/main", "refs/tags/v1", "refs/tags/v10", "refs/tags/v2"]
+    assert list_refs(str(list_repo)) == expected
+    assert list_refs(f"file://{list_repo}") == expected
+    with pytest.raises(LayoverError, match="no such directory, and not a URL"):
+        list_refs(str(list_repo / "nope"))
