@@ -17,7 +17,8 @@ from layover.workdir import WorkDir
 @task(name="publish-report", cache_policy=NO_CACHE)
 def publish_report(report: ReleaseReport, wd: WorkDir) -> None:
     wd.releases.mkdir(exist_ok=True)
-    for path in (Path(report.output + ".json"), wd.releases / f"{report.sha256}.json"):
+    record = wd.releases / f"{report.sha256}.json"  # the first build of a package: what it added
+    for path in (Path(report.output + ".json"), *(() if record.exists() else (record,))):
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(report.to_json())
         os.replace(tmp, path)

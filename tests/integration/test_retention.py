@@ -352,6 +352,9 @@ def test_status_lists_the_three_releases_and_what_a_prune_would_free(scenario):
     assert [r["sha256"] for r in doc["releases"]] == [scenario.reports[f"r{n}"].sha256 for n in (1, 2, 3)]
     added = [r["added_blobs"] for r in doc["releases"]]
     assert added[0] > added[1] > 0 and added[2] > 0  # the first release brought the base layers
+    # release 3 was built again in the race (same package, nothing added): the first record stays
+    later = json.loads(scenario.outputs["status-after"].stdout)["releases"]
+    assert [r["added_blobs"] for r in later] == added
     assert doc["blobs"] == len(scenario.blobs["r3"])
     plan = json.loads(scenario.outputs["dry-run-json"].stdout)["plan"]
     assert doc["prune"]["bytes_freed"] == plan["delete"]["bytes"] > 0
