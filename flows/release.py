@@ -81,5 +81,5 @@ def release(request: ReleaseRequest) -> ReleaseReport:
         tarball_bytes=size,
         stages=tuple(stages),
     )
-    publish_report(report)
+    publish_report(report, wd)
     return report

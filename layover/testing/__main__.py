@@ -17,7 +17,7 @@ app = typer.Typer(add_completion=False, help="Deterministic sample images for La
 @app.command()
 def push(
     registry: Annotated[str, typer.Option(help="Registry to push to, 127.0.0.1:PORT (plain HTTP).")],
-    release_number: Annotated[int, typer.Option("--release", help="Sample release: 1 or 2.")] = 1,
+    release_number: Annotated[int, typer.Option("--release", help="Sample release: 1, 2 or 3.")] = 1,
     list_out: Annotated[Path | None, typer.Option(help="Write the release's images.list here.")] = None,
     scale: Annotated[float, typer.Option(help="Multiply every layer's size by this factor.")] = 1.0,
     pin_digests: Annotated[bool, typer.Option(help="Write repo:tag@digest lines in the list.")] = False,
@@ -45,7 +45,7 @@ def push(
 
 @app.command("list")
 def list_(
-    release_number: Annotated[int, typer.Option("--release", help="Sample release: 1 or 2.")] = 1,
+    release_number: Annotated[int, typer.Option("--release", help="Sample release: 1, 2 or 3.")] = 1,
     scale: Annotated[float, typer.Option(help="Multiply every layer's size by this factor.")] = 1.0,
     pin_digests: Annotated[bool, typer.Option(help="Write repo:tag@digest lines.")] = False,
 ) -> None:

@@ -1,4 +1,4 @@
-"""The sample release history: a small but realistic pair of releases, built with images.py.
+"""The sample release history: three small but realistic releases, built with images.py.
 
     base layers (shared)     debian-ish, python-ish, java-ish   (a few hundred KiB each)
     every image              one base layer + 1-2 app layers + a config JSON blob
@@ -12,6 +12,8 @@
                              team-b/batch and team-b/legacy are dropped;
                              platform/search and apps/team-c/report are added;
                              everything else is byte-identical to release 1
+    release 3 (11 images)    metrics (the OCI index) and team-a/worker get a new top layer
+                             and tag; team-c/report is dropped; the rest is release 2's
 
 Same bytes on every run: file contents come from a `random.Random` seeded with a string, and
 images.py fixes everything else. The demo's tarball digest depends on these bytes, so a change
@@ -40,7 +42,7 @@ from layover.testing.images import (
     platform_image,
 )
 
-RELEASES = (1, 2)
+RELEASES = (1, 2, 3)
 
 _PLATFORMS = {"amd64": Platform("amd64"), "arm64": Platform("arm64", variant="v8")}
 
@@ -234,27 +236,47 @@ _ADDED = (
 )
 
 
-def _release_2() -> tuple[_Spec, ...]:
-    specs = []
-    for s in _RELEASE_1:
-        if s.repository in _DROPPED:
+def _evolve(specs: tuple[_Spec, ...], changed: dict[str, tuple[str, str]], dropped: frozenset[str]
+            ) -> list[_Spec]:
+    """The next release's specs: `changed` repositories get a new tag and top layer, the lower
+    layers stay the same; `dropped` ones go."""
+    out = []
+    for s in specs:
+        if s.repository in dropped:
             continue
-        if s.repository in _CHANGED:
-            tag, label = _CHANGED[s.repository]
+        if s.repository in changed:
+            tag, label = changed[s.repository]
             s = _Spec(s.repository, tag, s.kind, s.base, (*s.apps[:-1], (label, s.apps[-1][1])))
-        specs.append(s)
+        out.append(s)
+    return out
+
+
+def _release_2() -> tuple[_Spec, ...]:
+    specs = _evolve(_RELEASE_1, _CHANGED, _DROPPED)
     # Keep namespaces grouped: platform/search after the other platform images.
     specs.insert(max(i for i, s in enumerate(specs) if s.repository.startswith("platform/")) + 1, _ADDED[0])
     specs.append(_ADDED[1])
     return tuple(specs)
 
 
+# Release 3: a third step of history, so retention can keep "the last two" and drop the first.
+_CHANGED_3 = {
+    "platform/metrics": ("1.0.0", "exporter-1.0.0"),
+    "apps/team-a/worker": ("1.1.0", "app-1.1.0"),
+}
+_DROPPED_3 = frozenset({"apps/team-c/report"})
+
+
+def _release_3() -> tuple[_Spec, ...]:
+    return tuple(_evolve(_release_2(), _CHANGED_3, _DROPPED_3))
+
+
 @functools.lru_cache(maxsize=8)
 def release(n: int, scale: float = 1.0) -> Release:
-    """Release `n` (1 or 2) of the sample history; `scale` multiplies every layer's size."""
+    """Release `n` (1, 2 or 3) of the sample history; `scale` multiplies every layer's size."""
     if n not in RELEASES:
         raise ValueError(f"sample release {n} does not exist; choose one of {RELEASES}")
     if not 0 < scale <= 100:
         raise ValueError(f"scale {scale} is out of range; use a factor in (0, 100], 1.0 is a few MiB")
-    specs = _RELEASE_1 if n == 1 else _release_2()
+    specs = _RELEASE_1 if n == 1 else _release_2() if n == 2 else _release_3()
     return Release(n, float(scale), tuple(_build(s, float(scale)) for s in specs))

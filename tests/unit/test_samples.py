@@ -158,8 +158,8 @@ def test_scale_shrinks_layers_and_bad_arguments_are_refused() -> None:
     small = sum(map(len, release(1, SMALL).blobs.values()))
     big = sum(map(len, release(1, 0.2).blobs.values()))
     assert small * 2 < big
-    with pytest.raises(ValueError, match="release 3 does not exist"):
-        release(3)
+    with pytest.raises(ValueError, match="release 4 does not exist"):
+        release(4)
     with pytest.raises(ValueError, match="out of range"):
         release(1, 0)
 
@@ -197,3 +197,13 @@ def test_list_text_parses_to_exactly_the_release_images(n: int, pin: bool) -> No
     assert parsed.duplicates == ()
     expected = [(i.repository, i.tag, i.digest if pin else None) for i in r.images]
     assert [(ref.repository, ref.tag, ref.digest) for ref in parsed.refs] == expected
+
+
+def test_release_3_changes_two_top_layers_drops_one_keeps_the_rest() -> None:
+    two, three = by_repo(release(2, SMALL)), by_repo(release(3, SMALL))
+    assert set(two) - set(three) == {"apps/team-c/report"}
+    assert set(three) <= set(two)
+    changed = {repo for repo in three if two[repo].digest != three[repo].digest}
+    assert changed == {"platform/metrics", "apps/team-a/worker"}
+    for repo in changed:  # only the top layer is new: the base layers stay shared
+        assert len(set(two[repo].blobs) - set(three[repo].blobs)) == (4 if repo == "platform/metrics" else 2)
