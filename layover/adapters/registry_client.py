@@ -76,13 +76,13 @@ class SideFlags:
     """The command-line flags that configure one side, named in error messages."""
 
     authfile: str
-    tls_verify: str
+    tls_off: str  # the switch that turns verification off, as the CLI spells it
     cert_dir: str
 
 
-ANY_SIDE = SideFlags("--authfile", "--tls-verify", "--cert-dir")
-SOURCE = SideFlags("--src-authfile", "--src-tls-verify", "--src-cert-dir")
-DESTINATION = SideFlags("--dest-authfile", "--dest-tls-verify", "--dest-cert-dir")
+ANY_SIDE = SideFlags("--authfile", "--no-tls-verify", "--cert-dir")
+SOURCE = SideFlags("--src-authfile", "--no-src-tls-verify", "--src-cert-dir")
+DESTINATION = SideFlags("--dest-authfile", "--no-dest-tls-verify", "--dest-cert-dir")
 
 
 @dataclass(frozen=True)
@@ -912,7 +912,7 @@ class RegistryClient:
             what = f"the TLS handshake failed ({_reason(e)}; a plain-HTTP registry fails so)"
         return TLSError(
             f"{url}: {what}; put the registry's CA in a directory as NAME.crt and pass "
-            f"{flags.cert_dir} DIR, or, for a registry you trust, {flags.tls_verify}=false"
+            f"{flags.cert_dir} DIR, or, for a registry you trust, {flags.tls_off}"
         )
 
     def _status_error(

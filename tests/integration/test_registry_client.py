@@ -266,7 +266,7 @@ def test_without_the_ca_the_certificate_does_not_verify(site, clean_env):
         c.tags("team/app")
     text = str(e.value)
     assert f"https://{site.secure}/v2/: its certificate did not verify against the system CAs" in text
-    assert "--src-cert-dir DIR" in text and "--src-tls-verify=false" in text and "\n" not in text
+    assert "--src-cert-dir DIR" in text and "--no-src-tls-verify" in text and "\n" not in text
 
 
 def test_tls_verification_off_still_speaks_tls_first(site, clean_env):
@@ -309,7 +309,7 @@ def test_plain_http_registry_with_tls_verification_off(site, clean_env):
 def test_plain_http_registry_with_tls_verification_on_is_a_tls_error(site, clean_env):
     with RegistryClient(Endpoint(site.plain, flags=SOURCE)) as c, pytest.raises(TLSError) as e:
         c.ping()
-    assert "TLS handshake failed" in str(e.value) and "--src-tls-verify=false" in str(e.value)
+    assert "TLS handshake failed" in str(e.value) and "--no-src-tls-verify" in str(e.value)
 
 
 def test_nothing_listening_is_transient(clean_env):
