@@ -9,8 +9,8 @@ Checks, each failure a typed Problem:
   - nothing else: no repository or tag outside the list, no unreferenced blob, no `_uploads`.
 
 `listed_only` (what `layover install` checks in a storage dir that holds other images too):
-only the listed images' checks, and only the blobs they reference are hashed (minus those the
-caller has just hashed itself); the "nothing else" checks are skipped.
+only the listed images' checks, and only the blobs they reference are hashed; the "nothing
+else" checks are skipped. `hashed`: blobs the caller has checked itself, not hashed again.
 
 A tarball's contents file (`layover/contents.json`, its first member) is not storage and not
 a stray; layover/install.py checks it against the tree.
@@ -137,7 +137,7 @@ def verify_storage(layout: StorageLayout, images: ImageList, *, workers: int = 4
     workers = max(1, workers)
     if listed_only:
         return _verify_listed(layout, view, images, workers, hashed, start)
-    items = [(h, view.paths.blob_data(h)) for h in sorted(view.blob_sizes)]
+    items = [(h, view.paths.blob_data(h)) for h in sorted(view.blob_sizes) if h not in hashed]
     with ThreadPoolExecutor(max_workers=workers) as pool:
         # Hash in the background while the structure is checked; each worker takes every n-th
         # blob so sizes spread evenly enough.
