@@ -68,7 +68,7 @@ def release(request: ReleaseRequest) -> ReleaseReport:
             regs.stop(package)  # never delete under a running registry
             stages.append(collect_garbage(wd, listed.images))
             stages.append(verify_package(wd, listed.images))
-            tar_stage, sha256, size = write_release_tarball(wd, request.output)
+            tar_stage, sha256, size, contents = write_release_tarball(wd, request.output, listed)
             stages.append(tar_stage)
         finally:
             teardown(wd, regs)
@@ -80,6 +80,7 @@ def release(request: ReleaseRequest) -> ReleaseReport:
         sha256=sha256,
         tarball_bytes=size,
         stages=tuple(stages),
+        contents=contents,
     )
-    publish_report(report)
+    publish_report(report, wd.releases)
     return report

@@ -1,4 +1,5 @@
-"""Publish the run's report: a markdown artifact in Prefect and a JSON sidecar by the tarball."""
+"""Publish the run's report: a markdown artifact in Prefect, a JSON sidecar by the tarball, and a
+copy in the work dir's releases/ (named by the package's sha256)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,16 @@ from layover.report import ReleaseReport
 
 
 @task(name="publish-report", cache_policy=NO_CACHE)
-def publish_report(report: ReleaseReport) -> None:
+def publish_report(report: ReleaseReport, releases: Path | None = None) -> None:
     sidecar = Path(report.output + ".json")
-    tmp = sidecar.with_name(f".{sidecar.name}.tmp")
-    tmp.write_text(report.to_json())
-    os.replace(tmp, sidecar)
+    records = [sidecar]
+    if releases is not None:
+        releases.mkdir(parents=True, exist_ok=True)
+        records.append(releases / f"{report.sha256}.json")
+    for path in records:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(report.to_json())
+        os.replace(tmp, path)
     create_markdown_artifact(
         key="release-report", markdown=report.to_markdown(), description="Layover release report"
     )

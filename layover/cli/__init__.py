@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import sys
 
-from layover.cli import gc, push, registry_image, repair, run, verify  # noqa: F401 - each registers its verb
+from layover.cli import contents, diff, gc, install, registry_image, repair, run, verify  # noqa: F401 - each registers its verb
+from layover.cli import push  # noqa: F401
 from layover.cli.app import app
 
 __all__ = ["app", "main"]
