@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import sys
 
+import layover.cli.push  # noqa: F401 - registers its verb
 from layover.cli import contents, diff, gc, install, registry_image, repair, run, verify  # noqa: F401 - each registers its verb
-from layover.cli import push  # noqa: F401
 from layover.cli.app import app
 
 __all__ = ["app", "main"]
