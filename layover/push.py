@@ -32,7 +32,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -41,6 +41,9 @@ from typing import Protocol, TypeVar
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
+from layover.contents import CONTENTS_MEMBER, MAX_CONTENTS_BYTES, Contents
+from layover.contents import Image as ContentsImage
+from layover.contents import parse as parse_contents
 from layover.errors import (
     ImageNotFoundError,
     LayoverError,
@@ -54,7 +57,7 @@ from layover.errors import (
 from layover.manifest import media_type_of, parse_manifest
 from layover.reference import HEX64, Digest, ImageRef
 from layover.storage.hashing import sha256_file
-from layover.storage.layout import LINK_SIZE, V2, StorageLayout, parse_link
+from layover.storage.layout import LINK_SIZE, StorageLayout, parse_link
 from layover.storage.walk import Refs, walk
 from layover.tarindex import RangeReader, TarIndex
 from layover.units import human_bytes
@@ -270,12 +273,38 @@ class PushReport:
 
 # --- the package -------------------------------------------------------------------------------
 class Package:
-    """A package tarball, indexed: its storage tree read through StorageLayout's paths."""
+    """A package tarball, indexed: its contents file (layover/contents.py: which images, and for
+    a delta which base and which blobs it leaves out) and its storage tree, read through
+    StorageLayout's paths. A package made before Layover wrote contents files is read from its
+    tree alone: its images are its tags and untagged root manifests."""
 
     def __init__(self, index: TarIndex) -> None:
         self.index = index
-        self.root = _storage_root(index)
+        self.contents: Contents | None = None
+        if index.member(CONTENTS_MEMBER) is not None:
+            data = index.read(CONTENTS_MEMBER, limit=MAX_CONTENTS_BYTES)
+            self.contents = parse_contents(data, f"{index.path}:{CONTENTS_MEMBER}")
+        self._images = (
+            {(i.repository, i.tag, i.digest): i for i in self.contents.images} if self.contents else {}
+        )
+        self.root = self.contents.storage_root if self.contents is not None else ""
         self.paths = StorageLayout(Path(self.root)).strings()
+        if not index.is_dir(self.paths.repositories):
+            raise PackageError(
+                f"{index.path}: no {self.paths.repositories} inside; this is not a Layover package"
+            )
+
+    def image(self, root: Root) -> ContentsImage:
+        """The contents file's entry for one of its roots."""
+        return self._images[(root.repository, root.tag, str(root.digest))]
+
+    @property
+    def provider(self) -> str:
+        """Who provides the blobs a delta leaves out, for messages."""
+        if self.contents is None or self.contents.delta is None:
+            return ""
+        base = self.contents.delta.base
+        return f"its base package ({base.release}, sha256 {base.sha256})"
 
     def close(self) -> None:
         self.index.close()
@@ -314,7 +343,10 @@ class Package:
         return data
 
     def roots(self) -> list[Root]:
-        """Every tag, then every manifest revision no tag and no other manifest reaches."""
+        """The contents file's images; without one, every tag, then every manifest revision no
+        tag and no other manifest reaches (a digest-pinned listed image)."""
+        if self.contents is not None:
+            return [Root(i.repository, i.tag, Digest.parse(i.digest)) for i in self.contents.images]
         idx, paths = self.index, self.paths
         roots: list[Root] = []
         for repo in self._repositories():
@@ -351,32 +383,6 @@ class Package:
                 names.append(rel)
             stack.extend(f"{rel}/{c}" if rel else c for c in children if not c.startswith("_"))
         return sorted(names)
-
-
-def _storage_root(index: TarIndex) -> str:
-    """Where `docker/registry/v2` sits in the tarball: "" for a full package."""
-    anchor = V2.as_posix()
-    if index.is_dir(anchor):
-        return ""
-    found = [d for d in _dirs_named(index, anchor) if d != anchor]
-    if len(found) != 1:
-        raise PackageError(
-            f"{index.path}: {'no' if not found else 'more than one'} {anchor} tree inside; this is not a Layover package"
-        )
-    return found[0][: -len(anchor) - 1]
-
-
-def _dirs_named(index: TarIndex, anchor: str) -> Iterator[str]:
-    parts = anchor.split("/")
-    stack = [""]
-    while stack:
-        d = stack.pop()
-        for c in index.subdirs(d):
-            path = f"{d}/{c}" if d else c
-            if path.split("/")[-len(parts) :] == parts:
-                yield path
-            elif path.count("/") < 8:  # the tree itself is never searched below its root
-                stack.append(path)
 
 
 # --- planning (pure: the package and a fetch for manifests it does not carry) -----------------
@@ -432,27 +438,6 @@ def _check_schema1(plan_: Plan) -> None:
 
 
 # --- checksum ----------------------------------------------------------------------------------
-def expected_sha256(package: Path, given: str | None) -> str:
-    """The sha256 the package must have: `given`, else the first field of PACKAGE.sha256."""
-    if given is not None:
-        hex_ = given.lower().removeprefix("sha256:")
-        if not HEX64.fullmatch(hex_):
-            raise UsageError(f"--sha256 {given!r}: give the 64 hex digits of the package's sha256")
-        return hex_
-    sidecar = package.with_name(package.name + ".sha256")
-    try:
-        text = sidecar.read_text(encoding="ascii", errors="replace")
-    except FileNotFoundError:
-        raise PackageError(
-            f"{package}: no {sidecar.name} beside it to check it against; copy it along, pass --sha256 HEX, "
-            "or --no-checksum"
-        ) from None
-    fields = text.split()
-    if not fields or not HEX64.fullmatch(fields[0]):
-        raise PackageError(f"{sidecar}: not in `sha256sum` format (64 hex digits, then the file name)")
-    return fields[0]
-
-
 def check_sha256(package: Path, expected: str) -> None:
     got, _ = sha256_file(package)
     if got != expected:
@@ -531,19 +516,21 @@ class _Push:
     # --- the phases --------------------------------------------------------------------------
     def run(self, roots: Iterable[Root] | None) -> PushReport:
         t = time.monotonic()
-        roots = list(self.pkg.roots() if roots is None else roots)
+        roots = sorted(set(self.pkg.roots() if roots is None else roots))
         if not roots:
             raise PackageError(f"{self.pkg.index.path}: the package holds no image; nothing to push")
         for r in roots:
             self._target_ref(r)  # every name fits the target's grammar, before any request
-        the_plan = plan(self.pkg, roots, self._fetch_from_target)
-        _check_schema1(the_plan)
-        t = self._timed("plan", t)
-
-        actions = self._check_tags(the_plan)
-        work = [img for img in the_plan.images if actions[img.root][0] in (Action.PUSH, Action.OVERWRITE)]
-        self._check_blobs(the_plan, work)
+        actions = self._check_tags(roots)
+        work_roots = [r for r in roots if actions[r][0] in (Action.PUSH, Action.OVERWRITE)]
+        self._check_assumed(work_roots)
         t = self._timed("check", t)
+
+        the_plan = plan(self.pkg, work_roots, self._fetch_from_target)
+        _check_schema1(the_plan)
+        work = list(the_plan.images)
+        self._check_blobs(the_plan, work)
+        t = self._timed("plan", t)
 
         to_send = sum(
             the_plan.sizes.get(d, 0)
@@ -577,13 +564,13 @@ class _Push:
             ok = True
         finally:
             self.progress.stage_finished(STAGE, ok=ok)
-        for img in the_plan.images:
-            action, previous = actions[img.root]
+        for root in roots:
+            action, previous = actions[root]
             self.report.images.append(
                 ImageResult(
-                    str(img.root),
-                    self._target_ref(img.root),
-                    str(img.root.digest),
+                    str(root),
+                    self._target_ref(root),
+                    str(root.digest),
                     action.value,
                     str(previous) if previous else None,
                 )
@@ -619,12 +606,11 @@ class _Push:
         others = sorted({self.dest.repository(r) for r in self.pkg._repositories()} - {own})
         return [own, *others]
 
-    def _check_tags(self, the_plan: Plan) -> dict[Root, tuple[Action, Digest | None]]:
+    def _check_tags(self, roots: list[Root]) -> dict[Root, tuple[Action, Digest | None]]:
         """Every tag looked up before anything is written; FAIL refuses on the first conflict
         found, after looking at all of them, naming them."""
 
-        def look(img: PlannedImage) -> tuple[Root, Digest | None, bool]:
-            root = img.root
+        def look(root: Root) -> tuple[Root, Digest | None, bool]:
             repo = self.dest.repository(root.repository)
             try:
                 if root.tag is None:
@@ -638,20 +624,20 @@ class _Push:
             except ImageNotFoundError:
                 return root, None, False
 
-        found = {r: (cur, exists) for r, cur, exists in self._map(look, the_plan.images)}
+        found = {r: (cur, exists) for r, cur, exists in self._map(look, roots)}
         actions: dict[Root, tuple[Action, Digest | None]] = {}
         conflicts: list[tuple[Root, Digest]] = []
-        for img in the_plan.images:
-            current, exists = found[img.root]
+        for root in roots:
+            current, exists = found[root]
             if not exists:
-                actions[img.root] = (Action.PUSH, None)
-            elif current == img.root.digest:
-                actions[img.root] = (Action.PRESENT, None)
+                actions[root] = (Action.PUSH, None)
+            elif current == root.digest:
+                actions[root] = (Action.PRESENT, None)
             else:
                 assert current is not None
-                conflicts.append((img.root, current))
+                conflicts.append((root, current))
                 policy = self.opt.on_existing_tag
-                actions[img.root] = (
+                actions[root] = (
                     Action.SKIP if policy is OnExistingTag.SKIP else Action.OVERWRITE,
                     current,
                 )
@@ -665,6 +651,63 @@ class _Push:
                 "nothing was pushed. Pass --on-existing-tag skip to leave them, or overwrite to move them"
             )
         return actions
+
+    def _check_assumed(self, roots: list[Root]) -> None:
+        """A delta: every blob and manifest it leaves out, that the images to push use, must be
+        in the target (HEAD, in the image's repository or another of the package's); all of
+        them are looked for, and the missing ones named, before anything is written."""
+        contents = self.pkg.contents
+        if contents is None or contents.delta is None:
+            return
+        assumed = contents.assumed
+        wanted: dict[tuple[str, str], tuple[Root, bool]] = {}  # (repository, hex) -> (user, manifest?)
+        for root in roots:
+            img = self.pkg.image(root)
+            for d in img.manifests:
+                if d[7:] in assumed:
+                    wanted.setdefault((root.repository, d[7:]), (root, True))
+            for d in img.blobs:
+                if d[7:] in assumed:
+                    wanted.setdefault((root.repository, d[7:]), (root, False))
+
+        def find(key: tuple[str, str]) -> tuple[tuple[str, str], str | None]:
+            repository, hex_ = key
+            d, is_manifest = Digest(hex_), wanted[key][1]
+            for repo in self._candidates(repository):
+                try:
+                    if is_manifest:
+                        self._retry(partial(self.client.head_manifest, repo, d))
+                        return key, repo
+                    if self._retry(partial(self.client.blob_size, repo, d)) is not None:
+                        return key, repo
+                except ImageNotFoundError:
+                    continue
+            return key, None
+
+        missing: list[tuple[str, Digest]] = []
+        for key, holder in self._map(find, sorted(wanted)):
+            if holder is None:
+                missing.append((str(wanted[key][0]), Digest(key[1])))
+            elif not wanted[key][1]:
+                self._present.setdefault(Digest(key[1]), set()).add(holder)
+        self._refuse_missing(missing)
+
+    def _refuse_missing(self, missing: list[tuple[str, Digest]]) -> None:
+        if not missing:
+            return
+        first_user: dict[Digest, str] = {}
+        for who, d in sorted(missing, key=lambda m: (m[1], m[0])):
+            first_user.setdefault(d, who)
+        missing = [(who, d) for d, who in first_user.items()]
+        shown = ", ".join(f"{d} (used by {who})" for who, d in missing[:3])
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        if self.pkg.contents is not None and self.pkg.contents.delta is not None:
+            what = f"{len(missing)} blob(s) it does not carry are not in {self.report.target}"
+            fix = f"push {self._provider()} there first"
+        else:
+            what = f"{len(missing)} blob(s) are neither in the package nor in {self.report.target}"
+            fix = "the package is incomplete: check it against its .sha256, or rebuild it"
+        raise PackageError(f"{self.pkg.index.path}: {what}: {shown}{more}; {fix}. Nothing was pushed")
 
     def _check_blobs(self, the_plan: Plan, work: list[PlannedImage]) -> None:
         """HEAD every (repository, blob) pair the work needs; a blob the package does not carry
@@ -697,14 +740,7 @@ class _Push:
                 missing.append((str(users[d][0]), d))
             else:
                 self._present.setdefault(d, set()).add(holder)
-        if missing:
-            shown = ", ".join(f"{d} (used by {who})" for who, d in missing[:3])
-            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-            provider = self.opt.provider or "the package this one was made from"
-            raise PackageError(
-                f"{self.pkg.index.path}: {len(missing)} blob(s) it does not carry are not in {self.report.target}: "
-                f"{shown}{more}; push {provider} there first. Nothing was pushed"
-            )
+        self._refuse_missing(missing)
 
     # --- images --------------------------------------------------------------------------------
     def _image(self, img: PlannedImage, the_plan: Plan) -> None:
@@ -739,7 +775,7 @@ class _Push:
                 if not outcome:
                     raise PackageError(
                         f"{repo}: blob {d} is not carried by the package and {self.client.host} declined to "
-                        f"mount it from {', '.join(sources)}; push {self.opt.provider or 'the base package'} first"
+                        f"mount it from {', '.join(sources)}; push {self._provider()} first"
                     )
             have.add(repo)
         if outcome == "uploaded":
@@ -780,6 +816,9 @@ class _Push:
         if action is Action.OVERWRITE:
             log.warning("push: moved %s/%s:%s to %s", self.client.host, repo, img.root.tag, top.digest)
 
+    def _provider(self) -> str:
+        return self.opt.provider or self.pkg.provider or "the package this one was made from"
+
     def _add(self, **counts: int) -> None:
         with self._mutex:
             for k, v in counts.items():
@@ -807,7 +846,6 @@ __all__ = [
     "PushReport",
     "Root",
     "check_sha256",
-    "expected_sha256",
     "open_package",
     "plan",
     "push",

@@ -63,7 +63,8 @@ def push(
     """Push every image of a package into a registry: digests kept, blobs it has skipped, tags last."""
     from layover.adapters.credential_helper import resolver
     from layover.adapters.registry_client import DESTINATION, Endpoint, RegistryClient
-    from layover.push import Destination, Options, check_sha256, expected_sha256, open_package
+    from layover.package import expected_sha256
+    from layover.push import Destination, Options, check_sha256, open_package
     from layover.push import push as push_package
 
     try:

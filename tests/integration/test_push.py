@@ -22,13 +22,18 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from layover.adapters.registry_api import push_release
-from layover.adapters.tar_writer import PlainTree, write_tarball
+from layover.adapters.tar_writer import MemoryFile, PlainTree, write_tarball
+from layover.contents import CONTENTS_MEMBER
+from layover.contents import build as build_contents
+from layover.imagelist import parse_text
+from layover.push import open_package
 from layover.reference import Digest
 from layover.samples import Release, release
 from layover.storage.layout import StorageLayout
@@ -94,7 +99,8 @@ def site(module_registries, tmp_path_factory) -> Iterator[Site]:
 @pytest.fixture(scope="module")
 def packages(module_registries, tmp_path_factory) -> Packages:
     """Sample releases 1 and 2 as packages: each pushed into its own registry container, which
-    is then stopped and its storage written with the tar writer."""
+    is then stopped and its storage written with the tar writer, the contents file first (what
+    the pipeline's tarball stage does)."""
     base = tmp_path_factory.mktemp("push-packages")
     tars, rels = {}, {}
     for n in (1, 2):
@@ -104,7 +110,12 @@ def packages(module_registries, tmp_path_factory) -> Packages:
         rels[n] = release(n)
         push_release(reg.host, rels[n])
         module_registries.stop(reg)
-        tars[n] = write_tarball(PlainTree(storage), base / f"release-{n}.tar").path
+        listed = parse_text(rels[n].list_text(), f"release-{n}.list")
+        contents = build_contents(
+            StorageLayout(storage), listed, list_source=f"release-{n}.list", list_commit=None
+        )
+        first = [MemoryFile(CONTENTS_MEMBER, contents.to_bytes())]
+        tars[n] = write_tarball(PlainTree(storage), base / f"release-{n}.tar", first=first).path
     return Packages(tars, rels)
 
 
@@ -187,9 +198,12 @@ def pull(site: Site, ref: str, out: Path) -> Digest:
 
 
 def pulls_every_image(site: Site, rel: Release, prefix: str, tmp: Path) -> None:
-    for img in rel.images:
-        assert pull(site, f"{prefix}/{img.repository}:{img.tag}", tmp / "by-tag") == img.digest, img
-        assert pull(site, f"{prefix}/{img.repository}@{img.digest}", tmp / "by-digest") == img.digest, img
+    """Every image pulls whole by tag and by digest, with the package's digest (4 skopeo at once)."""
+    refs = [(f"{prefix}/{i.repository}:{i.tag}", i.digest) for i in rel.images]
+    refs += [(f"{prefix}/{i.repository}@{i.digest}", i.digest) for i in rel.images]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda r: pull(site, r[0], tmp / "pulled"), refs))
+    assert got == [digest for _, digest in refs]
 
 
 def prefix_for(name: str) -> str:
@@ -199,6 +213,8 @@ def prefix_for(name: str) -> str:
 # --- tests -------------------------------------------------------------------------------------
 def test_push_behind_tls_and_basic_auth_with_a_prefix_then_every_image_pulls(site, packages, tmp_path):
     prefix = prefix_for("customer/mirror")
+    with open_package(packages.tar[1]) as pkg:
+        assert pkg.contents is not None  # the images come from the contents file
     report_file = tmp_path / "report.json"
     done = layover_push(
         site, packages.tar[1], prefix, "--report", str(report_file), "--progress-seconds", "0.2"

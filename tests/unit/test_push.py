@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import shutil
 import tarfile
 import threading
@@ -16,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from layover.adapters.tar_writer import PlainTree, write_tarball
+from layover.adapters.tar_writer import ListedMember, ListedTree, MemoryFile, PlainTree, write_tarball
+from layover.contents import CONTENTS_MEMBER, AssumedBlob, Base, Contents, Delta, assemble
+from layover.contents import build as contents_build
 from layover.errors import (
     ImageNotFoundError,
     PackageError,
@@ -25,7 +28,9 @@ from layover.errors import (
     TransientHTTPError,
     UsageError,
 )
+from layover.imagelist import parse_text
 from layover.manifest import parse_manifest
+from layover.package import expected_sha256
 from layover.push import (
     Action,
     Destination,
@@ -33,11 +38,11 @@ from layover.push import (
     Options,
     Root,
     check_sha256,
-    expected_sha256,
     open_package,
     push,
 )
 from layover.reference import Digest
+from layover.tarball import Entry, Kind
 from layover.tarindex import TarIndex
 from tests.unit.storage_builder import StorageBuilder, digest_of
 
@@ -285,15 +290,15 @@ def test_a_blob_the_package_leaves_out_is_mounted_from_where_the_target_has_it(t
     assert target.tags["mirror/apps/web"]["1.0"] == built.digests["apps/web:1.0"]
 
 
-def test_a_blob_missing_everywhere_is_named_and_nothing_is_written(tmp_path):
+def test_a_blob_missing_from_package_and_target_is_named_and_nothing_is_written(tmp_path):
     shared = digest_of(b"base layer shared by every image\n" * 50)
     built = build(tmp_path, drop=shared)
     target = FakeTarget()
     with pytest.raises(PackageError) as e:
-        run_push(built, target, provider="release 7.1 (sha256 0123abcd...)")
+        run_push(built, target)
     text = str(e.value)
-    assert f"1 blob(s) it does not carry are not in {target.host}/mirror: {shared}" in text
-    assert "push release 7.1 (sha256 0123abcd...) there first" in text
+    assert f"1 blob(s) are neither in the package nor in {target.host}/mirror: {shared} (used by" in text
+    assert "the package is incomplete" in text and "\n" not in text
     assert target.writes() == []
 
 
@@ -315,12 +320,85 @@ def test_checksum_from_the_sidecar(tmp_path):
     with pytest.raises(PackageError, match=r"sha256 is .* expected 0{64}; the package is damaged"):
         check_sha256(built.tar, "0" * 64)
     built.tar.with_name("release.tar.sha256").unlink()
-    with pytest.raises(
-        PackageError, match=r"no release.tar.sha256 beside it.*--sha256 HEX, or --no-checksum"
-    ):
+    with pytest.raises(PackageError, match=r"release.tar.sha256: missing.*--sha256 HEX \(or --no-checksum"):
         expected_sha256(built.tar, None)
     with pytest.raises(UsageError):
         expected_sha256(built.tar, "abc")
+
+
+# --- packages with a contents file: a delta ---------------------------------------------------
+def delta_case(tmp: Path) -> tuple[Built, Path, Contents, set[str]]:
+    """Release 1 as a full package (no contents file: the tree is read), and release 2 (release
+    1 plus apps/api:3.0) as a delta against it: with a contents file, its tree below
+    layover/delta, carrying only what release 1 lacks (manifests included)."""
+    built = build(tmp)
+    sb = built.storage
+    refs = f"apps/web:1.0\napps/api:2.0\ntools/cli@{built.digests['tools/cli@']}\n"
+    first = contents_build(sb.layout, parse_text(refs), list_source="r1", list_commit=None)
+    v3 = sb.image("apps/api", [built.shared, b"api version 3"], salt="v3")
+    sb.tag("apps/api", "3.0", v3)
+    second = contents_build(
+        sb.layout, parse_text(refs + "apps/api:3.0\n"), list_source="r2", list_commit=None
+    )
+    left_out = set(second.blob_sizes) & set(first.blob_sizes)
+    contents = assemble(
+        second.images,
+        list_source="r2",
+        list_commit=None,
+        sizes={b.digest: b.size for b in second.blobs},
+        delta=Delta(
+            base=Base(sha256="ab" * 32, release="release-1.list"),
+            assumed=tuple(
+                AssumedBlob(digest=f"sha256:{h}", size=second.blob_sizes[h]) for h in sorted(left_out)
+            ),
+        ),
+    )
+    members = [ListedMember(Entry(d, Kind.DIR)) for d in ("layover", contents.storage_root)]
+    for dirpath, _, filenames in os.walk(sb.root / "docker"):
+        rel = Path(dirpath).relative_to(sb.root).as_posix()
+        if any(h in rel for h in left_out):
+            continue
+        members.append(ListedMember(Entry(f"{contents.storage_root}/{rel}", Kind.DIR)))
+        for f in filenames:
+            path = Path(dirpath) / f
+            members.append(
+                ListedMember(
+                    Entry(f"{contents.storage_root}/{rel}/{f}", Kind.FILE, path.stat().st_size), path
+                )
+            )
+    out = tmp / "release-2.delta.tar"
+    write_tarball(ListedTree(tuple(members)), out, first=[MemoryFile(CONTENTS_MEMBER, contents.to_bytes())])
+    return built, out, contents, left_out
+
+
+def test_a_delta_pushes_onto_its_base_sending_only_what_it_carries(tmp_path):
+    built, delta, contents, left_out = delta_case(tmp_path)
+    target = FakeTarget()
+    opts = Options(Destination.parse("registry.example.com/mirror"), wait_max=0.01)
+    with open_package(built.tar) as pkg:
+        push(pkg, target, opts)  # the base, as the customer pushed it before
+    uploaded_before = dict(target.uploads)
+    with open_package(delta) as pkg:
+        assert pkg.contents == contents and pkg.root == "layover/delta"
+        report = push(pkg, target, opts)
+    new = {k: v for k, v in target.uploads.items() if k not in uploaded_before}
+    carried = set(contents.blob_sizes) - left_out
+    manifests = {d[7:] for i in contents.images for d in i.manifests}
+    assert {d.hex for d in new} == carried - manifests and set(new.values()) == {1}
+    assert target.tags["mirror/apps/api"]["3.0"] == Digest.parse(contents.images[1].digest)
+    assert {i.image: i.action for i in report.images}["apps/api:3.0"] == "push"
+
+
+def test_a_delta_without_its_base_names_what_is_missing_and_writes_nothing(tmp_path):
+    _, delta, _, left_out = delta_case(tmp_path)
+    target = FakeTarget()
+    with open_package(delta) as pkg, pytest.raises(PackageError) as e:
+        push(pkg, target, Options(Destination.parse("registry.example.com/mirror"), wait_max=0.01))
+    text = str(e.value)
+    assert f"{len(left_out)} blob(s) it does not carry are not in registry.example.com/mirror" in text
+    assert f"push its base package (release-1.list, sha256 {'ab' * 32}) there first" in text
+    assert "Nothing was pushed" in text and "\n" not in text
+    assert target.writes() == []
 
 
 # --- the tar index: hostile and damaged tarballs -----------------------------------------------
