@@ -4,16 +4,17 @@ The tarball is read in place (layover/tarindex.py): indexed once, then each blob
 its byte range into the upload. No extraction, no temporary registry, no disk beyond the
 package itself (docs/customer.md says why; docs/benchmarks.md has the numbers).
 
-    plan     the images: every tag of the package's storage tree, and every untagged root
-             manifest (a digest-pinned listed image); each walked with the one reachability
-             walk: its manifests children first, the config and layer blobs its repository needs
+    images   the contents file's images (layover/contents.py); a package made before contents
+             files existed: its tags and untagged root manifests (digest-pinned listed images)
     check    nothing is written yet. Every tag is looked up in the target and --on-existing-tag
-             decides (fail: one conflict refuses the whole push); every (repository, blob) pair
-             is HEADed; a blob the package does not carry (a delta's) must be in the target
-             already, in that repository or another of the package's, or the push is refused
-             naming it and the package that provides it
-    images   in parallel: each blob is present, mounted from a repository of the target that
-             holds it, or uploaded once from the tarball (later users mount it); then the
+             decides (fail: one conflict refuses the whole push). A delta: every blob and
+             manifest it leaves out must be in the target already (in the image's repository or
+             another of the package's), or the push is refused naming them and the base package
+    plan     each image walked with the one reachability walk: its manifests children first,
+             the config and layer blobs its repository needs; every (repository, blob) pair
+             HEADed, so a blob the target has anywhere among them is mounted, not sent
+    push     images in parallel: each blob is present, mounted from a repository of the target
+             that holds it, or uploaded once from the tarball (later users mount it); then the
              image's manifests by digest, index children first
     tags     last, once every image has landed: a refused or failed push tags nothing new
 
@@ -54,7 +55,7 @@ from layover.errors import (
     Transient,
     UsageError,
 )
-from layover.manifest import media_type_of, parse_manifest
+from layover.manifest import DOCKER_SCHEMA1_SIGNED, media_type_of, parse_manifest
 from layover.reference import HEX64, Digest, ImageRef
 from layover.storage.hashing import sha256_file
 from layover.storage.layout import LINK_SIZE, StorageLayout, parse_link
@@ -349,7 +350,7 @@ class Package:
             return [Root(i.repository, i.tag, Digest.parse(i.digest)) for i in self.contents.images]
         idx, paths = self.index, self.paths
         roots: list[Root] = []
-        for repo in self._repositories():
+        for repo in self._tree_repositories():
             tagged: list[Root] = []
             for tag in idx.subdirs(paths.tags(repo)):
                 link = paths.tag_current_link(repo, tag)
@@ -371,7 +372,13 @@ class Package:
             roots += [Root(repo, None, d) for d in revisions if d.hex not in reached]
         return roots
 
-    def _repositories(self) -> list[str]:
+    def repositories(self) -> list[str]:
+        """Every repository of the package, sorted."""
+        if self.contents is not None:
+            return sorted({i.repository for i in self.contents.images})
+        return self._tree_repositories()
+
+    def _tree_repositories(self) -> list[str]:
         """Every directory below repositories/ that holds an `_` internal directory."""
         top = self.paths.repositories
         names: list[str] = []
@@ -430,7 +437,7 @@ def plan(package: Package, roots: Iterable[Root], fetch: Callable[[str, Digest],
 def _check_schema1(plan_: Plan) -> None:
     for img in plan_.images:
         for m in img.manifests:
-            if m.media_type.startswith("application/vnd.docker.distribution.manifest.v1"):
+            if m.media_type == DOCKER_SCHEMA1_SIGNED:
                 raise PackageError(
                     f"{img.root}: manifest {m.digest} is Docker schema 1, which registries no longer accept; "
                     "rebuild the image"
@@ -558,7 +565,7 @@ class _Push:
                     f"nothing was tagged; first: {name}: {first}",
                     failures,
                 )
-            t = self._timed("images", t)
+            t = self._timed("push", t)
             self._map(lambda img: self._tag(img, actions[img.root][0]), work)
             t = self._timed("tags", t)
             ok = True
@@ -603,7 +610,7 @@ class _Push:
 
     def _candidates(self, repository: str) -> list[str]:
         own = self.dest.repository(repository)
-        others = sorted({self.dest.repository(r) for r in self.pkg._repositories()} - {own})
+        others = sorted({self.dest.repository(r) for r in self.pkg.repositories()} - {own})
         return [own, *others]
 
     def _check_tags(self, roots: list[Root]) -> dict[Root, tuple[Action, Digest | None]]:
