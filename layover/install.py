@@ -29,8 +29,9 @@ what is in place already is recognised (size checked, links compared) and kept.
 
 Failpoints, for the crash tests only: with LAYOVER_FAILPOINTS=<name>[,<name>...] in the
 environment the process stops itself (SIGSTOP) at that point, so a test can freeze it at an
-exact moment, look at DIR and SIGKILL it. Names: install.staged, install.blobs-midway,
-install.links, install.tags-midway.
+exact moment, look at DIR and SIGKILL it. Names: install.checked (every check passed, nothing
+written), install.staged, install.blobs-midway, install.links (blobs and links in place, no tag
+yet), install.tags-midway.
 """
 
 from __future__ import annotations
@@ -611,6 +612,7 @@ def install(
         prune: PruneSummary | None = None
         verify: VerifySummary | None = None
         if not opts.dry_run:
+            _failpoint("install.checked")
             _write(plan, written, progress)
         if opts.prune:
             prune = _prune(plan, dry_run=opts.dry_run, progress=progress)
