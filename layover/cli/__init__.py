@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from layover.cli import contents, diff, gc, install, registry_image, repair, run, verify  # noqa: F401 - each registers its verb
+from layover.cli import contents, delta, diff, gc, install, registry_image, repair, run, verify  # noqa: F401 - each registers its verb
 from layover.cli.app import app
 
 __all__ = ["app", "main"]
