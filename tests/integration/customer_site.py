@@ -66,8 +66,16 @@ def build_packages(registries, base: Path, skopeo: str) -> Packages:
     tars = {}
     for n in (1, 2, 3):
         tars[n] = base / "out" / f"release-{n}.tar"
-        release_flow(ReleaseRequest(images=ListFromFile(path=str(lists[n])), source=ci.host, src_tls_verify=False,
-                                    work_dir=base / "work", output=tars[n], concurrency=4))
+        release_flow(
+            ReleaseRequest(
+                images=ListFromFile(path=str(lists[n])),
+                source=ci.host,
+                src_tls_verify=False,
+                work_dir=base / "work",
+                output=tars[n],
+                concurrency=4,
+            )
+        )
     return Packages(ci.host, base / "work", tars, lists)
 
 
@@ -96,9 +104,13 @@ def extract(tarball: Path, root: Path) -> Path:
     return root
 
 
-def install(*args: str | Path, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
+def install(
+    *args: str | Path, env: dict[str, str] | None = None, check: bool = True
+) -> subprocess.CompletedProcess:
     """`layover install ...` as a real process."""
-    p = subprocess.run([LAYOVER, "install", *map(str, args)], capture_output=True, text=True, env=env, timeout=300)
+    p = subprocess.run(
+        [LAYOVER, "install", *map(str, args)], capture_output=True, text=True, env=env, timeout=300
+    )
     if check:
         assert p.returncode == 0, f"layover install {args} exited {p.returncode}:\n{p.stdout}\n{p.stderr}"
     return p
@@ -115,8 +127,19 @@ def pull_all(host: str, contents: Contents, dest: Path) -> int:
         for ref in refs:
             out = dest / hashlib.sha256(ref.encode()).hexdigest()[:16]
             p = subprocess.run(
-                ["skopeo", "copy", "--all", "--preserve-digests", "--src-tls-verify=false",
-                 f"docker://{host}/{ref}", f"dir:{out}"], capture_output=True, text=True, timeout=120)
+                [
+                    "skopeo",
+                    "copy",
+                    "--all",
+                    "--preserve-digests",
+                    "--src-tls-verify=false",
+                    f"docker://{host}/{ref}",
+                    f"dir:{out}",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             assert p.returncode == 0, f"skopeo could not pull {ref} from {host}: {p.stderr[-2000:]}"
             shutil.rmtree(out)
             pulled += 1

@@ -92,7 +92,8 @@ def serves_whole(api: RegistryAPI) -> int:
 
 # --- issue 12: install into an empty dir and over an older release, a registry serving it ------
 def test_install_empty_then_older_release_then_prune_while_a_cached_registry_serves(
-        packages, cached, reference, tmp_path):
+    packages, cached, reference, tmp_path
+):
     storage = tmp_path / "registry"
     storage.mkdir()
     reg = cached.start("customer", storage)
@@ -131,7 +132,9 @@ def test_install_empty_then_older_release_then_prune_while_a_cached_registry_ser
 
     report = json.loads((tmp_path / "r1.json").read_text())
     assert report["checksum"] == "verified" and report["schema"] == "layover.install-report/1"
-    assert report["package_sha256"] == packages.tars[1].with_name("release-1.tar.sha256").read_text().split()[0]
+    assert (
+        report["package_sha256"] == packages.tars[1].with_name("release-1.tar.sha256").read_text().split()[0]
+    )
     assert report["verify"]["ok"] and report["blobs"]["written"] == len(c1.blobs)
 
 
@@ -177,12 +180,26 @@ def _write(path: Path, members: list[Member]) -> Path:
 def _checksum(path: Path) -> None:
     import hashlib
 
-    path.with_name(path.name + ".sha256").write_text(f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {path.name}\n")
+    path.with_name(path.name + ".sha256").write_text(
+        f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {path.name}\n"
+    )
 
 
 def _copy(info: tarfile.TarInfo) -> tarfile.TarInfo:
     new = tarfile.TarInfo(info.name)
-    for attr in ("size", "mode", "mtime", "type", "linkname", "uid", "gid", "uname", "gname", "devmajor", "devminor"):
+    for attr in (
+        "size",
+        "mode",
+        "mtime",
+        "type",
+        "linkname",
+        "uid",
+        "gid",
+        "uname",
+        "gname",
+        "devmajor",
+        "devminor",
+    ):
         setattr(new, attr, getattr(info, attr))
     return new
 
@@ -194,8 +211,11 @@ def _extra(name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"x", linknam
 
 
 def _first_blob(ms: list[Member], at_least: int = 1, avoid: frozenset[str] = frozenset()) -> int:
-    return next(i for i, (m, d) in enumerate(ms)
-                if m.name.endswith("/data") and len(d) >= at_least and m.name.split("/")[-2] not in avoid)
+    return next(
+        i
+        for i, (m, d) in enumerate(ms)
+        if m.name.endswith("/data") and len(d) >= at_least and m.name.split("/")[-2] not in avoid
+    )
 
 
 def _mutate(kind: str, installed: frozenset[str]) -> Callable[[list[Member]], list[Member]]:
@@ -217,23 +237,23 @@ def _mutate(kind: str, installed: frozenset[str]) -> Callable[[list[Member]], li
             i = _first_blob(ms)
             info = _copy(ms[i][0])
             info.mode = 0o4755
-            return [*ms[:i], (info, ms[i][1]), *ms[i + 1:]]
+            return [*ms[:i], (info, ms[i][1]), *ms[i + 1 :]]
         if kind == "duplicate":
             return [*ms, ms[-1]]
         if kind == "larger":
             i = _first_blob(ms)
-            return [*ms[:i], (ms[i][0], ms[i][1] + b"x"), *ms[i + 1:]]
+            return [*ms[:i], (ms[i][0], ms[i][1] + b"x"), *ms[i + 1 :]]
         if kind == "undeclared":
             hex_ = "ab" * 32
             return [*ms, _extra(f"{v2}/blobs/sha256/ab/{hex_}/data", data=b"not a declared blob")]
         if kind == "missing":
             i = _first_blob(ms)
-            return [*ms[:i], *ms[i + 1:]]
+            return [*ms[:i], *ms[i + 1 :]]
         if kind == "tampered":
             i = _first_blob(ms, 100, avoid=installed)
             data = bytearray(ms[i][1])
             data[50] ^= 0xFF
-            return [*ms[:i], (ms[i][0], bytes(data)), *ms[i + 1:]]
+            return [*ms[:i], (ms[i][0], bytes(data)), *ms[i + 1 :]]
         if kind == "contents-not-first":
             return [*ms[1:], ms[0]]
         raise AssertionError(kind)
@@ -307,7 +327,9 @@ def test_a_wrong_checksum_and_a_truncated_tarball_are_refused(packages, release_
 
 
 def test_a_package_from_before_contents_files_is_refused(packages, release_1_installed, tmp_path):
-    old_style = _write(tmp_path / "old.tar", [m for m in _members(packages.tars[2]) if m[0].name != CONTENTS_MEMBER])
+    old_style = _write(
+        tmp_path / "old.tar", [m for m in _members(packages.tars[2]) if m[0].name != CONTENTS_MEMBER]
+    )
     assert "first member" in _refused(old_style, release_1_installed)
 
 
@@ -324,7 +346,9 @@ def _stopped(proc: subprocess.Popen, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise AssertionError(f"install exited {proc.returncode} before its failpoint: {proc.communicate()}")
+            raise AssertionError(
+                f"install exited {proc.returncode} before its failpoint: {proc.communicate()}"
+            )
         state = Path(f"/proc/{proc.pid}/stat").read_text().rpartition(")")[2].split()[0]
         if state == "T":
             return
@@ -346,9 +370,13 @@ def test_sigkill_at_three_points_then_a_rerun_converges(packages, cached, refere
     new_tags = {(i.repository, i.tag) for i in c2.images} - {(i.repository, i.tag) for i in c1.images}
     assert new_blobs and len(new_tags) >= 3
 
-    proc = subprocess.Popen([LAYOVER, "install", str(packages.tars[2]), "--storage", str(storage)],
-                            env={**os.environ, "LAYOVER_FAILPOINTS": point}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(
+        [LAYOVER, "install", str(packages.tars[2]), "--storage", str(storage)],
+        env={**os.environ, "LAYOVER_FAILPOINTS": point},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         _stopped(proc)
         blobs_in = {h for h in new_blobs if layout.blob_data(Digest(h)).is_file()}
@@ -359,7 +387,9 @@ def test_sigkill_at_three_points_then_a_rerun_converges(packages, cached, refere
             assert blobs_in == new_blobs and not tags_in
             for img in c2.images:
                 assert all(layout.layer_link(img.repository, Digest(b[7:])).is_file() for b in img.blobs)
-                assert all(layout.revision_link(img.repository, Digest(m[7:])).is_file() for m in img.manifests)
+                assert all(
+                    layout.revision_link(img.repository, Digest(m[7:])).is_file() for m in img.manifests
+                )
         else:
             assert blobs_in == new_blobs and 0 < len(tags_in) < len(new_tags)
         # what a client sees at this moment: every tag whole, release 1 untouched
@@ -400,9 +430,14 @@ def test_a_disk_that_fills_during_the_install_fails_cleanly_and_a_rerun_works(pa
     mnt = disks.make("small", 8 * 1024)
     storage = mnt / "registry"
     storage.mkdir()
-    proc = subprocess.Popen([LAYOVER, "install", str(packages.tars[1]), "--storage", str(storage)],
-                            env={**os.environ, "LAYOVER_FAILPOINTS": "install.checked"},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [LAYOVER, "install", str(packages.tars[1]), "--storage", str(storage)],
+        env={**os.environ, "LAYOVER_FAILPOINTS": "install.checked"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         _stopped(proc)  # every check passed, the space check too; now someone else fills the disk
         filler = mnt / "filler"
