@@ -17,6 +17,7 @@ from layover.settings import ReleaseRequest
 from layover.workdir import WorkDir
 from tasks.archive_sync import sync_archive
 from tasks.credentials import source_authfile
+from tasks.delta import write_deltas
 from tasks.fanout import MAX_CONCURRENCY
 from tasks.gc import collect_garbage
 from tasks.load_list import load_images
@@ -70,6 +71,7 @@ def release(request: ReleaseRequest) -> ReleaseReport:
             stages.append(verify_package(wd, listed.images))
             tar_stage, sha256, size, contents = write_release_tarball(wd, request.output, listed)
             stages.append(tar_stage)
+            stages += write_deltas(wd, request, sha256)
         finally:
             teardown(wd, regs)
     report = ReleaseReport(

@@ -29,8 +29,9 @@ what is in place already is recognised (size checked, links compared) and kept.
 
 Failpoints, for the crash tests only: with LAYOVER_FAILPOINTS=<name>[,<name>...] in the
 environment the process stops itself (SIGSTOP) at that point, so a test can freeze it at an
-exact moment, look at DIR and SIGKILL it. Names: install.staged, install.blobs-midway,
-install.links, install.tags-midway.
+exact moment, look at DIR and SIGKILL it. Names: install.checked (every check passed, nothing
+written), install.staged, install.blobs-midway, install.links (blobs and links in place, no tag
+yet), install.tags-midway.
 """
 
 from __future__ import annotations
@@ -43,7 +44,6 @@ import os
 import shutil
 import signal
 import stat
-import tarfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -70,14 +70,13 @@ from layover.errors import (
     DiskFullError,
     LayoverError,
     LockedError,
-    PackageError,
     StorageError,
     UsageError,
     VerifyError,
 )
 from layover.imagelist import ImageList, parse_text
 from layover.manifest import parse_manifest
-from layover.package import expected_sha256
+from layover.package import Member, expected_sha256, refuse, scan_members
 from layover.reference import Digest
 from layover.storage.gc import KeepSet, plan_gc
 from layover.storage.hashing import CHUNK, sha256_file, update_from_fd
@@ -205,78 +204,6 @@ class InstallReport(_Model):
         return "\n".join(lines)
 
 
-# --- reading the tarball ----------------------------------------------------------------------
-@dataclass(frozen=True)
-class Member:
-    name: str
-    is_dir: bool
-    size: int
-    offset: int  # where its data starts in the tarball
-
-
-def _refuse(package: Path, what: str) -> PackageError:
-    return PackageError(f"{package}: {what}; refusing the package, nothing was changed")
-
-
-def _scan(package: Path, fd: int, file_size: int) -> list[Member]:
-    """Every member's header, checked; no member data is read (tarfile seeks over it)."""
-    members: list[Member] = []
-    seen: set[str] = set()
-    with os.fdopen(os.dup(fd), "rb") as fh:
-        try:
-            with tarfile.open(fileobj=fh, mode="r:") as tf:
-                for ti in tf:
-                    members.append(_member(package, ti, file_size))
-                    if ti.name in seen:
-                        raise _refuse(package, f"member {ti.name!r} appears twice")
-                    seen.add(ti.name)
-                end = tf.offset
-        except tarfile.TarError as e:
-            raise _refuse(package, f"not a readable tar archive ({e}): truncated or damaged") from None
-    if os.pread(fd, 1024, end) != bytes(1024):
-        raise _refuse(
-            package,
-            f"no end-of-archive marker after the last member (at byte {end}): the "
-            "tarball is truncated; fetch it again",
-        )
-    if not members:
-        raise _refuse(package, "the tarball is empty")
-    return members
-
-
-def _member(package: Path, ti: tarfile.TarInfo, file_size: int) -> Member:
-    name = ti.name
-    if (
-        not name
-        or name.startswith("/")
-        or "\\" in name
-        or "\x00" in name
-        or any(p in ("", ".", "..") for p in name.split("/"))
-    ):
-        raise _refuse(package, f"member {name!r} has an absolute or non-normal path ('..', '.', '//')")
-    kinds = {
-        tarfile.SYMTYPE: "a symbolic link",
-        tarfile.LNKTYPE: "a hard link",
-        tarfile.CHRTYPE: "a character device",
-        tarfile.BLKTYPE: "a block device",
-        tarfile.FIFOTYPE: "a fifo",
-        tarfile.CONTTYPE: "a contiguous file",
-        tarfile.GNUTYPE_SPARSE: "a sparse file",
-    }
-    if (
-        ti.type in kinds
-        or ti.issparse()
-        or not (ti.type in (tarfile.REGTYPE, tarfile.AREGTYPE) or ti.isdir())
-    ):
-        what = kinds.get(ti.type, f"of tar type {ti.type!r}")
-        raise _refuse(package, f"member {name!r} is {what}: a package holds only files and directories")
-    if ti.mode & 0o7000:
-        raise _refuse(package, f"member {name!r} has setuid, setgid or sticky bits ({ti.mode:o})")
-    if ti.offset_data + ti.size > file_size:
-        raise _refuse(package, f"member {name!r} runs past the end of the file: the tarball is truncated")
-    return Member(name, ti.isdir(), 0 if ti.isdir() else ti.size, ti.offset_data)
-
-
 # --- the plan: everything decided and checked before DIR changes --------------------------------
 @dataclass
 class _Place:
@@ -334,16 +261,16 @@ def plan_install(
             progress(f"checksum: hashing {human_bytes(st.st_size)}")
             h = hashlib.sha256()
             if update_from_fd(h, fd, 0, st.st_size) != st.st_size:
-                raise _refuse(package, "the file shrank while it was read")
+                raise refuse(package, "the file shrank while it was read")
             sha = h.hexdigest()
             if sha != want:
-                raise _refuse(
+                raise refuse(
                     package,
                     f"its sha256 is {sha}, the checksum says {want}: the file is damaged "
                     "or not the package the checksum is for; fetch it again",
                 )
             checks.append("checksum")
-        members = _scan(package, fd, st.st_size)
+        members = scan_members(package, fd, st.st_size)
         contents = _contents(package, fd, members[0])
         plan = Plan(package, StorageLayout(storage), contents, sha, checks=checks)
         progress(f"members: {len(members)} checked against {CONTENTS_MEMBER}")
@@ -358,7 +285,7 @@ def plan_install(
         _check_space(plan)
         plan.checks.append("space")
         if os.fstat(fd).st_mtime_ns != st.st_mtime_ns or os.fstat(fd).st_size != st.st_size:
-            raise _refuse(package, "the file changed while it was checked")
+            raise refuse(package, "the file changed while it was checked")
         return plan
     finally:
         os.close(fd)
@@ -366,13 +293,13 @@ def plan_install(
 
 def _contents(package: Path, fd: int, first: Member) -> Contents:
     if first.name != CONTENTS_MEMBER or first.is_dir:
-        raise _refuse(
+        raise refuse(
             package,
             f"the first member is {first.name!r}, not {CONTENTS_MEMBER}: made before "
             "Layover recorded contents, or not by Layover; rebuild it with this version",
         )
     if first.size > MAX_CONTENTS_BYTES:
-        raise _refuse(package, f"{CONTENTS_MEMBER} is {first.size} bytes, too large to be one")
+        raise refuse(package, f"{CONTENTS_MEMBER} is {first.size} bytes, too large to be one")
     return parse(os.pread(fd, first.size, first.offset), f"{package}:{CONTENTS_MEMBER}")
 
 
@@ -391,7 +318,7 @@ def _check_members(plan: Plan, members: list[Member]) -> dict[str, tuple[Expecte
     for m in members[1:]:
         if m.is_dir:
             if m.name not in dirs:
-                raise _refuse(
+                raise refuse(
                     package, f"directory member {m.name!r} is not part of what {CONTENTS_MEMBER} declares"
                 )
             continue
@@ -399,16 +326,16 @@ def _check_members(plan: Plan, members: list[Member]) -> dict[str, tuple[Expecte
         if want is None:
             if m.name in allowed_files:
                 continue
-            raise _refuse(package, f"member {m.name!r} is not declared by {CONTENTS_MEMBER}")
+            raise refuse(package, f"member {m.name!r} is not declared by {CONTENTS_MEMBER}")
         if want.kind is FileKind.BLOB and want.digest in assumed:
-            raise _refuse(package, f"member {m.name!r} is a blob the delta says it does not carry")
+            raise refuse(package, f"member {m.name!r} is a blob the delta says it does not carry")
         if m.size != want.size:
-            raise _refuse(package, f"member {m.name!r} is {m.size} bytes, {CONTENTS_MEMBER} says {want.size}")
+            raise refuse(package, f"member {m.name!r} is {m.size} bytes, {CONTENTS_MEMBER} says {want.size}")
     files: dict[str, tuple[ExpectedFile, Member | None]] = {}
     for name, want in expected.items():
         found = by_name.get(name)
         if found is None and not (want.kind is FileKind.BLOB and want.digest in assumed):
-            raise _refuse(package, f"member {name!r} is declared by {CONTENTS_MEMBER} but missing")
+            raise refuse(package, f"member {name!r} is declared by {CONTENTS_MEMBER} but missing")
         files[name] = (want, found)
     return files
 
@@ -423,7 +350,7 @@ def _check_links_and_manifests(
             and m is not None
             and os.pread(fd, LINK_SIZE, m.offset) != f"sha256:{want.digest}".encode()
         ):
-            raise _refuse(package, f"link member {name!r} does not say sha256:{want.digest}")
+            raise refuse(package, f"link member {name!r} does not say sha256:{want.digest}")
     members = {want.digest: m for want, m in files.values() if want.kind is FileKind.BLOB}
     dir_paths = plan.storage.strings()
     docs: dict[str, Refs] = {}
@@ -444,20 +371,20 @@ def _check_links_and_manifests(
                 raise _MissingBase from None
             if hashlib.sha256(data).hexdigest() != hex_:
                 assert c.delta is not None
-                raise _refuse(
+                raise refuse(
                     package,
                     f"{where} is damaged (it does not hash to its name); it comes with "
                     f"{c.delta.base.release}: delete that blob directory and install the "
                     "base package again",
                 )
         if hashlib.sha256(data).hexdigest() != hex_:
-            raise _refuse(
+            raise refuse(
                 package, f"{where}: manifest does not hash to its name sha256:{hex_} (tampered or damaged)"
             )
         try:
             docs[hex_] = Refs.of(parse_manifest(data, where))
         except LayoverError as e:
-            raise _refuse(package, f"{named_by}: {e}") from None
+            raise refuse(package, f"{named_by}: {e}") from None
         return docs[hex_]
 
     for img in c.images:
@@ -469,7 +396,7 @@ def _check_links_and_manifests(
         blobs = {f"sha256:{h}" for h in reach.blobs}
         foreign = {f"sha256:{h}" for h in reach.foreign}
         if manifests != set(img.manifests) or not blobs <= set(img.blobs) <= blobs | foreign:
-            raise _refuse(
+            raise refuse(
                 package,
                 f"image {img.reference}: its manifests reference other blobs than {CONTENTS_MEMBER} declares",
             )
@@ -523,7 +450,7 @@ def _decide(plan: Plan, files: dict[str, tuple[ExpectedFile, Member | None]], op
     if missing:
         assert c.delta is not None
         base = c.delta.base
-        raise _refuse(
+        raise refuse(
             plan.package,
             f"{len(missing)} blob(s) the delta assumes are not in {plan.storage.root}: "
             f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}; they come with "
@@ -611,6 +538,7 @@ def install(
         prune: PruneSummary | None = None
         verify: VerifySummary | None = None
         if not opts.dry_run:
+            _failpoint("install.checked")
             _write(plan, written, progress)
         if opts.prune:
             prune = _prune(plan, dry_run=opts.dry_run, progress=progress)
@@ -751,7 +679,7 @@ def _stage(plan: Plan, fd: int, stage: Path, written: _Written, progress: Progre
         for p, fut in checks:
             got = fut.result()
             if got != p.digest:
-                raise _refuse(
+                raise refuse(
                     plan.package,
                     f"member for blob sha256:{p.digest} hashes to sha256:{got}: its data "
                     "was tampered with or damaged",

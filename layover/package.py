@@ -107,7 +107,7 @@ def _is_tar(path: Path) -> bool:
 def _contents_member(path: Path) -> Contents:
     try:
         with tarfile.open(path, "r:") as tf:
-            first = tf.firstmember
+            first = tf.next()
             if first is None or first.name != CONTENTS_MEMBER or not first.isreg():
                 raise PackageError(
                     f"{path}: the first member is {first.name if first else 'missing'!r}, not "
@@ -144,3 +144,78 @@ def _from_json(path: Path) -> PackageRecord:
     sha = sha if isinstance(sha, str) and _HEX.fullmatch(sha) else None
     contents = parse(json.dumps(doc["contents"]).encode(), f"{path}: contents")
     return PackageRecord(contents, sha, path)
+
+
+# --- a tarball's members, read safely ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Member:
+    name: str
+    is_dir: bool
+    size: int
+    offset: int  # where its data starts in the tarball
+
+
+def refuse(package: Path, what: str) -> PackageError:
+    """A package refused before anything changed: one line naming the package and what is wrong."""
+    return PackageError(f"{package}: {what}; refusing the package, nothing was changed")
+
+
+def scan_members(package: Path, fd: int, file_size: int) -> list[Member]:
+    """Every member's header of the tarball open as `fd`, checked: regular files and directories
+    only, plain relative names, no setuid/setgid/sticky bits, no duplicates, data inside the file,
+    an end-of-archive marker. No member data is read (tarfile seeks over it)."""
+    members: list[Member] = []
+    seen: set[str] = set()
+    with os.fdopen(os.dup(fd), "rb") as fh:
+        try:
+            with tarfile.open(fileobj=fh, mode="r:") as tf:
+                for ti in tf:
+                    members.append(_member(package, ti, file_size))
+                    if ti.name in seen:
+                        raise refuse(package, f"member {ti.name!r} appears twice")
+                    seen.add(ti.name)
+                end = tf.offset
+        except tarfile.TarError as e:
+            raise refuse(package, f"not a readable tar archive ({e}): truncated or damaged") from None
+    if os.pread(fd, 1024, end) != bytes(1024):
+        raise refuse(
+            package,
+            f"no end-of-archive marker after the last member (at byte {end}): the "
+            "tarball is truncated; fetch it again",
+        )
+    if not members:
+        raise refuse(package, "the tarball is empty")
+    return members
+
+
+def _member(package: Path, ti: tarfile.TarInfo, file_size: int) -> Member:
+    name = ti.name
+    if (
+        not name
+        or name.startswith("/")
+        or "\\" in name
+        or "\x00" in name
+        or any(p in ("", ".", "..") for p in name.split("/"))
+    ):
+        raise refuse(package, f"member {name!r} has an absolute or non-normal path ('..', '.', '//')")
+    kinds = {
+        tarfile.SYMTYPE: "a symbolic link",
+        tarfile.LNKTYPE: "a hard link",
+        tarfile.CHRTYPE: "a character device",
+        tarfile.BLKTYPE: "a block device",
+        tarfile.FIFOTYPE: "a fifo",
+        tarfile.CONTTYPE: "a contiguous file",
+        tarfile.GNUTYPE_SPARSE: "a sparse file",
+    }
+    if (
+        ti.type in kinds
+        or ti.issparse()
+        or not (ti.type in (tarfile.REGTYPE, tarfile.AREGTYPE) or ti.isdir())
+    ):
+        what = kinds.get(ti.type, f"of tar type {ti.type!r}")
+        raise refuse(package, f"member {name!r} is {what}: a package holds only files and directories")
+    if ti.mode & 0o7000:
+        raise refuse(package, f"member {name!r} has setuid, setgid or sticky bits ({ti.mode:o})")
+    if ti.offset_data + ti.size > file_size:
+        raise refuse(package, f"member {name!r} runs past the end of the file: the tarball is truncated")
+    return Member(name, ti.isdir(), 0 if ti.isdir() else ti.size, ti.offset_data)

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import sys
 
-import layover.cli.push  # noqa: F401 - registers its verb
-from layover.cli import contents, diff, gc, install, registry_image, repair, run, verify  # noqa: F401 - each registers its verb
+from layover.cli import contents, delta, diff, gc, install, push, registry_image, repair, run, verify  # noqa: F401 - each registers its verb
 from layover.cli.app import app
 
 __all__ = ["app", "main"]

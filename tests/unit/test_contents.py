@@ -57,11 +57,17 @@ def test_every_listed_reference_maps_to_its_digest_media_type_and_platforms(tree
 
 def test_blobs_are_every_data_file_with_size_and_users(tree):
     c = _build(tree)
-    on_disk = {f.split("/")[3]: (tree.sb.layout.v2 / f).stat().st_size
-               for f in tree.sb.files() if f.startswith("blobs/")}
+    on_disk = {
+        f.split("/")[3]: (tree.sb.layout.v2 / f).stat().st_size
+        for f in tree.sb.files()
+        if f.startswith("blobs/")
+    }
     assert {b.digest[7:]: b.size for b in c.blobs} == on_disk
-    shared = next(b for b in c.blobs if b.digest[7:] == os.path.basename(
-        str(tree.sb.layout.blob_dir(tree.sb.blob(b"base")))))
+    shared = next(
+        b
+        for b in c.blobs
+        if b.digest[7:] == os.path.basename(str(tree.sb.layout.blob_dir(tree.sb.blob(b"base"))))
+    )
     assert shared.images == ("app:1.0", "multi:2")
     assert c.totals.blobs == len(on_disk) and c.totals.bytes == sum(on_disk.values())
     assert c.totals.carried_bytes == c.totals.bytes and c.kind == "full" and c.delta is None
@@ -77,7 +83,8 @@ def test_the_described_tree_is_exactly_the_package_tree(tree):
         if want.kind is not FileKind.BLOB:
             assert data == f"sha256:{want.digest}".encode() and want.size == LINK_SIZE
     assert {os.path.relpath(d, v2) for d in dirs if d.startswith(str(v2) + "/")} >= tree.sb.dirs() - {
-        d for d in tree.sb.dirs() if "/_uploads" in d}
+        d for d in tree.sb.dirs() if "/_uploads" in d
+    }
 
 
 def test_same_tree_same_bytes_and_a_round_trip(tree):
@@ -101,18 +108,33 @@ def _bad(doc: dict) -> bytes:
     return json.dumps(doc).encode()
 
 
-@pytest.mark.parametrize(("name", "mutate", "says"), [
-    ("another schema", lambda d: d.update(schema="layover.contents/9"), "schema"),
-    ("unknown field", lambda d: d.update(extra=1), "extra"),
-    ("repository escapes", lambda d: d["images"][0].update(reference="../x:1", repository="../x"), "image"),
-    ("repository not the reference's", lambda d: d["images"][0].update(repository="other"), "does not match"),
-    ("tag with a slash", lambda d: d["images"][0].update(tag="a/../../b"), "does not match"),
-    ("bad digest", lambda d: d["blobs"][0].update(digest="sha256:../../etc"), "digest"),
-    ("blob size lies about totals", lambda d: d["blobs"][0].update(size=d["blobs"][0]["size"] + 1), "totals"),
-    ("unsorted images", lambda d: d["images"].reverse(), "sorted"),
-    ("image uses an undeclared blob", lambda d: d["blobs"].pop(0), "not in blobs"),
-    ("delta without base", lambda d: d.update(kind="delta"), "delta"),
-])
+@pytest.mark.parametrize(
+    ("name", "mutate", "says"),
+    [
+        ("another schema", lambda d: d.update(schema="layover.contents/9"), "schema"),
+        ("unknown field", lambda d: d.update(extra=1), "extra"),
+        (
+            "repository escapes",
+            lambda d: d["images"][0].update(reference="../x:1", repository="../x"),
+            "image",
+        ),
+        (
+            "repository not the reference's",
+            lambda d: d["images"][0].update(repository="other"),
+            "does not match",
+        ),
+        ("tag with a slash", lambda d: d["images"][0].update(tag="a/../../b"), "does not match"),
+        ("bad digest", lambda d: d["blobs"][0].update(digest="sha256:../../etc"), "digest"),
+        (
+            "blob size lies about totals",
+            lambda d: d["blobs"][0].update(size=d["blobs"][0]["size"] + 1),
+            "totals",
+        ),
+        ("unsorted images", lambda d: d["images"].reverse(), "sorted"),
+        ("image uses an undeclared blob", lambda d: d["blobs"].pop(0), "not in blobs"),
+        ("delta without base", lambda d: d.update(kind="delta"), "delta"),
+    ],
+)
 def test_a_contents_file_that_cannot_be_trusted_is_refused(tree, name, mutate, says):
     doc = _doc(tree)
     mutate(doc)
@@ -136,9 +158,13 @@ def test_assemble_counts_a_delta(tree):
 
     full = _build(tree)
     assumed = tuple(AssumedBlob(digest=b.digest, size=b.size) for b in full.blobs[:3])
-    delta = assemble(full.images, list_source=full.list_source, list_commit=None,
-                     sizes={b.digest: b.size for b in full.blobs},
-                     delta=Delta(base=Base(sha256="a" * 64, release="r1"), assumed=assumed))
+    delta = assemble(
+        full.images,
+        list_source=full.list_source,
+        list_commit=None,
+        sizes={b.digest: b.size for b in full.blobs},
+        delta=Delta(base=Base(sha256="a" * 64, release="r1"), assumed=assumed),
+    )
     assert delta.kind == "delta" and delta.storage_root == "layover/delta"
     assert delta.totals.carried_blobs == full.totals.blobs - 3
     assert delta.totals.carried_bytes == full.totals.bytes - sum(a.size for a in assumed)
@@ -150,7 +176,8 @@ def test_the_published_json_schema_is_current():
     published = (REPO / "docs" / "contents.schema.json").read_text()
     assert published == schema_text(), (
         "docs/contents.schema.json is stale: regenerate it with "
-        "`.venv/bin/layover contents --schema > docs/contents.schema.json`")
+        "`.venv/bin/layover contents --schema > docs/contents.schema.json`"
+    )
     assert json.loads(published)["properties"]["schema"]["const"] == SCHEMA
 
 

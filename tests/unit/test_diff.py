@@ -16,8 +16,15 @@ def _d(text: str) -> str:
 def _image(reference: str, blobs: dict[str, int]) -> Image:
     repo, _, tag = reference.partition(":")
     top = _d(f"manifest {reference} {sorted(blobs)}")
-    return Image(reference=reference, repository=repo, tag=tag, digest=top, media_type=None,
-                 manifests=(top,), blobs=tuple(sorted(_d(b) for b in blobs)))
+    return Image(
+        reference=reference,
+        repository=repo,
+        tag=tag,
+        digest=top,
+        media_type=None,
+        manifests=(top,),
+        blobs=tuple(sorted(_d(b) for b in blobs)),
+    )
 
 
 def _contents(name: str, *images: tuple[str, dict[str, int]]) -> Contents:
@@ -48,8 +55,14 @@ NEW = _contents(
 def test_added_removed_changed_and_unchanged():
     report = diff(OLD, NEW)
     kinds = {c.repository: c.kind for c in report.changes}
-    assert kinds == {"base/os": "unchanged", "web": "changed", "batch": "removed", "search": "added",
-                     "same": "unchanged", "moved": "changed"}
+    assert kinds == {
+        "base/os": "unchanged",
+        "web": "changed",
+        "batch": "removed",
+        "search": "added",
+        "same": "unchanged",
+        "moved": "changed",
+    }
     web = next(c for c in report.changes if c.repository == "web")
     assert (web.old.reference, web.new.reference) == ("web:1.0", "web:1.1")
 
