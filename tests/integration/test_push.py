@@ -314,6 +314,44 @@ def test_tag_conflict_overwrite_moves_the_tag(site, packages, tmp_path):
     pulls_every_image(site, packages.rel[2], prefix, tmp_path)
 
 
+@pytest.fixture(scope="module")
+def delta(packages, tmp_path_factory) -> Path:
+    """Release 2 as a delta against release 1, written by `layover delta`."""
+    out = tmp_path_factory.mktemp("push-delta") / "release-2.from-release-1.tar"
+    done = subprocess.run(
+        [sys.executable, "-m", "layover.cli", "delta", str(packages.tar[2]), "--base", str(packages.tar[1]),
+         "--output", str(out)],
+        env={"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+def test_a_delta_pushed_onto_its_base_sends_only_what_it_carries(site, packages, delta, tmp_path):
+    prefix = prefix_for("delta")
+    assert layover_push(site, packages.tar[1], prefix).returncode == 0
+    before = committed_uploads(site, prefix)
+    report_file = tmp_path / "report.json"
+    done = layover_push(site, delta, prefix, "--report", str(report_file))
+    assert done.returncode == 0, done.stderr
+    old, new = packages.rel[1], packages.rel[2]
+    fresh = {d for d in new.blobs if d not in old.blobs}
+    assert committed_uploads(site, prefix) - before == Counter({d.hex: 1 for d in fresh})
+    assert set(json.loads(report_file.read_text())["uploaded"]) == {str(d) for d in fresh}
+    pulls_every_image(site, new, prefix, tmp_path)
+
+
+def test_a_delta_without_its_base_names_the_missing_blobs_and_tags_nothing(site, packages, delta):
+    prefix = prefix_for("nobase")
+    done = layover_push(site, delta, prefix)
+    assert done.returncode == 3, done.stderr
+    message = done.stderr.strip()
+    assert "\n" not in message and "blob(s) it does not carry are not in" in message
+    assert re.search(r"sha256:[0-9a-f]{64} \(used by [a-z/-]+:[\w.]+\)", message)
+    assert "push its base package (release-1.list" in message and "Nothing was pushed" in message
+    assert writes(site, prefix) == 0
+
+
 def test_wrong_credentials_are_refused_before_anything_is_written(site, packages, tmp_path):
     prefix = prefix_for("denied")
     wrong = write_authfile(tmp_path / "wrong.json", site.host, USER, site.password + "-wrong")
