@@ -512,8 +512,15 @@ class _Push:
         items = list(items)
         if not items:
             return []
-        with ThreadPoolExecutor(max_workers=max(1, min(self.opt.concurrency, len(items)))) as pool:
+        pool = ThreadPoolExecutor(max_workers=max(1, min(self.opt.concurrency, len(items))))
+        try:
             return list(pool.map(fn, items))
+        except BaseException:
+            # Ctrl-C or a failure: start nothing new; requests in flight end on their own
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        finally:
+            pool.shutdown(wait=True)
 
     def _timed(self, phase: str, started: float) -> float:
         now = time.monotonic()

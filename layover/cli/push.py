@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 import threading
 import time
@@ -11,7 +12,7 @@ from typing import Annotated
 import typer
 
 from layover.cli.app import app, fail
-from layover.errors import LayoverError, UsageError
+from layover.errors import Interrupted, LayoverError, UsageError
 from layover.push import OnExistingTag
 
 
@@ -90,6 +91,13 @@ def push(
                 ticker.stop()
     except LayoverError as e:
         fail(e)
+    except KeyboardInterrupt:
+        fail(
+            Interrupted(
+                "push interrupted; run the same push again: it sends nothing twice and writes the tags last",
+                signal.SIGINT,
+            )
+        )
     if report is not None:
         report.write_text(result.to_json())
     typer.echo(result.to_text())
