@@ -478,3 +478,27 @@ def test_a_compressed_tarball_is_refused(tmp_path):
     gz.write_bytes(gzip.compress(path.read_bytes()))
     with pytest.raises(PackageError, match="not a readable uncompressed tarball"):
         TarIndex.open(gz)
+
+
+# --- the command line: refusals before any request ----------------------------------------------
+def test_cli_refuses_bad_flags_and_a_damaged_package_before_any_request(tmp_path):
+    from typer.testing import CliRunner
+
+    from layover.cli import app
+
+    built = build(tmp_path)
+    runner = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1"})
+    nobody = "127.0.0.1:9"  # nothing listens: a request would fail differently (exit 1)
+
+    def run(*args: str):
+        return runner.invoke(app, ["push", *args])
+
+    r = run(str(built.tar), "--to", "https://registry.example.com")
+    assert r.exit_code == 2 and "without a scheme" in r.output
+    r = run(str(built.tar), "--to", nobody, "--sha256", "0" * 64, "--no-checksum")
+    assert r.exit_code == 2 and "give one of them" in r.output
+    r = run(str(tmp_path / "nope.tar"), "--to", nobody)
+    assert r.exit_code == 2 and "no such package file" in r.output
+    r = run(str(built.tar), "--to", nobody, "--sha256", "0" * 64)
+    assert r.exit_code == 3 and r.output.startswith("layover: error: ") and "expected 0000" in r.output
+    assert r.output.count("\n") == 1
