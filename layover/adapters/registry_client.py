@@ -500,7 +500,7 @@ class RegistryClient:
                 and size is not None
                 and size <= self.monolithic_limit
             ):
-                data = data.read(size + 1)  # type: ignore[union-attr]
+                data = data.read(size + 1)
             if isinstance(data, bytes) and len(data) <= self.monolithic_limit:
                 got = hashlib.sha256(data).hexdigest()
                 if got != digest.hex:
@@ -1028,10 +1028,10 @@ def _pieces(data: bytes | BinaryIO | Iterable[bytes]) -> Iterator[bytes]:
         for i in range(0, len(data), _PIECE):
             yield data[i : i + _PIECE]
     elif hasattr(data, "read"):
-        while piece := data.read(_PIECE):  # type: ignore[union-attr]
+        while piece := data.read(_PIECE):
             yield piece
     else:
-        yield from data  # type: ignore[misc]
+        yield from data
 
 
 def _json(resp: httpx.Response, what: str) -> dict:
