@@ -270,8 +270,7 @@ def parse(data: bytes, where: str) -> Contents:
         loc = ".".join(str(x) for x in err["loc"])
         why = f"{loc}: {err['msg']}" if loc else str(err["msg"]).removeprefix("Value error, ")
         raise PackageError(
-            f"{where}: the contents file is invalid ({why}); "
-            "the package is damaged or not made by Layover"
+            f"{where}: the contents file is invalid ({why}); the package is damaged or not made by Layover"
         ) from None
 
 

@@ -21,13 +21,22 @@ from tasks.load_list import LoadedList
 
 
 @task(name="write-tarball", cache_policy=NO_CACHE)
-def write_release_tarball(wd: WorkDir, output: Path, listed: LoadedList) -> tuple[StageReport, str, int, Contents]:
+def write_release_tarball(
+    wd: WorkDir, output: Path, listed: LoadedList
+) -> tuple[StageReport, str, int, Contents]:
     started = time.monotonic()
     output.parent.mkdir(parents=True, exist_ok=True)
-    contents = build(wd.package, listed.images, list_source=portable_list_source(listed.source, listed.commit),
-                     list_commit=listed.commit)
-    result = write_tarball(OverlayTree(merged=wd.merged, upper=wd.upper, lower=wd.lower), output,
-                           first=[MemoryFile(CONTENTS_MEMBER, contents.to_bytes())])
+    contents = build(
+        wd.package,
+        listed.images,
+        list_source=portable_list_source(listed.source, listed.commit),
+        list_commit=listed.commit,
+    )
+    result = write_tarball(
+        OverlayTree(merged=wd.merged, upper=wd.upper, lower=wd.lower),
+        output,
+        first=[MemoryFile(CONTENTS_MEMBER, contents.to_bytes())],
+    )
     detail = (
         f"{result.files} files; cloned {human_bytes(result.bytes_cloned)}, "
         f"in-kernel {human_bytes(result.bytes_kernel_copied)}, "

@@ -45,7 +45,8 @@ def install(
 ) -> None:
     """Install a package: checksum, safe members, base present, space; then blobs, links, tags
     last; optionally prune to exactly the package; verify. A refused package changes nothing."""
-    from layover.adapters.served import restart_container as restart, serving_containers
+    from layover.adapters.served import restart_container as restart
+    from layover.adapters.served import serving_containers
     from layover.install import InstallOptions
     from layover.install import install as run_install
 
