@@ -74,21 +74,27 @@ def push(
         destination = Destination.parse(to)
         if not package.is_file():
             raise UsageError(f"{package}: no such package file")
+        seconds: dict[str, float] = {}
+        started = time.monotonic()
         if not no_checksum:
             check_sha256(package, expected_sha256(package, sha256))
+            seconds["sha256"] = round(time.monotonic() - started, 3)
         endpoint = Endpoint(
             destination.host, tls_verify=dest_tls_verify, cert_dir=dest_cert_dir, flags=DESTINATION
         )
         options = Options(destination, on_existing_tag=on_existing_tag, concurrency=concurrency)
         ticker = _Ticker(progress_seconds)
+        started = time.monotonic()
         with (
             RegistryClient(endpoint, resolver(dest_authfile, DESTINATION.authfile)) as client,
             open_package(package) as pkg,
         ):
+            seconds["index"] = round(time.monotonic() - started, 3)
             try:
                 result = push_package(pkg, client, options, progress=ticker)
             finally:
                 ticker.stop()
+        result.seconds = {**seconds, **result.seconds}
     except LayoverError as e:
         fail(e)
     except KeyboardInterrupt:
