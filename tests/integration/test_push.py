@@ -29,15 +29,17 @@ from pathlib import Path
 import pytest
 
 from layover.adapters.registry_api import push_release
+from layover.adapters.registry_client import Endpoint, RegistryClient
 from layover.adapters.tar_writer import MemoryFile, PlainTree, write_tarball
 from layover.contents import CONTENTS_MEMBER
 from layover.contents import build as build_contents
 from layover.imagelist import parse_text
-from layover.push import open_package
+from layover.push import Destination, Options, open_package, push
 from layover.reference import Digest
 from layover.samples import Release, release
 from layover.storage.layout import StorageLayout
 from tests.conftest import require
+from tests.faultproxy import Fault, FaultProxy
 from tests.tls import make_certificates, write_authfile
 from tests.unit.storage_builder import StorageBuilder
 
@@ -371,6 +373,35 @@ def test_without_the_ca_tls_fails_naming_the_flags(site, packages):
     assert done.returncode == 3
     assert "did not verify" in done.stderr and "--dest-cert-dir DIR" in done.stderr
     assert "--no-dest-tls-verify" in done.stderr
+
+
+# --- a flaky registry ---------------------------------------------------------------------------
+def test_transient_faults_are_retried_and_nothing_is_sent_twice(packages, module_registries, tmp_path):
+    """Resets, 502/503 and responses cut short on 8% of requests (a seeded fault proxy in front
+    of a plain-HTTP registry): the push retries them, finishes, and commits each blob once."""
+    (tmp_path / "flaky").mkdir()
+    reg = module_registries.start("flaky", tmp_path / "flaky")
+    rel = packages.rel[1]
+    kinds = (Fault.RESET, Fault.HTTP_503, Fault.HTTP_502, Fault.TRUNCATE)
+    try:
+        with (
+            FaultProxy(reg.host, rate=0.08, kinds=kinds, seed=11) as proxy,
+            RegistryClient(Endpoint(proxy.host, tls_verify=False, loopback_only=True)) as client,
+            open_package(packages.tar[1]) as pkg,
+        ):
+            options = Options(Destination(proxy.host, "flaky"), attempts=8, wait_max=0.05)
+            report = push(pkg, client, options)
+            faults = proxy.faults()
+        assert len({f.fault for f in faults}) >= 3, faults  # they really happened, of several kinds
+        assert report.tags_written == len(rel.images)
+        log = module_registries.access_log(reg)
+        committed = Counter(m.group(2) for m in _COMMIT.finditer(log))
+        assert committed == Counter({d.hex: 1 for d in rel.blobs})
+        with RegistryClient(Endpoint(reg.host, tls_verify=False, loopback_only=True)) as direct:
+            for img in rel.images:
+                assert direct.head_manifest(f"flaky/{img.repository}", img.tag).digest == img.digest
+    finally:
+        module_registries.stop(reg)
 
 
 # --- killed mid-upload ---------------------------------------------------------------------
