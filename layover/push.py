@@ -178,7 +178,7 @@ class Destination:
         return f"{self.host}/{self.prefix}" if self.prefix else self.host
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Root:
     """One image of the package: a tag, or an untagged manifest kept by digest."""
 
@@ -188,6 +188,11 @@ class Root:
 
     def __str__(self) -> str:
         return f"{self.repository}:{self.tag}" if self.tag is not None else f"{self.repository}@{self.digest}"
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """Sort order: by repository, tagged before digest-only, then tag and digest."""
+        return (self.repository, "1" if self.tag is None else f"0{self.tag}", self.digest.hex)
 
 
 @dataclass(frozen=True)
@@ -402,7 +407,7 @@ def plan(package: Package, roots: Iterable[Root], fetch: Callable[[str, Digest],
     sizes: dict[Digest, int] = {}
     carried: dict[str, bool] = {}
 
-    for root in sorted(set(roots)):
+    for root in sorted(set(roots), key=lambda r: r.key):
 
         def load(hex_: str, label: str, root: Root = root) -> Refs | None:
             if hex_ not in docs:
@@ -530,7 +535,7 @@ class _Push:
     # --- the phases --------------------------------------------------------------------------
     def run(self, roots: Iterable[Root] | None) -> PushReport:
         t = time.monotonic()
-        roots = sorted(set(self.pkg.roots() if roots is None else roots))
+        roots = sorted(set(self.pkg.roots() if roots is None else roots), key=lambda r: r.key)
         if not roots:
             raise PackageError(f"{self.pkg.index.path}: the package holds no image; nothing to push")
         for r in roots:
@@ -621,8 +626,8 @@ class _Push:
         return [own, *others]
 
     def _check_tags(self, roots: list[Root]) -> dict[Root, tuple[Action, Digest | None]]:
-        """Every tag looked up before anything is written; FAIL refuses on the first conflict
-        found, after looking at all of them, naming them."""
+        """Every tag looked up before anything is written; with FAIL, any conflict refuses the
+        push, naming the conflicts."""
 
         def look(root: Root) -> tuple[Root, Digest | None, bool]:
             repo = self.dest.repository(root.repository)

@@ -173,6 +173,9 @@ def build(tmp: Path, *, drop: Digest | None = None, extra_tag: bool = False) -> 
         digests["apps/api:latest"] = api
     pinned = sb.image("tools/cli", [shared, b"cli"], salt="cli", media_type=False, oci=True)
     digests["tools/cli@"] = pinned
+    stable = sb.image("tools/cli", [shared, b"cli stable"], salt="stable")  # a tag beside it
+    sb.tag("tools/cli", "stable", stable)
+    digests["tools/cli:stable"] = stable
     if drop is not None:
         shutil.rmtree(sb.layout.blob_dir(drop))
     out = tmp / "release.tar"
@@ -210,10 +213,11 @@ def test_every_image_lands_children_first_and_tags_last(tmp_path):
     assert all(e[0] == "tag" for e in events[first_tag:]), "a tag was written before all data landed"
     # the shared layer went over the wire once; the other repositories mounted it
     assert target.uploads[digest_of(built.shared)] == 1
-    assert report.blobs_mounted == 2 and report.tags_written == 2
+    assert report.blobs_mounted == 2 and report.blobs_present == 1 and report.tags_written == 3
     assert {i.image: i.action for i in report.images} == {
         "apps/api:2.0": "push",
         "apps/web:1.0": "push",
+        "tools/cli:stable": "push",
         f"tools/cli@{built.digests['tools/cli@']}": "push",
     }
 
@@ -276,7 +280,7 @@ def test_a_failure_that_outlasts_the_retries_tags_nothing(tmp_path):
     with pytest.raises(StageFailed, match=r"nothing was tagged") as e:
         run_push(built, target, attempts=2)
     assert not any(w[0] == "tag" for w in target.writes())
-    assert e.value.exit_code == 1 and len(e.value.failures) == 3
+    assert e.value.exit_code == 1 and len(e.value.failures) == 4
 
 
 def test_a_blob_the_package_leaves_out_is_mounted_from_where_the_target_has_it(tmp_path):
@@ -286,7 +290,7 @@ def test_a_blob_the_package_leaves_out_is_mounted_from_where_the_target_has_it(t
     # where a base package put it: one of this package's repositories
     target.blobs["mirror/apps/api"] = {shared: b"base layer shared by every image\n" * 50}
     report = run_push(built, target)
-    assert shared not in target.uploads and report.blobs_mounted == 2 and report.blobs_present == 1
+    assert shared not in target.uploads and report.blobs_mounted == 2 and report.blobs_present == 2
     assert target.tags["mirror/apps/web"]["1.0"] == built.digests["apps/web:1.0"]
 
 
@@ -309,6 +313,7 @@ def test_roots_are_tags_and_untagged_top_manifests(tmp_path):
     assert roots == [
         Root("apps/api", "2.0", built.digests["apps/api:2.0"]),
         Root("apps/web", "1.0", built.digests["apps/web:1.0"]),
+        Root("tools/cli", "stable", built.digests["tools/cli:stable"]),
         Root("tools/cli", None, built.digests["tools/cli@"]),
     ]
 
