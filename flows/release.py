@@ -17,6 +17,7 @@ from layover.settings import ReleaseRequest
 from layover.workdir import WorkDir
 from tasks.archive_sync import sync_archive
 from tasks.credentials import source_authfile
+from tasks.delta import write_deltas
 from tasks.fanout import MAX_CONCURRENCY
 from tasks.gc import collect_garbage
 from tasks.load_list import load_images
@@ -68,8 +69,9 @@ def release(request: ReleaseRequest) -> ReleaseReport:
             regs.stop(package)  # never delete under a running registry
             stages.append(collect_garbage(wd, listed.images))
             stages.append(verify_package(wd, listed.images))
-            tar_stage, sha256, size = write_release_tarball(wd, request.output)
+            tar_stage, sha256, size, contents = write_release_tarball(wd, request.output, listed)
             stages.append(tar_stage)
+            stages += write_deltas(wd, request, sha256)
         finally:
             teardown(wd, regs)
     report = ReleaseReport(
@@ -80,6 +82,7 @@ def release(request: ReleaseRequest) -> ReleaseReport:
         sha256=sha256,
         tarball_bytes=size,
         stages=tuple(stages),
+        contents=contents,
     )
     publish_report(report, wd)
     return report

@@ -15,7 +15,8 @@
     │   ├── AuthError               a registry refused the credentials (says which ones to check)
     │   ├── TLSError                a registry's certificate did not verify
     │   ├── ImageNotFoundError      the source has no such image: do not retry
-    │   └── PackageError            a package is refused (checksum, member, base): nothing changed
+    │   ├── PackageError            a package is refused (checksum, member, base): nothing changed
+    │   └── TagConflictError        a target registry's tag points elsewhere: nothing was pushed
     ├── SourceUnreachableError      the source registry does not answer at all     exit 4
     ├── DiskFullError               no space left; names the path and the space needed   exit 5
     ├── VerifyError                 the package does not serve exactly the listed images exit 6
@@ -126,6 +127,10 @@ class ImageNotFoundError(InputError):
 
 class PackageError(InputError):
     """A package (tarball, contents file, delta) is refused; nothing was changed."""
+
+
+class TagConflictError(InputError):
+    """A registry being pushed to already has a tag at another digest (`--on-existing-tag fail`)."""
 
 
 class SourceUnreachableError(LayoverError):

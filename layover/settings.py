@@ -88,6 +88,13 @@ class ReleaseRequest(BaseModel):
     copy_retries: int = Field(
         default=3, ge=0, le=10, description="Retries per image copy on transient registry errors."
     )
+    delta_from: tuple[Annotated[str, Field(min_length=1)], ...] = Field(
+        default=(),
+        max_length=8,
+        description="Also write a delta package against each base: a package (tarball or its .json) on the "
+        "build host, or a git tag of the list's repository whose package this work dir built. Each is "
+        "written beside the output as <output>.from-<base>.tar (docs/customer.md).",
+    )
 
     @model_validator(mode="after")
     def _one_credential_source(self) -> ReleaseRequest:

@@ -1,5 +1,6 @@
 """Publish the run's report: a markdown artifact in Prefect, a JSON sidecar by the tarball and
-a copy under the work dir's releases/ (what `layover archive status` reads)."""
+a copy under the work dir's releases/, named by the package's sha256 (what `layover archive
+status` reads, and where a delta finds the base package a git tag names)."""
 
 from __future__ import annotations
 

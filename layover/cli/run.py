@@ -30,6 +30,10 @@ def run(
     src_authfile: Annotated[
         Path | None, typer.Option(help="containers-auth.json for the source registry.")
     ] = None,
+    delta_from: Annotated[
+        list[str] | None,
+        typer.Option(help="Also write a delta against this base package (tarball or .json); repeatable."),
+    ] = None,
     heartbeat_seconds: Annotated[
         int,
         typer.Option(
@@ -57,6 +61,7 @@ def run(
             **({"concurrency": concurrency} if concurrency is not None else {}),
             src_tls_verify=src_tls_verify,
             src_authfile=src_authfile,
+            delta_from=tuple(delta_from or ()),
         )
     except ValidationError as e:
         fail(UsageError("; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())))
