@@ -166,6 +166,7 @@ class InstallReport(_Model):
     restart: Restart
     started_at: str
     seconds: float
+    phases: dict[str, float]  # seconds per phase: checksum, checks, stage, place, prune, verify
 
     def raise_for_verify(self) -> None:
         v = self.verify
@@ -232,6 +233,7 @@ class Plan:
     previous: dict[str, str | None] = field(default_factory=dict)  # reference -> old tag digest
     checks: list[str] = field(default_factory=list)
     clone: bool = False
+    phases: dict[str, float] = field(default_factory=dict)
 
     @property
     def blobs(self) -> list[_Place]:
@@ -252,10 +254,12 @@ def plan_install(
     if not storage.is_dir():
         raise UsageError(f"--storage {storage}: not a directory; create it (empty for a new registry)")
     fd = os.open(package, os.O_RDONLY | os.O_CLOEXEC)
+    phases: dict[str, float] = {}
     try:
         st = os.fstat(fd)
         sha = None
         checks = []
+        mark = time.monotonic()
         if opts.checksum:
             want = expected_sha256(package, opts.sha256)
             progress(f"checksum: hashing {human_bytes(st.st_size)}")
@@ -270,9 +274,11 @@ def plan_install(
                     "or not the package the checksum is for; fetch it again",
                 )
             checks.append("checksum")
+        phases["checksum"] = time.monotonic() - mark
+        mark = time.monotonic()
         members = scan_members(package, fd, st.st_size)
         contents = _contents(package, fd, members[0])
-        plan = Plan(package, StorageLayout(storage), contents, sha, checks=checks)
+        plan = Plan(package, StorageLayout(storage), contents, sha, checks=checks, phases=phases)
         progress(f"members: {len(members)} checked against {CONTENTS_MEMBER}")
         files = _check_members(plan, members)
         plan.checks.append("members")
@@ -286,6 +292,7 @@ def plan_install(
         plan.checks.append("space")
         if os.fstat(fd).st_mtime_ns != st.st_mtime_ns or os.fstat(fd).st_size != st.st_size:
             raise refuse(package, "the file changed while it was checked")
+        phases["checks"] = time.monotonic() - mark
         return plan
     finally:
         os.close(fd)
@@ -541,10 +548,14 @@ def install(
             _failpoint("install.checked")
             _write(plan, written, progress)
         if opts.prune:
+            mark = time.monotonic()
             prune = _prune(plan, dry_run=opts.dry_run, progress=progress)
+            plan.phases["prune"] = time.monotonic() - mark
         if not opts.dry_run:
             progress("verify: the installed images")
+            mark = time.monotonic()
             verify = _verify(plan, exact=opts.prune)
+            plan.phases["verify"] = time.monotonic() - mark
             if verify.ok:
                 plan.checks.append("verify")
         restart = _restart_advice(plan, prune, opts)
@@ -586,6 +597,7 @@ def install(
         restart=restart,
         started_at=started_at,
         seconds=round(time.monotonic() - started, 3),
+        phases={k: round(v, 3) for k, v in plan.phases.items()},
     )
     return report
 
@@ -631,15 +643,21 @@ def _write(plan: Plan, written: _Written, progress: Progress) -> None:
     shutil.rmtree(stage, ignore_errors=True)  # what a killed install left
     try:
         stage.mkdir()
+        mark = time.monotonic()
         fd = os.open(plan.package, os.O_RDONLY | os.O_CLOEXEC)
         try:
             staged = _stage(plan, fd, stage, written, progress)
         finally:
             os.close(fd)
+        plan.phases["stage"] = time.monotonic() - mark
+        mark = time.monotonic()
         syncfs(stage)
+        plan.phases["sync"] = time.monotonic() - mark
         _failpoint("install.staged")
+        mark = time.monotonic()
         _place(plan, staged, written, progress)
         syncfs(stage)
+        plan.phases["place"] = time.monotonic() - mark
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise DiskFullError(
