@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -45,10 +46,20 @@ from layover.package import read_contents
 Timed = dict[str, list[float]]
 
 
-def _t(fn: Callable[[], object]) -> float:
+CPU: Timed = {}  # user + system seconds of the child processes, per label
+
+
+def _t(fn: Callable[[], object], label: str = "") -> float:
+    """Wall seconds of fn(); the CPU seconds its child processes used go to CPU[label]."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     fn()
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if label:
+        used = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+        CPU.setdefault(label, []).append(used)
+    return wall
 
 
 def _run(*argv: str | Path) -> str:
@@ -136,11 +147,16 @@ def measure(a: argparse.Namespace, root: Path) -> str:
         delta = pkgs / "release2.from-release1.tar"
         for run in range(1, a.runs + 1):
             d = _fresh(b.root / "tar")
-            timed["tar"].append(_t(lambda d=d: (_run("tar", "-xf", tars[2], "-C", d), _run("sync", "-f", d))))
+            timed["tar"].append(
+                _t(lambda d=d: (_run("tar", "-xf", tars[2], "-C", d), _run("sync", "-f", d)), "tar")
+            )
             d = _fresh(b.root / "install")
             report = b.root / "install.json"
             timed["install"].append(
-                _t(lambda d=d, r=report: _run(LAYOVER, "install", tars[2], "--storage", d, "--report", r))
+                _t(
+                    lambda d=d, r=report: _run(LAYOVER, "install", tars[2], "--storage", d, "--report", r),
+                    "install",
+                )
             )
             done = json.loads(report.read_text())
             clone["install"] = done["blobs"]["bytes_cloned"]
@@ -149,7 +165,10 @@ def measure(a: argparse.Namespace, root: Path) -> str:
             timed["ratio"].append(timed["install"][-1] / timed["tar"][-1])
             d = _fresh(b.root / "install-nosum")
             timed["install-nosum"].append(
-                _t(lambda d=d: _run(LAYOVER, "install", tars[2], "--storage", d, "--no-checksum"))
+                _t(
+                    lambda d=d: _run(LAYOVER, "install", tars[2], "--storage", d, "--no-checksum"),
+                    "install-nosum",
+                )
             )
             for f in pkgs.glob("release2.from-*"):
                 f.unlink()
@@ -188,6 +207,9 @@ def measure(a: argparse.Namespace, root: Path) -> str:
             f"delta size {sized / 1e6:.2f} MB, new blobs {new_bytes / 1e6:.2f} MB: "
             f"x{sized / max(1, new_bytes):.3f} (metadata {(sized - new_bytes) / 1e6:.2f} MB); "
             f"full package {size2 / 1e6:.1f} MB; bytes cloned by install {clone['install'] / 1e6:.1f} MB",
+            "",
+            "CPU seconds (user + system, median): "
+            + ", ".join(f"{k} {statistics.median(v):.2f}" for k, v in CPU.items()),
             "",
             "install into an empty dir, its phases (median s): "
             + ", ".join(f"{k} {statistics.median(v):.2f}" for k, v in phases.items()),
