@@ -54,7 +54,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from layover.adapters.tar_writer import copy_range, ficlonerange
+from layover.adapters.tar_writer import copy_range, ficlonerange, start_writeback
 from layover.contents import (
     CONTENTS_MEMBER,
     DELTA_README,
@@ -690,6 +690,8 @@ def _stage(plan: Plan, fd: int, stage: Path, written: _Written, progress: Progre
             out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
             try:
                 written.cloned += _copy(fd, p.member, out, plan.clone)
+                # the disk starts writing while later blobs are copied, not all at the syncfs
+                start_writeback(out, 0, p.size)
             finally:
                 os.close(out)
             checks.append((p, pool.submit(_sha256_range, fd, p.member.offset, p.size)))
