@@ -13,6 +13,7 @@ import io
 import json
 import os
 import signal
+import stat
 import subprocess
 import tarfile
 import time
@@ -339,6 +340,25 @@ def test_dry_run_checks_everything_and_changes_nothing(packages, release_1_insta
     assert snapshot(release_1_installed) == before
     assert "would install" in p.stdout and "checksum, members, manifests, space" in p.stdout
     assert "tag(s) the package does not list would be deleted" in p.stdout
+
+
+def test_what_the_install_creates_belongs_to_the_storage_dirs_owner_whatever_the_umask(packages, tmp_path):
+    """A registry running as its own user (Harbor's runs as 10000) must be able to write beside
+    what was installed; the modes are those tar -xf gives as root."""
+    require(os.geteuid() == 0, "chown needs root")
+    storage = tmp_path / "registry"
+    storage.mkdir()
+    os.chown(storage, 10000, 10000)
+    old = os.umask(0o077)
+    try:
+        install_lib(packages.tars[1], storage, InstallOptions())
+    finally:
+        os.umask(old)
+    for dirpath, dirnames, filenames in os.walk(storage):
+        for name in dirnames + filenames:
+            st = os.lstat(Path(dirpath) / name)
+            assert (st.st_uid, st.st_gid) == (10000, 10000), name
+            assert stat.S_IMODE(st.st_mode) == (0o755 if name in dirnames else 0o644), name
 
 
 # --- killed at three points, then run again: the same end state ------------------------------------
