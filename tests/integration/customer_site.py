@@ -19,10 +19,10 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from layover.adapters.registry_api import push_release
+from layover.testing.push import push_release
 from layover.contents import Contents
 from layover.package import read_contents
-from layover.samples import release
+from layover.testing.releases import release
 from layover.settings import ListFromFile, ReleaseRequest
 from tests.conftest import SampleImages
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from layover.adapters.registry_api import push_release
+from layover.testing.push import push_release
 from layover.adapters.registry_client import Endpoint, RegistryClient
 from layover.adapters.tar_writer import MemoryFile, PlainTree, write_tarball
 from layover.contents import CONTENTS_MEMBER
@@ -36,7 +36,7 @@ from layover.contents import build as build_contents
 from layover.imagelist import parse_text
 from layover.push import Destination, Options, open_package, push
 from layover.reference import Digest
-from layover.samples import Release, release
+from layover.testing.releases import Release, release
 from layover.storage.layout import StorageLayout
 from tests.conftest import require
 from tests.faultproxy import Fault, FaultProxy

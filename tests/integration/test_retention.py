@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from layover.adapters.registry_api import push_release
+from layover.testing.push import push_release
 from layover.report import ReleaseReport
 from layover.testing.releases import Release, release
 from layover.settings import ListFromFile, ReleaseRequest
