@@ -30,6 +30,13 @@ def run(
     src_authfile: Annotated[
         Path | None, typer.Option(help="containers-auth.json for the source registry.")
     ] = None,
+    attached: Annotated[
+        str,
+        typer.Option(
+            help="Signatures, attestations and SBOMs of the listed images: copy (whatever is "
+            "attached), require (a signature on every listed image, else fail naming them) or none.",
+        ),
+    ] = "copy",
     heartbeat_seconds: Annotated[
         int,
         typer.Option(
@@ -57,6 +64,7 @@ def run(
             **({"concurrency": concurrency} if concurrency is not None else {}),
             src_tls_verify=src_tls_verify,
             src_authfile=src_authfile,
+            attached=attached,  # type: ignore[arg-type]  # pydantic checks the value: a usage error
         )
     except ValidationError as e:
         fail(UsageError("; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())))
