@@ -539,3 +539,30 @@ def report_rows(record: AttachedRecord) -> tuple[AttachedRow, ...]:
         )
         for e in record.images
     )
+
+
+# --- for the contents file -------------------------------------------------------------------
+# LEAD: layover/contents.py is on branch `customer`, not on main yet. Wire in when it lands:
+#     contents = build(wd.package, attached.images, ...)   # the package's list: every attachment
+#                                                          # is an Image entry, so install writes it
+#     rows = contents_attached(attached.record)
+#     images = [i.model_copy(update={"attached": tuple(Attached(reference=r, digest=d,
+#               artifact_type=t) for r, d, t in rows.get(i.reference, ()))}) for i in contents.images]
+#     contents = assemble(images, list_source=..., list_commit=..., sizes=...)  # recounts totals
+def contents_attached(record: AttachedRecord) -> dict[str, tuple[tuple[str, str, str | None], ...]]:
+    """listed reference -> (reference, digest, artifact type) of each artifact attached to it, in
+    discovery order: what contents.Image.attached holds. The reference is the artifact's own
+    cosign tag, else its digest (a referrer's tag-schema tag names the index, not the artifact)."""
+    out: dict[str, tuple[tuple[str, str, str | None], ...]] = {}
+    for e in record.images:
+        rows = tuple(
+            (
+                a.tag if a.found_by is FoundBy.COSIGN_TAG and a.tag else str(a.digest),
+                str(a.digest),
+                a.artifact_type,
+            )
+            for a in e.found.artifacts
+        )
+        if rows:
+            out[str(e.ref)] = rows
+    return out

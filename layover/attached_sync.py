@@ -21,6 +21,7 @@ The result is the run's record (layover.attached.AttachedRecord) and the package
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections import Counter
@@ -197,6 +198,7 @@ class AttachedSyncer:
     def _copy(self, ref: ImageRef, found: ImageAttachments) -> AttachedCopy:
         repo = found.repository
         docs: dict[str, tuple[bytes, str]] = {}
+        sizes: dict[str, int] = {}
 
         def load(hex_: str, label: str) -> Refs:
             got = self.discovery.manifest(repo, Digest(hex_))
@@ -205,6 +207,7 @@ class AttachedSyncer:
             data, media_type, _ = got
             manifest = parse_manifest(data, f"{self.source.host}/{repo}@sha256:{hex_}")
             docs[hex_] = (data, media_type or _media_type(manifest.kind))
+            sizes.update(_blob_sizes(data))
             return Refs.of(manifest)
 
         roots = [*(a.digest for a in found.artifacts), *(r.digest for r in found.referrers_indexes)]
@@ -214,7 +217,7 @@ class AttachedSyncer:
             if self._linked(repo, hex_):
                 reused += 1
                 continue
-            size += self._copy_blob(repo, Digest(hex_))
+            size += self._copy_blob(repo, Digest(hex_), sizes.get(hex_))
             copied += 1
         tags: dict[Digest, list[str]] = {}
         for tag, digest in found.tags.items():
@@ -238,9 +241,11 @@ class AttachedSyncer:
             self.paths.blob_data(hex_)
         )
 
-    def _copy_blob(self, repo: str, digest: Digest) -> int:
-        """Source -> archive, verified on the way (RegistryClient hashes both directions)."""
-        size = self.source.blob_size(repo, digest)
+    def _copy_blob(self, repo: str, digest: Digest, size: int | None) -> int:
+        """Source -> archive, verified on the way (RegistryClient hashes both directions). The
+        manifest's descriptor gives the size; only without one is the source asked."""
+        if size is None:
+            size = self.source.blob_size(repo, digest)
         if size is None:
             raise CopyError(f"{repo}@{digest}: an attached artifact's blob is missing at the source")
         if size <= MONOLITHIC_LIMIT:
@@ -248,6 +253,16 @@ class AttachedSyncer:
         else:
             self.archive.upload_blob(repo, digest, self.source.iter_blob(repo, digest), size=size)
         return size
+
+
+def _blob_sizes(data: bytes) -> dict[str, int]:
+    """hex -> size of a manifest's config and layers, as its descriptors declare them."""
+    doc = json.loads(data)
+    out = {}
+    for d in [doc.get("config"), *(doc.get("layers") or [])]:
+        if isinstance(d, dict) and isinstance(d.get("size"), int) and Digest.is_valid(str(d.get("digest"))):
+            out[str(d["digest"])[7:]] = d["size"]
+    return out
 
 
 def _at(got: tuple[bytes, str, Digest] | None) -> Digest | None:

@@ -15,6 +15,7 @@ from layover.attached import (
     AttachedRecord,
     ListedAttachments,
     attached_refs,
+    contents_attached,
     cosign_tag,
     discover,
     package_list,
@@ -193,3 +194,19 @@ def test_the_report_shows_counts_per_image_in_text_markdown_and_json():
         "l", None, 1, "o", "0" * 64, 1, attached=report_rows(record_for(reg, f"{REPO}:2.0\n")[0])
     )
     assert "attached to" not in bare.to_text() and "Attached" not in bare.to_markdown()
+
+
+def test_contents_rows_name_each_artifact_by_its_own_tag_or_digest():
+    reg = FakeRegistry()
+    image, _ = push_image(reg)
+    sig, att, sbom, sbom_sig, _ = fully_attached(reg, image)
+    push_image(reg, "2.0")
+    record, _ = record_for(reg, f"{REPO}:1.0\n{REPO}:2.0\n")
+    rows = contents_attached(record)
+    assert list(rows) == [f"{REPO}:1.0"]  # nothing attached: no entry
+    assert set(rows[f"{REPO}:1.0"]) == {
+        (sig.tag, str(sig.digest), "application/vnd.oci.image.config.v1+json"),
+        (att.tag, str(att.digest), "application/vnd.oci.image.config.v1+json"),
+        (str(sbom.digest), str(sbom.digest), "application/spdx+json"),
+        (sbom_sig.tag, str(sbom_sig.digest), "application/vnd.oci.image.config.v1+json"),
+    }
