@@ -60,7 +60,9 @@ class SourceAttachmentReader:
 
     A missing manifest or repository reads as None / no tags; authentication, TLS and transient
     failures are raised as RegistryClient maps them (layover.errors). Every manifest fetched is
-    kept (`fetched`): attachments are small, and the copy after discovery needs their bytes.
+    kept (`fetched`): attachments are small, and the copy after discovery needs their bytes. A
+    repository's tags are listed once per reader: several listed images of one repository (two
+    tags of a product, an image and its debug variant) share one listing, which may be long.
     """
 
     def __init__(self, client: RegistryClient) -> None:
@@ -68,6 +70,7 @@ class SourceAttachmentReader:
         self.requests: Counter[str] = Counter()
         self.has_referrers_api: bool | None = None
         self._fetched: dict[tuple[str, Digest], tuple[bytes, str]] = {}
+        self._tags: dict[str, tuple[str, ...]] = {}
         self._lock = threading.Lock()
 
     def _count(self, kind: str) -> None:
@@ -75,11 +78,18 @@ class SourceAttachmentReader:
             self.requests[kind] += 1
 
     def tags(self, repository: str) -> Sequence[str]:
+        with self._lock:
+            listed = self._tags.get(repository)
+        if listed is not None:
+            return listed
         self._count("tags")
         try:
-            return self.client.tags(repository)
+            listed = self.client.tags(repository)
         except ImageNotFoundError:  # NAME_UNKNOWN: nothing tagged there
-            return ()
+            listed = ()
+        with self._lock:
+            self._tags[repository] = listed
+        return listed
 
     def manifest(self, repository: str, ref: str | Digest) -> tuple[bytes, str, Digest] | None:
         if isinstance(ref, Digest):
