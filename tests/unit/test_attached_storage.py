@@ -68,7 +68,7 @@ def record(reg: FakeRegistry, image: Digest) -> AttachedRecord:
 
 
 def test_discovery_over_storage_finds_what_the_registry_serves(tmp_path):
-    sb, reg, image, sig, sbom = signed_image(tmp_path)
+    sb, reg, image, *_ = signed_image(tmp_path)
     reader = StorageAttachmentReader(sb.layout)
     on_disk, served = discover(reader, ImageRef(REPO, "1.0")), discover(reg, ImageRef(REPO, "1.0"))
     assert on_disk.digests == served.digests and on_disk.tags == served.tags
@@ -85,7 +85,7 @@ def test_a_package_equal_to_the_record_has_no_differences(tmp_path):
 
 
 def test_a_missing_artifact_an_extra_one_and_a_moved_tag_are_named(tmp_path):
-    sb, reg, image, sig, sbom = signed_image(tmp_path)
+    sb, reg, image, _, sbom = signed_image(tmp_path)
     rec = record(reg, image)
     # the SBOM's signature is gone: its tag and revision
     sbom_sig = cosign_signature(SIGNER, REPO, sbom.digest)
@@ -116,7 +116,7 @@ def test_a_missing_artifact_an_extra_one_and_a_moved_tag_are_named(tmp_path):
 def test_a_referrer_from_the_referrers_api_only_needs_to_be_stored(tmp_path):
     """The package has no referrers API and no tag-schema index for it: discovery over the package
     cannot find it, so verify checks that it is stored, by digest."""
-    sb, reg, image, sig, sbom = signed_image(tmp_path, referrers_api=True)
+    sb, reg, image, _, sbom = signed_image(tmp_path, referrers_api=True)
     rec = record(reg, image)
     assert sbom.digest in rec.images[0].found.digests
     assert attached_differences(sb.layout, rec) == []
