@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from layover.adapters.attachment_reader import SourceAttachmentReader
 from layover.adapters.credential_helper import resolver
@@ -44,8 +46,10 @@ from layover.attached import (
 from layover.copy import Route
 from layover.errors import (
     CopyError,
+    LayoverError,
     RegistryError,
     RegistryHTTPError,
+    StageFailed,
     Transient,
     TransientCopyError,
 )
@@ -280,16 +284,23 @@ def sync_attached(
     mode: AttachedMode,
     *,
     concurrency: int,
+    retries: int = 3,
     log: Callable[[str], None] = lambda _: None,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> AttachedSync:
-    """Discover for every listed image, check `require`, copy what the archive lacks."""
+    """Discover for every listed image, check `require`, copy what the archive lacks.
+
+    Transient failures (a dropped connection, a 5xx) are retried per image, `retries` times with
+    a backoff of 2, 4, 8 s: the one retry layer of this stage (docs/design.md §5). Retrying the
+    whole stage instead would repeat every image's lookups for one lost request, and on a flaky
+    source a release of hundreds of images would rarely get through. Every image that still
+    fails is named in one StageFailed."""
     if mode == "none":
         return skipped(images)
     refs = images.refs
     workers = max(1, concurrency)
     started = time.monotonic()
-    with ThreadPoolExecutor(workers) as pool:
-        found = list(pool.map(syncer.discover, refs))
+    found = _each(refs, syncer.discover, str, workers, retries, sleep, log)
     record = AttachedRecord(mode, tuple(ListedAttachments(r, f) for r, f in zip(refs, found, strict=True)))
     discovery_seconds = time.monotonic() - started
     for problem in record.problems:
@@ -301,13 +312,52 @@ def sync_attached(
         {(e.found.repository, e.found.digest): e for e in record.images if e.found.digests}.values()
     )
     started = time.monotonic()
-    with ThreadPoolExecutor(workers) as pool:
-        copies = tuple(pool.map(syncer.copy, distinct))
+    copies = _each(distinct, syncer.copy, lambda e: str(e.ref), workers, retries, sleep, log)
     return AttachedSync(
         record,
         package_list(images, record),
-        copies,
+        tuple(copies),
         dict(Counter(syncer.reader.requests)),
         discovery_seconds,
         time.monotonic() - started,
     )
+
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+def _each(
+    items: Sequence[_T],
+    fn: Callable[[_T], _R],
+    label: Callable[[_T], str],
+    workers: int,
+    retries: int,
+    sleep: Callable[[float], None],
+    log: Callable[[str], None],
+) -> list[_R]:
+    """fn over items on `workers` threads, each retried on Transient; StageFailed names every
+    item that failed, in order."""
+
+    def attempt(item: _T) -> _R | LayoverError:
+        for n in range(retries + 1):
+            try:
+                return fn(item)
+            except Transient as e:
+                if n == retries:
+                    return e
+                delay = min(8.0, 2.0 ** (n + 1)) * random.uniform(0.5, 1.5)
+                log(f"{label(item)}: {e}; retrying in {delay:.1f} s")
+                sleep(delay)
+            except LayoverError as e:
+                return e
+        raise AssertionError("unreachable")
+
+    with ThreadPoolExecutor(workers) as pool:
+        outcomes = list(pool.map(attempt, items))
+    failures = [(label(i), o) for i, o in zip(items, outcomes, strict=True) if isinstance(o, LayoverError)]
+    if failures:
+        named = "; ".join(f"{image}: {err}" for image, err in failures[:10])
+        more = f" (and {len(failures) - 10} more)" if len(failures) > 10 else ""
+        raise StageFailed(f"{STAGE}: {len(failures)} image(s) failed: {named}{more}", failures)
+    return [o for o in outcomes if not isinstance(o, LayoverError)]

@@ -1,8 +1,8 @@
 """Stage 1b: signatures, attestations, SBOMs and other referrers of every listed image, from the
 source into the archive (layover/attached_sync.py), and the package's list they add to.
 
-One retrying task: discovery and copy are idempotent (a second attempt finds in the archive what
-the first wrote), so a transient failure retries the whole stage, as package sync does.
+One task; transient failures are retried per image inside it (layover/attached_sync.py says why),
+so the task itself has no Prefect retries: one retry layer.
 """
 
 from __future__ import annotations
@@ -17,16 +17,19 @@ from layover.attached_sync import AttachedSync, AttachedSyncer, skipped, sync_at
 from layover.copy import Route
 from layover.imagelist import ImageList
 from layover.report import StageReport
-from tasks.retry import COPY_RETRY
 
 
-@task(name="attached-sync", cache_policy=NO_CACHE, **COPY_RETRY)
-def copy_attached(images: ImageList, route: Route, mode: AttachedMode, concurrency: int) -> AttachedSync:
+@task(name="attached-sync", cache_policy=NO_CACHE)
+def copy_attached(
+    images: ImageList, route: Route, mode: AttachedMode, concurrency: int, retries: int
+) -> AttachedSync:
     logger = get_run_logger()
     if mode == "none":
         return skipped(images)
     with AttachedSyncer.open(route) as syncer:
-        done = sync_attached(images, syncer, mode, concurrency=concurrency, log=logger.warning)
+        done = sync_attached(
+            images, syncer, mode, concurrency=concurrency, retries=retries, log=logger.warning
+        )
     logger.info(
         "attached sync: %s on %d listed image(s); %d request(s) to the source",
         done.record.counts,
@@ -40,5 +43,5 @@ def attach(
     images: ImageList, route: Route, mode: AttachedMode, *, concurrency: int, retries: int
 ) -> tuple[StageReport, AttachedSync]:
     started = time.monotonic()
-    done = copy_attached.with_options(retries=retries)(images, route, mode, concurrency)
+    done = copy_attached(images, route, mode, concurrency, retries)
     return done.stage(time.monotonic() - started), done

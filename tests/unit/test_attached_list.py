@@ -22,6 +22,7 @@ from layover.attached import (
     referrers_tag,
     report_rows,
 )
+from layover.attached_sync import AttachedCopy, sync_attached
 from layover.errors import EXIT_INPUT, MissingSignatureError
 from layover.imagelist import parse_text
 from layover.reference import Digest, ImageRef
@@ -210,3 +211,69 @@ def test_contents_rows_name_each_artifact_by_its_own_tag_or_digest():
         (str(sbom.digest), str(sbom.digest), "application/spdx+json"),
         (sbom_sig.tag, str(sbom_sig.digest), "application/vnd.oci.image.config.v1+json"),
     }
+
+
+# --- the stage's loop: per-image retries, every failure named --------------------------------
+class FlakySyncer:
+    """discover/copy over the fake registry; `fail[ref]` = errors to raise first, in order."""
+
+    def __init__(self, reg: FakeRegistry, fail: dict[str, list[Exception]]) -> None:
+        self.reg = reg
+        self.fail = fail
+        self.reader = reg
+        self.copied: list[str] = []
+
+    def _maybe_fail(self, key: str) -> None:
+        pending = self.fail.get(key)
+        if pending:
+            raise pending.pop(0)
+
+    def discover(self, ref: ImageRef):
+        self._maybe_fail(str(ref))
+        return discover(self.reg, ref)
+
+    def copy(self, entry: ListedAttachments):
+        self._maybe_fail(f"copy {entry.ref}")
+        self.copied.append(str(entry.ref))
+        return AttachedCopy(str(entry.ref), 1, 0, 0, 0)
+
+
+def test_transient_failures_are_retried_per_image_and_the_rest_named_together():
+    from layover.errors import AuthError, StageFailed, TransientHTTPError
+
+    reg = FakeRegistry()
+    image, _ = push_image(reg)
+    fully_attached(reg, image)
+    push_image(reg, "2.0")
+    push_image(reg, "3.0")
+    images = parse_text(f"{REPO}:1.0\n{REPO}:2.0\n{REPO}:3.0\n")
+
+    def flaky() -> TransientHTTPError:
+        return TransientHTTPError("GET", "http://ci/v2/", 503, (), "", "retrying may help")
+
+    slept: list[float] = []
+    syncer = FlakySyncer(reg, {f"{REPO}:1.0": [flaky(), flaky()], f"copy {REPO}:1.0": [flaky()]})
+    done = sync_attached(images, syncer, "copy", concurrency=2, retries=2, sleep=slept.append)  # type: ignore[arg-type]
+    assert [e.ref for e in done.record.images] == list(images.refs)
+    assert syncer.copied == [f"{REPO}:1.0"]  # the only image with something attached
+    assert len(slept) == 3 and all(0.9 <= s <= 12 for s in slept)
+    assert len(done.images.refs) == 3 + 4
+
+    # out of retries on one image, a refusal on another: both named, nothing copied
+    syncer = FlakySyncer(
+        reg, {f"{REPO}:2.0": [flaky(), flaky(), flaky()], f"{REPO}:3.0": [AuthError("refused")]}
+    )
+    with pytest.raises(StageFailed) as info:
+        sync_attached(images, syncer, "copy", concurrency=2, retries=2, sleep=slept.append)  # type: ignore[arg-type]
+    assert [image for image, _ in info.value.failures] == [f"{REPO}:2.0", f"{REPO}:3.0"]
+    assert str(info.value).startswith("attached sync: 2 image(s) failed: ")
+    assert syncer.copied == []
+
+
+def test_mode_none_asks_nothing():
+    reg = FakeRegistry()
+    push_image(reg)
+    images = parse_text(f"{REPO}:1.0\n")
+    done = sync_attached(images, FlakySyncer(reg, {}), "none", concurrency=2)  # type: ignore[arg-type]
+    assert done.images == images and done.record.images == () and reg.requests == {}
+    assert "--attached none" in done.stage(0.0).detail

@@ -12,6 +12,7 @@ import json
 import shutil
 
 import httpx
+import pytest
 
 from layover.adapters.attachment_reader import SourceAttachmentReader
 from layover.adapters.registry_client import SOURCE, Endpoint, RegistryClient
@@ -166,3 +167,22 @@ def test_source_reader_lists_a_repository_once_and_keeps_what_it_fetched():
     assert reader.has_referrers_api is False
     assert dict(reader.requests) == {"tags": 2, "manifest": 2, "referrers": 1}
     assert seen.count("GET /v2/a/tags/list") == 1
+
+
+def test_a_manifest_body_cut_off_is_a_transient_error():
+    """The head came whole, the body broke off: retrying may help (attached sync retries it)."""
+    from layover.errors import TransientHTTPError
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        if req.url.path == "/v2/":
+            return httpx.Response(200)
+
+        def body():
+            yield b'{"schemaVersion":'
+            raise httpx.RemoteProtocolError("peer closed connection without sending complete message body")
+
+        return httpx.Response(200, content=body(), headers={"Content-Type": OCI_MANIFEST})
+
+    client = RegistryClient(Endpoint("ci.example.com", flags=SOURCE), transport=httpx.MockTransport(handler))
+    with pytest.raises(TransientHTTPError, match=r"ci\.example\.com"):
+        SourceAttachmentReader(client).manifest("a", "sha256-x.sig")
