@@ -307,12 +307,24 @@ def sync_attached(
         log(f"attachment left out: {problem}")
     if mode == "require":
         record.require_signed()
-    # One copy per (repository, image digest): a digest listed under two tags has one set.
+    # One copy per (repository, image digest): a digest listed under two tags has one set. The
+    # copies into one repository run one after another: two uploads of one blob into one
+    # repository at once (every SBOM's empty config) race in Distribution, whose link writes are
+    # not atomic, and a manifest PUT then fails with MANIFEST_BLOB_UNKNOWN.
     distinct = list(
         {(e.found.repository, e.found.digest): e for e in record.images if e.found.digests}.values()
     )
     started = time.monotonic()
-    copies = _each(distinct, syncer.copy, lambda e: str(e.ref), workers, retries, sleep, log)
+    copies = _each(
+        distinct,
+        syncer.copy,
+        lambda e: str(e.ref),
+        workers,
+        retries,
+        sleep,
+        log,
+        serial=lambda e: e.found.repository,
+    )
     return AttachedSync(
         record,
         package_list(images, record),
@@ -335,9 +347,11 @@ def _each(
     retries: int,
     sleep: Callable[[float], None],
     log: Callable[[str], None],
+    *,
+    serial: Callable[[_T], str] | None = None,
 ) -> list[_R]:
-    """fn over items on `workers` threads, each retried on Transient; StageFailed names every
-    item that failed, in order."""
+    """fn over items on `workers` threads, each retried on Transient; items with the same
+    `serial` key run one after another. StageFailed names every item that failed, in order."""
 
     def attempt(item: _T) -> _R | LayoverError:
         for n in range(retries + 1):
@@ -353,11 +367,20 @@ def _each(
                 return e
         raise AssertionError("unreachable")
 
+    outcomes: list[_R | LayoverError | None] = [None] * len(items)
+    groups: dict[str, list[int]] = {}
+    for i, item in enumerate(items):
+        groups.setdefault(serial(item) if serial is not None else str(i), []).append(i)
+
+    def run(indexes: list[int]) -> None:
+        for i in indexes:
+            outcomes[i] = attempt(items[i])
+
     with ThreadPoolExecutor(workers) as pool:
-        outcomes = list(pool.map(attempt, items))
+        list(pool.map(run, groups.values()))
     failures = [(label(i), o) for i, o in zip(items, outcomes, strict=True) if isinstance(o, LayoverError)]
     if failures:
         named = "; ".join(f"{image}: {err}" for image, err in failures[:10])
         more = f" (and {len(failures) - 10} more)" if len(failures) > 10 else ""
         raise StageFailed(f"{STAGE}: {len(failures)} image(s) failed: {named}{more}", failures)
-    return [o for o in outcomes if not isinstance(o, LayoverError)]
+    return [o for o in outcomes if o is not None and not isinstance(o, LayoverError)]

@@ -277,3 +277,32 @@ def test_mode_none_asks_nothing():
     done = sync_attached(images, FlakySyncer(reg, {}), "none", concurrency=2)  # type: ignore[arg-type]
     assert done.images == images and done.record.images == () and reg.requests == {}
     assert "--attached none" in done.stage(0.0).detail
+
+
+def test_items_of_one_repository_run_one_after_another():
+    import threading
+    import time
+
+    from layover.attached_sync import _each
+
+    busy: dict[str, int] = {}
+    most: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def work(item: tuple[str, int]) -> int:
+        repo, n = item
+        with lock:
+            busy[repo] = busy.get(repo, 0) + 1
+            most[repo] = max(most.get(repo, 0), busy[repo])
+        time.sleep(0.01)
+        with lock:
+            busy[repo] -= 1
+        return n
+
+    items = [(repo, n) for n in range(4) for repo in ("a", "b", "c")]
+    got = _each(items, work, str, 6, 0, lambda _: None, lambda _: None, serial=lambda i: i[0])
+    assert got == [n for _, n in items]  # in order
+    assert most == {"a": 1, "b": 1, "c": 1}
+    most.clear()
+    _each(items, work, str, 6, 0, lambda _: None, lambda _: None)
+    assert max(most.values()) > 1  # without a serial key they do overlap
