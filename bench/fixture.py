@@ -2,8 +2,10 @@
 
 Layers are gzip'd tars (mtime 0, sorted plan, fixed owners/mtimes) of the contents of the
 Debian packages in an apt cache (default /var/cache/apt/archives), taken in sorted file-name
-order against a size budget, so they compress like real image layers. Same machine + same
-scale + same deb cache -> same bytes and digests on every run.
+order against a size budget, so they compress like real image layers; they are streamed into
+files through layover.testing.images.LayerWriter, and configs, manifests and indexes are built
+by the same module that builds the sample releases. Same machine + same scale + same deb cache
+-> same bytes and digests on every run.
 
     4 bases        base/debian (os), base/python, base/java, base/node (os + runtime layer)
     60 apps        platform/*, apps/team-a/*, apps/team-b/*, data/*, tools/*, lib, lib/tools
@@ -17,7 +19,6 @@ scale + same deb cache -> same bytes and digests on every run.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import json
@@ -30,6 +31,21 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from layover.reference import Digest
+from layover.testing.images import (
+    DOCKER,
+    DOCKER_INDENT,
+    FIXED_MTIME,
+    OCI,
+    LayerWriter,
+    Platform,
+    SampleDescriptor,
+    SampleManifest,
+    image_config,
+    image_manifest,
+    index_manifest,
+)
+
 FIXTURE_VERSION = 4
 DEFAULT_DEB_DIR = Path("/var/cache/apt/archives")
 MiB = 1024 * 1024
@@ -40,19 +56,7 @@ MiB = 1024 * 1024
 BASE_BUDGETS = {"os": 150 * MiB, "python": 120 * MiB, "java": 190 * MiB, "node": 110 * MiB}
 APP_DEPS_MEAN = 60 * MiB
 APP_TOP_MEAN = 8 * MiB
-
-from layover.samples import (  # noqa: E402  one list of media types for the project
-    DOCKER_CONFIG,
-    DOCKER_LAYER,
-    DOCKER_MANIFEST,
-    OCI_CONFIG,
-    OCI_INDEX,
-    OCI_LAYER,
-    OCI_MANIFEST,
-)
-from layover.samples import DOCKER_MANIFEST_LIST as DOCKER_LIST  # noqa: E402
-
-FIXED_MTIME = 1_700_000_000  # member mtimes inside layers; gzip header mtime is 0
+CREATED = "2024-06-01T00:00:00Z"  # in every config
 
 
 @dataclass(frozen=True)
@@ -71,29 +75,22 @@ class Blob:
     size: int
     path: Path  # content-addressed file in the blob cache
 
+    def descriptor(self, media_type: str) -> SampleDescriptor:
+        return SampleDescriptor(media_type, Digest.parse(self.digest), self.size)
+
 
 @dataclass(frozen=True)
-class Layer:
+class FileLayer:
     blob: Blob
     diff_id: str
-
-
-@dataclass(frozen=True)
-class Manifest:
-    media_type: str
-    data: bytes
-
-    @property
-    def digest(self) -> str:
-        return "sha256:" + hashlib.sha256(self.data).hexdigest()
 
 
 @dataclass(frozen=True)
 class FixtureImage:
     repository: str
     tag: str
-    manifest: Manifest  # what the tag points at (image manifest, list or index)
-    children: tuple[Manifest, ...]  # untagged platform manifests of a list/index
+    manifest: SampleManifest  # what the tag points at (image manifest, list or index)
+    children: tuple[SampleManifest, ...]  # untagged platform manifests of a list/index
     blobs: tuple[Blob, ...]  # configs and layers, every platform
 
     @property
@@ -125,16 +122,16 @@ class Fixture:
         """Every blob (manifests included) that release n needs."""
         out: set[str] = set()
         for img in self.release(n):
-            out.add(img.manifest.digest)
-            out.update(c.digest for c in img.children)
+            out.add(str(img.manifest.digest))
+            out.update(str(c.digest) for c in img.children)
             out.update(b.digest for b in img.blobs)
         return frozenset(out)
 
     def blob_bytes(self, digests: frozenset[str]) -> int:
         sizes: dict[str, int] = {}
         for img in self.all_images():
-            sizes[img.manifest.digest] = len(img.manifest.data)
-            sizes.update((c.digest, len(c.data)) for c in img.children)
+            sizes[str(img.manifest.digest)] = img.manifest.size
+            sizes.update((str(c.digest), c.size) for c in img.children)
             sizes.update((b.digest, b.size) for b in img.blobs)
         return sum(sizes[d] for d in digests)
 
@@ -202,22 +199,6 @@ def deb_pool(deb_dir: Path, cache: Path) -> list[tuple[str, int]]:
 # --- building one layer ------------------------------------------------------------------
 
 
-class _HashWriter:
-    """A file object that hashes and counts what passes through it."""
-
-    def __init__(self, raw) -> None:
-        self.raw, self.h, self.n = raw, hashlib.sha256(), 0
-
-    def write(self, b) -> int:
-        self.raw.write(b)
-        self.h.update(b)
-        self.n += len(b)
-        return len(b)
-
-    def flush(self) -> None:
-        self.raw.flush()
-
-
 def _members(deb: str) -> Iterator[tuple[tarfile.TarInfo, tarfile.TarFile]]:
     # stderr is dropped: closing the pipe early makes dpkg-deb complain about SIGPIPE.
     proc = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", deb], stdout=subprocess.PIPE,
@@ -232,56 +213,54 @@ def _members(deb: str) -> Iterator[tuple[tarfile.TarInfo, tarfile.TarFile]]:
         proc.wait()
 
 
-def build_layer(spec: LayerSpec, blob_dir: Path) -> Layer:
+def build_layer(spec: LayerSpec, blob_dir: Path) -> FileLayer:
     """Write one gzip'd layer tar into the blob cache; return its digests. Deterministic."""
     marker = blob_dir / "specs" / (hashlib.sha256(repr(spec).encode()).hexdigest() + ".json")
     if marker.exists():
         d = json.loads(marker.read_text())
-        return Layer(Blob(d["digest"], d["size"], blob_dir / d["digest"][7:]), d["diff_id"])
+        return FileLayer(Blob(d["digest"], d["size"], blob_dir / d["digest"][7:]), d["diff_id"])
     blob_dir.mkdir(parents=True, exist_ok=True)
     tmp = blob_dir / f".tmp-{os.getpid()}"
     with open(tmp, "wb") as raw:
-        outer = _HashWriter(raw)
-        with gzip.GzipFile(fileobj=outer, mode="wb", compresslevel=6, mtime=0) as gz:
-            inner = _HashWriter(gz)
-            with tarfile.open(fileobj=inner, mode="w|", format=tarfile.GNU_FORMAT) as out:
-                salt = spec.salt.encode()
-                ti = tarfile.TarInfo(f"etc/layer-{spec.name.replace('/', '_')}")
-                ti.size, ti.mtime, ti.mode = len(salt), FIXED_MTIME, 0o644
-                out.addfile(ti, io.BytesIO(salt))
-                written = 0
-                seen: set[str] = set()  # docker refuses a layer with a path twice
-                for deb in spec.debs:
-                    for m, tf in _members(deb):
-                        if written >= spec.budget:
-                            break
-                        if not (m.isfile() or m.isdir() or m.issym() or m.islnk()):
-                            continue
-                        m.mtime, m.uid, m.gid, m.uname, m.gname = FIXED_MTIME, 0, 0, "root", "root"
-                        m.name = m.name.removeprefix("./")
-                        if not m.name or m.name in seen:
-                            continue
-                        if m.islnk():  # a hard link to a file we skipped would not extract
-                            m.linkname = m.linkname.removeprefix("./")
-                            if m.linkname not in seen:
-                                continue
-                        if m.isfile() and m.size > spec.budget - written:
-                            continue  # one huge binary must not blow a small layer's budget
-                        seen.add(m.name)
-                        if m.isfile():
-                            out.addfile(m, tf.extractfile(m))
-                            written += m.size
-                        else:
-                            out.addfile(m)
+        # GNU tar headers (not the samples' PAX) are part of these layers' bytes: keep them.
+        writer = LayerWriter(raw, tar_format=tarfile.GNU_FORMAT)
+        with writer as out:
+            salt = spec.salt.encode()
+            ti = tarfile.TarInfo(f"etc/layer-{spec.name.replace('/', '_')}")
+            ti.size, ti.mtime, ti.mode = len(salt), FIXED_MTIME, 0o644
+            out.addfile(ti, io.BytesIO(salt))
+            written = 0
+            seen: set[str] = set()  # docker refuses a layer with a path twice
+            for deb in spec.debs:
+                for m, tf in _members(deb):
                     if written >= spec.budget:
                         break
-        diff_id = "sha256:" + inner.h.hexdigest()
-    digest = "sha256:" + outer.h.hexdigest()
+                    if not (m.isfile() or m.isdir() or m.issym() or m.islnk()):
+                        continue
+                    m.mtime, m.uid, m.gid, m.uname, m.gname = FIXED_MTIME, 0, 0, "root", "root"
+                    m.name = m.name.removeprefix("./")
+                    if not m.name or m.name in seen:
+                        continue
+                    if m.islnk():  # a hard link to a file we skipped would not extract
+                        m.linkname = m.linkname.removeprefix("./")
+                        if m.linkname not in seen:
+                            continue
+                    if m.isfile() and m.size > spec.budget - written:
+                        continue  # one huge binary must not blow a small layer's budget
+                    seen.add(m.name)
+                    if m.isfile():
+                        out.addfile(m, tf.extractfile(m))
+                        written += m.size
+                    else:
+                        out.addfile(m)
+                if written >= spec.budget:
+                    break
+    digest, diff_id = str(writer.digest), str(writer.diff_id)
     final = blob_dir / digest[7:]
     os.replace(tmp, final)
     marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps({"digest": digest, "size": outer.n, "diff_id": diff_id}))
-    return Layer(Blob(digest, outer.n, final), diff_id)
+    marker.write_text(json.dumps({"digest": digest, "size": writer.size, "diff_id": diff_id}))
+    return FileLayer(Blob(digest, writer.size, final), diff_id)
 
 
 # --- the release plan --------------------------------------------------------------------
@@ -315,6 +294,7 @@ def _plan_apps() -> tuple[list[_AppPlan], list[_AppPlan]]:
     plans: list[_AppPlan] = []
     for i, name in enumerate(names):
         base = ("os", "python", "java", "node")[i % 4]
+        arches: tuple[str, ...]
         if i in (3, 21, 40):
             kind, arches = "docker-list", ("amd64", "arm64")
         elif i in (11, 33):
@@ -327,17 +307,12 @@ def _plan_apps() -> tuple[list[_AppPlan], list[_AppPlan]]:
     return plans[:60], plans[60:]
 
 
-def _config(arch: str, layers: list[Layer], name: str) -> bytes:
-    cfg = {
-        "architecture": arch, "os": "linux", "created": "2024-06-01T00:00:00Z",
-        "config": {"Cmd": [f"/usr/local/bin/{name.rsplit('/', 1)[-1]}"],
-                   "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-                   "Labels": {"org.example.image": name}},
-        "rootfs": {"type": "layers", "diff_ids": [layer.diff_id for layer in layers]},
-        "history": [{"created": "2024-06-01T00:00:00Z", "created_by": f"layer {i}"}
-                    for i in range(len(layers))],
-    }
-    return json.dumps(cfg, sort_keys=True, separators=(",", ":")).encode()
+def _config(arch: str, layers: list[FileLayer], name: str) -> bytes:
+    return image_config(
+        Platform(arch), [Digest.parse(layer.diff_id) for layer in layers],
+        cmd=[f"/usr/local/bin/{name.rsplit('/', 1)[-1]}"], labels={"org.example.image": name},
+        history=[f"layer {i}" for i in range(len(layers))], created=CREATED, sort_keys=True,
+    )
 
 
 def _write_blob(blob_dir: Path, data: bytes) -> Blob:
@@ -347,18 +322,6 @@ def _write_blob(blob_dir: Path, data: bytes) -> Blob:
         blob_dir.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
     return Blob(digest, len(data), path)
-
-
-def _image_manifest(oci: bool, config: Blob, layers: list[Layer]) -> Manifest:
-    mt = OCI_MANIFEST if oci else DOCKER_MANIFEST
-    doc = {
-        "schemaVersion": 2, "mediaType": mt,
-        "config": {"mediaType": OCI_CONFIG if oci else DOCKER_CONFIG,
-                   "size": config.size, "digest": config.digest},
-        "layers": [{"mediaType": OCI_LAYER if oci else DOCKER_LAYER,
-                    "size": layer.blob.size, "digest": layer.blob.digest} for layer in layers],
-    }
-    return Manifest(mt, json.dumps(doc, indent=3).encode())
 
 
 def build(scale: float, cache: Path, deb_dir: Path = DEFAULT_DEB_DIR, jobs: int = 2) -> Fixture:
@@ -390,26 +353,25 @@ def build(scale: float, cache: Path, deb_dir: Path = DEFAULT_DEB_DIR, jobs: int 
         built = dict(zip(names, ex.map(build_layer, [specs[n] for n in names],
                                        [blob_dir] * len(names))))
 
-    def base_layers(base: str, arch: str) -> list[Layer]:
+    def base_layers(base: str, arch: str) -> list[FileLayer]:
         os_layer = built["base/os@arm64" if arch == "arm64" else "base/os"]
         return [os_layer] if base == "os" else [os_layer, built[f"base/{base}"]]
 
     def image(repo: str, tag: str, kind: str, arches: tuple[str, ...],
-              layer_sets: dict[str, list[Layer]]) -> FixtureImage:
-        oci = kind.startswith("oci")
-        children: list[Manifest] = []
+              layer_sets: dict[str, list[FileLayer]]) -> FixtureImage:
+        fmt = OCI if kind.startswith("oci") else DOCKER
+        children: list[SampleManifest] = []
         blobs: list[Blob] = []
         for arch in arches:
             cfg = _write_blob(blob_dir, _config(arch, layer_sets[arch], repo))
             blobs += [cfg] + [layer.blob for layer in layer_sets[arch]]
-            children.append(_image_manifest(oci, cfg, layer_sets[arch]))
+            # The bench writes every manifest, OCI ones too, indented as docker does.
+            children.append(image_manifest(
+                fmt, cfg.descriptor(fmt.config), [x.blob.descriptor(fmt.layer) for x in layer_sets[arch]],
+                indent=DOCKER_INDENT, platform=Platform(arch)))
         if kind in ("docker", "oci"):
             return FixtureImage(repo, tag, children[0], (), tuple(blobs))
-        mt = OCI_INDEX if oci else DOCKER_LIST
-        doc = {"schemaVersion": 2, "mediaType": mt, "manifests": [
-            {"mediaType": c.media_type, "size": len(c.data), "digest": c.digest,
-             "platform": {"architecture": a, "os": "linux"}} for c, a in zip(children, arches)]}
-        return FixtureImage(repo, tag, Manifest(mt, json.dumps(doc, indent=3).encode()),
+        return FixtureImage(repo, tag, index_manifest(fmt, children, indent=DOCKER_INDENT),
                             tuple(children), tuple(blobs))
 
     def app(p: _AppPlan, top: str, tag: str) -> FixtureImage:

@@ -79,7 +79,7 @@ class Bench:
         print(f"fixture: scale {self.a.scale}, built in {time.monotonic() - t:.0f}s", flush=True)
         storage = self.cache / f"ci-storage-s{self.a.scale}-v{fixture_mod.FIXTURE_VERSION}"
         stamp = storage / ".pushed"
-        want = str(sorted(i.manifest.digest for i in self.fx.all_images()))
+        want = str(sorted(str(i.manifest.digest) for i in self.fx.all_images()))
         if not (stamp.exists() and stamp.read_text() == want):
             shutil.rmtree(storage, ignore_errors=True)
             storage.mkdir(parents=True)
@@ -200,7 +200,7 @@ class Bench:
             want = self.fx.blob_digests(2) - self.fx.blob_digests(1)
         where: dict[str, tuple[str, str]] = {}
         for img in self.fx.all_images():
-            for d in [img.manifest.digest, *(c.digest for c in img.children)]:
+            for d in map(str, [img.manifest.digest, *(c.digest for c in img.children)]):
                 where.setdefault(d, (img.repository, "manifest"))
             for d in (b.digest for b in img.blobs):
                 where.setdefault(d, (img.repository, "blob"))

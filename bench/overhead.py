@@ -2,8 +2,9 @@
 
     python -m bench.overhead [--images 1000] [--concurrency 8]
 
-A CI registry gets N tiny images (one unique ~1 KiB layer and config each), then, in the same
-run and against one standing Prefect server:
+A CI registry gets N tiny images (one unique layer of a few hundred bytes and a config each,
+from layover.testing's seeded_image), then, in the same run and against one standing Prefect
+server:
   - baseline: the skopeo work Layover orchestrates for a cold release, without Layover:
     `skopeo copy --all --preserve-digests` of every image, `--concurrency` at a time, into a
     fresh registry (what archive sync does), and `tar` of that registry's storage;
@@ -16,15 +17,10 @@ the largest process of Layover's tree (ru_maxrss via wait4).
 from __future__ import annotations
 
 import argparse
-import gzip
-import hashlib
-import io
-import json
 import os
 import shutil
 import subprocess
 import sys
-import tarfile
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -38,31 +34,8 @@ from bench.measure import measure  # noqa: E402
 from layover.adapters.registry import RegistryManager, docker_client  # noqa: E402
 from layover.adapters.registry_api import RegistryAPI  # noqa: E402
 from layover.adapters.registry_image import ensure_registry_image  # noqa: E402
-from layover.reference import Digest  # noqa: E402
-
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-
-
-def _tiny_image(i: int) -> tuple[bytes, dict[Digest, bytes]]:
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w") as tf:
-        data = f"image {i}\n".encode() * 64
-        info = tarfile.TarInfo(f"app/{i}.txt")
-        info.size = len(data)
-        tf.addfile(info, io.BytesIO(data))
-    layer = gzip.compress(raw.getvalue(), mtime=0)
-    diff = "sha256:" + hashlib.sha256(raw.getvalue()).hexdigest()
-    config = json.dumps({"architecture": "amd64", "os": "linux",
-                         "rootfs": {"type": "layers", "diff_ids": [diff]}}).encode()
-    blobs = {Digest(hashlib.sha256(b).hexdigest()): b for b in (layer, config)}
-    manifest = json.dumps({
-        "schemaVersion": 2, "mediaType": DOCKER_MANIFEST,
-        "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
-                   "size": len(config), "digest": "sha256:" + hashlib.sha256(config).hexdigest()},
-        "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
-                    "size": len(layer), "digest": "sha256:" + hashlib.sha256(layer).hexdigest()}],
-    }).encode()
-    return manifest, blobs
+from layover.testing.images import DOCKER, seeded_image  # noqa: E402
+from layover.testing.push import push_image  # noqa: E402
 
 
 def _push(host: str, n: int) -> list[str]:
@@ -70,11 +43,8 @@ def _push(host: str, n: int) -> list[str]:
     names = [f"small/app-{i:04d}:1" for i in range(n)]
 
     def one(i: int) -> None:
-        manifest, blobs = _tiny_image(i)
-        repo = f"small/app-{i:04d}"
-        for d, b in blobs.items():
-            api.push_blob(repo, d, b)
-        api.put_manifest(repo, "1", manifest, DOCKER_MANIFEST)
+        image = seeded_image(f"small/app-{i:04d}", "1", seed=f"overhead {i}", layers=1, fmt=DOCKER)
+        push_image(api, image)
 
     with ThreadPoolExecutor(8) as ex:
         list(ex.map(one, range(n)))

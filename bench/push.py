@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import httpx
 
-from bench.fixture import (DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, Blob, Fixture,
-                           FixtureImage, Manifest)
-
-ACCEPT = (DOCKER_MANIFEST, DOCKER_LIST, OCI_MANIFEST, OCI_INDEX)
+from bench.fixture import Blob, Fixture, FixtureImage
+from layover.manifest import MANIFEST_ACCEPT
+from layover.testing.images import SampleManifest
 
 
 class Pusher:
@@ -36,7 +35,7 @@ class Pusher:
         for blob in img.blobs:
             self._blob(repo, blob)
         for child in img.children:  # an index needs its children stored in the same repo
-            self._manifest(repo, child.digest, child)
+            self._manifest(repo, str(child.digest), child)
         self._manifest(repo, img.tag, img.manifest)
 
     def _blob(self, repo: str, blob: Blob) -> None:
@@ -61,12 +60,12 @@ class Pusher:
             _check(r, 201, f"upload {blob.digest} to {repo}")
         self._where.setdefault(blob.digest, repo)
 
-    def _manifest(self, repo: str, ref: str, m: Manifest) -> None:
+    def _manifest(self, repo: str, ref: str, m: SampleManifest) -> None:
         r = self.client.put(f"{self.base}/{repo}/manifests/{ref}", content=m.data,
                             headers={"Content-Type": m.media_type})
         _check(r, 201, f"put manifest {repo}:{ref}")
         got = r.headers.get("Docker-Content-Digest")
-        if got and got != m.digest:
+        if got and got != str(m.digest):
             raise RuntimeError(f"registry stored {repo}:{ref} as {got}, expected {m.digest}")
 
     def get_blob_to(self, repo: str, digest: str, out) -> int:
@@ -74,7 +73,7 @@ class Pusher:
         n = 0
         # manifests are blobs on disk, but a repo serves them only under /manifests/
         kind = "manifests" if digest in self.manifest_digests else "blobs"
-        headers = {"Accept": ",".join(ACCEPT)}
+        headers = {"Accept": MANIFEST_ACCEPT}
         with self.client.stream("GET", f"{self.base}/{repo}/{kind}/{digest}",
                                 headers=headers) as r:
             _check(r, 200, f"get {digest} from {repo}")

@@ -19,6 +19,7 @@ from layover.workdir import WorkDir
 from tasks.archive_sync import sync_archive
 from tasks.attached_sync import attach
 from tasks.credentials import source_authfile
+from tasks.delta import write_deltas
 from tasks.fanout import MAX_CONCURRENCY
 from tasks.gc import collect_garbage
 from tasks.load_list import load_images
@@ -78,8 +79,11 @@ def release(request: ReleaseRequest) -> ReleaseReport:
             regs.stop(package)  # never delete under a running registry
             stages.append(collect_garbage(wd, attached.images))
             stages.append(verify_package(wd, attached.images, attached.record))
-            tar_stage, sha256, size = write_release_tarball(wd, request.output)
+            tar_stage, sha256, size, contents = write_release_tarball(
+                wd, request.output, listed, attached.images, attached.record
+            )
             stages.append(tar_stage)
+            stages += write_deltas(wd, request, sha256)
         finally:
             teardown(wd, regs)
     report = ReleaseReport(
@@ -90,7 +94,8 @@ def release(request: ReleaseRequest) -> ReleaseReport:
         sha256=sha256,
         tarball_bytes=size,
         stages=tuple(stages),
+        contents=contents,
         attached=report_rows(attached.record),
     )
-    publish_report(report)
+    publish_report(report, wd)
     return report

@@ -37,6 +37,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from layover.contents import Attached, Contents, assemble
 from layover.errors import ImageNotFoundError, MissingSignatureError
 from layover.imagelist import Entry, ImageList
 from layover.manifest import (
@@ -541,14 +542,7 @@ def report_rows(record: AttachedRecord) -> tuple[AttachedRow, ...]:
     )
 
 
-# --- for the contents file -------------------------------------------------------------------
-# LEAD: layover/contents.py is on branch `customer`, not on main yet. Wire in when it lands:
-#     contents = build(wd.package, attached.images, ...)   # the package's list: every attachment
-#                                                          # is an Image entry, so install writes it
-#     rows = contents_attached(attached.record)
-#     images = [i.model_copy(update={"attached": tuple(Attached(reference=r, digest=d,
-#               artifact_type=t) for r, d, t in rows.get(i.reference, ()))}) for i in contents.images]
-#     contents = assemble(images, list_source=..., list_commit=..., sizes=...)  # recounts totals
+# --- for the contents file (layover/contents.py) -----------------------------------------------
 def contents_attached(record: AttachedRecord) -> dict[str, tuple[tuple[str, str, str | None], ...]]:
     """listed reference -> (reference, digest, artifact type) of each artifact attached to it, in
     discovery order: what contents.Image.attached holds. The reference is the artifact's own
@@ -566,3 +560,30 @@ def contents_attached(record: AttachedRecord) -> dict[str, tuple[tuple[str, str,
         if rows:
             out[str(e.ref)] = rows
     return out
+
+
+def with_attached(contents: Contents, record: AttachedRecord) -> Contents:
+    """The contents file with each listed image's attachments named (`attached`, and the total).
+
+    `contents` is built over the package's list (`package_list`), so every attachment is also an
+    image of its own there: install, push and deltas carry it like any image."""
+    rows = contents_attached(record)
+    if not rows:
+        return contents
+    images = [
+        i.model_copy(
+            update={
+                "attached": tuple(
+                    Attached(reference=r, digest=d, artifact_type=t) for r, d, t in rows.get(i.reference, ())
+                )
+            }
+        )
+        for i in contents.images
+    ]
+    return assemble(
+        images,
+        list_source=contents.list_source,
+        list_commit=contents.list_commit,
+        sizes={b.digest: b.size for b in contents.blobs},
+        delta=contents.delta,
+    )

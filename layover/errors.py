@@ -16,7 +16,8 @@
     │   ├── TLSError                a registry's certificate did not verify
     │   ├── ImageNotFoundError      the source has no such image: do not retry
     │   ├── MissingSignatureError   --attached require: listed images without a signature
-    │   └── PackageError            a package is refused (checksum, member, base): nothing changed
+    │   ├── PackageError            a package is refused (checksum, member, base): nothing changed
+    │   └── TagConflictError        a target registry's tag points elsewhere: nothing was pushed
     ├── SourceUnreachableError      the source registry does not answer at all     exit 4
     ├── DiskFullError               no space left; names the path and the space needed   exit 5
     ├── VerifyError                 the package does not serve exactly the listed images exit 6
@@ -139,6 +140,10 @@ class MissingSignatureError(InputError):
 
 class PackageError(InputError):
     """A package (tarball, contents file, delta) is refused; nothing was changed."""
+
+
+class TagConflictError(InputError):
+    """A registry being pushed to already has a tag at another digest (`--on-existing-tag fail`)."""
 
 
 class SourceUnreachableError(LayoverError):

@@ -32,6 +32,7 @@ OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 OCI_EMPTY = "application/vnd.oci.empty.v1+json"  # the empty config of OCI 1.1 artifacts
+DOCKER_SCHEMA1_SIGNED = "application/vnd.docker.distribution.manifest.v1+prettyjws"
 
 # Attached artifacts (signatures, attestations, SBOMs). Layer media types and OCI 1.1
 # `artifactType` values; see layover/attached.py for how they are classified.
@@ -114,6 +115,16 @@ class Manifest:
     @property
     def foreign_layers(self) -> tuple[Digest, ...]:
         return tuple(layer.digest for layer in self.layers if layer.foreign)
+
+
+def media_type_of(manifest: Manifest) -> str:
+    """The Content-Type to PUT a manifest with: its own `mediaType`, else what its shape says
+    (the field is optional in OCI documents; Docker's always carry it)."""
+    if manifest.media_type:
+        return manifest.media_type
+    return {ManifestKind.INDEX: OCI_INDEX, ManifestKind.IMAGE: OCI_MANIFEST}.get(
+        manifest.kind, DOCKER_SCHEMA1_SIGNED
+    )
 
 
 def is_foreign(media_type: str | None, urls: object) -> bool:

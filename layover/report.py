@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from layover.attached import AttachedRow
+from layover.contents import Contents
 from layover.units import human_bytes
 
 
@@ -70,6 +71,7 @@ class ReleaseReport:
     sha256: str
     tarball_bytes: int
     stages: tuple[StageReport, ...] = field(default_factory=tuple)
+    contents: Contents | None = None  # what the package holds (layover/contents.py)
     attached: tuple[AttachedRow, ...] = ()  # per listed image, when attachments were looked up
 
     @property
@@ -113,8 +115,10 @@ class ReleaseReport:
         return "\n".join([*self.header_lines(), "", *table, *self._attached_text()])
 
     def to_json(self) -> str:
-        """Sidecar metadata: which list (and commit) made this tarball, and how."""
-        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+        """Sidecar metadata: which list (and commit) made this tarball, how, and what it holds."""
+        doc = asdict(replace(self, contents=None))
+        doc["contents"] = self.contents.to_obj() if self.contents is not None else None
+        return json.dumps(doc, indent=2, sort_keys=True) + "\n"
 
     def to_markdown(self) -> str:
         lines = ["# Layover release report", ""]

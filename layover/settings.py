@@ -94,6 +94,13 @@ class ReleaseRequest(BaseModel):
         "whatever is attached, require a signature on every listed image (else fail naming them), "
         "or ship none (docs/attached.md).",
     )
+    delta_from: tuple[Annotated[str, Field(min_length=1)], ...] = Field(
+        default=(),
+        max_length=8,
+        description="Also write a delta package against each base: a package (tarball or its .json) on the "
+        "build host, or a git tag of the list's repository whose package this work dir built. Each is "
+        "written beside the output as <output>.from-<base>.tar (docs/customer.md).",
+    )
 
     @model_validator(mode="after")
     def _one_credential_source(self) -> ReleaseRequest:
@@ -109,3 +116,33 @@ class ReleaseRequest(BaseModel):
         if not re.fullmatch(_HOSTPORT, v):
             raise ValueError(f"{v!r} is not HOST[:PORT], e.g. registry.ci:5000 or 127.0.0.1:5000")
         return v
+
+
+class KeepRecent(BaseModel):
+    """Keep the images.list at each of the last N git tags (or branches) whose name matches."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", title="Recent releases in git")
+    repo: str = Field(description="Git repository URL or path on the build host.", min_length=1)
+    pattern: str = Field(default="*", min_length=1,
+                         description="Glob on tag and branch names, e.g. v* or release-*.")
+    last: int = Field(ge=1, le=1000, description="How many of the matching tags or branches to keep, "
+                      "the last in version order (v1.10 after v1.9).")
+    path: str = Field(default="images.list", description="Path of the list inside the repository.")
+
+
+class RetentionRequest(BaseModel):
+    """One archive prune: keep what the named releases need, delete everything else from lower/."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", title="Archive retention")
+
+    work_dir: Path = Field(description="Build host directory holding the archive (lower) and the lock.")
+    keep_lists: tuple[ListLocation, ...] = Field(
+        default=(), description="images.lists whose images are kept (files, or a git ref each).")
+    keep_recent: KeepRecent | None = Field(
+        default=None, description="Also keep the lists of the last N matching git tags or branches.")
+    dry_run: bool = Field(default=True, description="Only report what would be deleted; change nothing.")
+    force: bool = Field(default=False, description="Prune even if the lists name no image, or name "
+                        "images the archive does not hold.")
+    lock_wait_seconds: float = Field(
+        default=3600, ge=0, le=86400,
+        description="If a release holds the work dir, wait this long for it before failing.")

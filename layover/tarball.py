@@ -1,7 +1,9 @@
 """The release tarball's format, decided without touching a disk.
 
 A release tarball is a POSIX (pax) tar of registry storage with `docker/registry/v2/...` at its
-root, so `tar -xf` into a registry's /var/lib/registry restores it. This module decides every
+root, so `tar -xf` into a registry's /var/lib/registry restores it. Leading files come first,
+before the sorted tree: the contents file `layover/contents.json` (layover/contents.py), so a
+reader knows what the package holds before it reaches any blob. This module decides every
 byte that is not file data: which members exist and in what order, each member's header bytes,
 and where each member's data starts. The I/O adapter (layover/adapters/tar_writer.py) only
 fills in file data at the offsets planned here, by whichever data path the filesystem allows.
@@ -253,13 +255,28 @@ def _member_header(entry: Entry, offset: int, mtime: int) -> bytes:
     return header
 
 
-def plan(entries: Iterable[Entry], *, mtime: int = 0) -> TarPlan:
-    """Lay out every member. Raises StorageError for bad names, duplicates or orphans."""
+def plan(entries: Iterable[Entry], *, mtime: int = 0, first: Sequence[Entry] = ()) -> TarPlan:
+    """Lay out every member. Raises StorageError for bad names, duplicates or orphans.
+
+    `first`: files placed before the sorted tree, in the order given, e.g. the contents file
+    (`layover/contents.json`), so a reader finds it without reading any blob. They need no
+    directory member: every extractor creates a missing parent (their own parents are the
+    only ones they may lack)."""
     if mtime < 0:
         raise ValueError("mtime must be >= 0")
+    leading = list(first)
+    for e in leading:
+        check_name(e.name)
+        if e.kind is not Kind.FILE or e.size < 0:
+            raise StorageError(e.name, "a leading member must be a file with a size >= 0")
+    tree = ordered(entries)
+    names = [e.name for e in leading]
+    clash = set(names) & {e.name for e in tree} or {n for n in names if names.count(n) > 1}
+    if clash:
+        raise StorageError(sorted(clash)[0], "listed twice: the member list must name each path once")
     members: list[PlannedMember] = []
     offset = 0
-    for entry in ordered(entries):
+    for entry in [*leading, *tree]:
         header = _member_header(entry, offset, mtime)
         data_offset = offset + len(header)
         padding = _pad_to_block(entry.size)

@@ -6,6 +6,7 @@
       work/      overlayfs workdir (disposable; must share upper's filesystem)
       merged/    the package registry's storage: the overlay view (disposable)
       run/       registry configs, a decoded credentials file (0600) during a run (disposable)
+      releases/  <package sha256>.json: the report and contents of every package built here
       lock       fcntl lock + holder description: one run per work dir
 
 Keeping all of them in one directory keeps upper/work on lower's filesystem (docs/design.md §3).
@@ -52,6 +53,12 @@ class WorkDir:
     def src_auth(self) -> Path:
         """Credentials from a Prefect Secret block, written for skopeo only while a run needs them."""
         return self.run / "src-auth.json"
+
+    @property
+    def releases(self) -> Path:
+        """One `<package sha256>.json` per package built (the sidecar's report with its contents):
+        what retention reads, and where a delta finds the base a git tag names."""
+        return self.root / "releases"
 
     @property
     def lock(self) -> Path:

@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 
 from layover.adapters.registry import RegistryManager, docker_client
-from layover.adapters.registry_api import push_release
 from layover.adapters.registry_image import ensure_registry_image
-from layover.samples import release
+from layover.testing.push import push_release
+from layover.testing.releases import release
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -15,7 +15,7 @@ DOCKERD_LOG=/var/log/layover-dockerd.log
 # reflink tests), libarchive-tools (bsdtar extracts our tarballs), postgresql (two-host Prefect
 # test), chromium (renders the Prefect UI in the deployment test).
 PACKAGES=(docker.io skopeo docker-registry fuse-overlayfs git apache2-utils e2fsprogs xfsprogs
-          btrfs-progs libarchive-tools postgresql chromium)
+          btrfs-progs libarchive-tools postgresql chromium strace)
 
 say() { printf 'setup: %s\n' "$*"; }
 die() { printf 'setup: ERROR: %s\n' "$*" >&2; exit 1; }

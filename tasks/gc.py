@@ -13,7 +13,7 @@ from prefect.cache_policies import NO_CACHE
 
 from layover.storage.images import pinned_roots
 from layover.storage.gc import plan_gc
-from layover.storage.vacuum import apply_gc
+from layover.storage.vacuum import apply_gc, remove_empty_dirs
 from layover.imagelist import ImageList
 from layover.report import StageReport
 from layover.workdir import WorkDir
@@ -25,4 +25,6 @@ def collect_garbage(wd: WorkDir, images: ImageList) -> StageReport:
     plan = plan_gc(wd.package, extra_roots=pinned_roots(images))
     get_run_logger().info("gc plan: %s", plan.summary())
     apply_gc(plan)
+    # Empty dirs a killed archive prune left in lower would otherwise be packaged (docs/retention.md).
+    remove_empty_dirs(wd.package)
     return StageReport("gc", time.monotonic() - started, detail=plan.summary())

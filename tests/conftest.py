@@ -10,20 +10,14 @@ integration test would hide a broken environment.
     skopeo_bin           (session) path of skopeo
     require_root_overlay (session) root + a working kernel overlayfs
     mounted_overlay      factory(lower=None) -> OverlayDirs, mounted; unmounted at teardown
-    sample_images        factory .push(registry, "repo:tag", ...) -> SampleImage (skopeo from
-                         an OCI layout built in tmp_path; no internet)
+    sample_images        factory .push(registry, "repo:tag", ...) -> layover.testing SampleImage,
+                         pushed over the registry HTTP API (seeded content; no internet)
 """
 
 from __future__ import annotations
 
-import gzip
-import hashlib
-import io
-import json
 import os
 import shutil
-import subprocess
-import tarfile
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -32,7 +26,9 @@ from pathlib import Path
 
 import pytest
 
-from layover.reference import Digest
+from layover.adapters.registry_api import RegistryAPI
+from layover.testing.images import SampleImage, seeded_image
+from layover.testing.push import push_image
 
 IN_CI = os.environ.get("CI") == "true"
 
@@ -152,95 +148,23 @@ def mounted_overlay(require_root_overlay, tmp_path) -> Iterator:
 
 
 # --- sample images --------------------------------------------------------------------------
-@dataclass(frozen=True)
-class SampleImage:
-    reference: str  # HOST/REPO:TAG it was pushed to
-    manifest: Digest  # the top-level digest (index digest when platforms > 1)
-    blobs: frozenset[Digest]  # every config and layer blob
-    children: tuple[Digest, ...]  # per-platform manifests of an index; () for a single image
-
-
 class SampleImages:
-    """Builds small random OCI images in tmp_path and pushes them with skopeo."""
+    """Pushes small seeded images (layover.testing.images.seeded_image) over the registry API.
 
-    def __init__(self, tmp_path: Path, skopeo: str) -> None:
-        self.tmp_path = tmp_path
-        self.skopeo = skopeo
-        self.count = 0
+    What the tests built on this prove is about copying images out of a registry, not about how
+    they got in, so an HTTP push (no skopeo, no OCI layout on disk) is enough.
+    """
 
     def push(self, registry, name_tag: str, *, layers: int = 2, platforms: int = 1,
              seed: str | None = None) -> SampleImage:
-        self.count += 1
-        layout = self.tmp_path / f"oci-{self.count}"
-        seed = seed if seed is not None else uuid.uuid4().hex
-        top, blobs, children = write_oci_layout(layout, "t", seed=seed, layers=layers,
-                                                platforms=platforms)
-        ref = f"{registry.host}/{name_tag}"
-        subprocess.run(
-            [self.skopeo, "copy", "--all", "--preserve-digests", "--dest-tls-verify=false",
-             f"oci:{layout}:t", f"docker://{ref}"],
-            check=True, capture_output=True, timeout=120,
-        )
-        return SampleImage(ref, top, blobs, children)
+        repository, _, tag = name_tag.rpartition(":")
+        image = seeded_image(repository, tag, seed=seed if seed is not None else uuid.uuid4().hex,
+                             layers=layers, platforms=platforms)
+        with RegistryAPI(registry.host) as api:
+            push_image(api, image)
+        return image
 
 
 @pytest.fixture
-def sample_images(skopeo_bin, tmp_path) -> SampleImages:
-    return SampleImages(tmp_path, skopeo_bin)
-
-
-def write_oci_layout(root: Path, tag: str, *, seed: str, layers: int = 2, platforms: int = 1
-                     ) -> tuple[Digest, frozenset[Digest], tuple[Digest, ...]]:
-    """An OCI image layout with one image (or an index of `platforms` images) tagged `tag`.
-
-    Content is derived from `seed`, so different seeds never share blobs. Returns
-    (top-level digest, config+layer blobs, child manifests).
-    """
-    blob_dir = root / "blobs" / "sha256"
-    blob_dir.mkdir(parents=True, exist_ok=True)
-
-    def put(data: bytes) -> dict:
-        hex_ = hashlib.sha256(data).hexdigest()
-        (blob_dir / hex_).write_bytes(data)
-        return {"digest": f"sha256:{hex_}", "size": len(data)}
-
-    arches = ["amd64", "arm64", "ppc64le", "s390x", "riscv64"]
-    blobs: set[Digest] = set()
-    manifests = []
-    for p in range(platforms):
-        layer_descs, diff_ids = [], []
-        for i in range(layers):
-            buf = io.BytesIO()
-            with tarfile.open(fileobj=buf, mode="w") as tar:
-                content = f"{seed}/{p}/{i}\n".encode()
-                info = tarfile.TarInfo(f"layer{i}.txt")
-                info.size = len(content)
-                tar.addfile(info, io.BytesIO(content))
-            raw = buf.getvalue()
-            layer_descs.append({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                                **put(gzip.compress(raw, mtime=0))})
-            diff_ids.append("sha256:" + hashlib.sha256(raw).hexdigest())
-        arch = arches[p % len(arches)]
-        config = json.dumps({"architecture": arch, "os": "linux", "config": {},
-                             "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()
-        config_desc = {"mediaType": "application/vnd.oci.image.config.v1+json", **put(config)}
-        manifest = json.dumps({"schemaVersion": 2,
-                               "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                               "config": config_desc, "layers": layer_descs}).encode()
-        desc = {"mediaType": "application/vnd.oci.image.manifest.v1+json", **put(manifest),
-                "platform": {"architecture": arch, "os": "linux"}}
-        manifests.append(desc)
-        blobs |= {Digest.parse(d["digest"]) for d in [config_desc, *layer_descs]}
-    if platforms == 1:
-        top = {k: v for k, v in manifests[0].items() if k != "platform"}
-        children: tuple[Digest, ...] = ()
-    else:
-        index = json.dumps({"schemaVersion": 2,
-                            "mediaType": "application/vnd.oci.image.index.v1+json",
-                            "manifests": manifests}).encode()
-        top = {"mediaType": "application/vnd.oci.image.index.v1+json", **put(index)}
-        children = tuple(Digest.parse(m["digest"]) for m in manifests)
-    top["annotations"] = {"org.opencontainers.image.ref.name": tag}
-    (root / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
-    (root / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [top]}))
-    return Digest.parse(top["digest"]), frozenset(blobs), children
+def sample_images() -> SampleImages:
+    return SampleImages()

@@ -1,6 +1,7 @@
 """Read an images.list from a git repository at the exact commit a ref names.
 
     read_list_at(repo, ref, path) -> GitList(data, commit, repo, ref, path)
+    list_refs(repo)              -> every tag and branch, as full ref names (refs/tags/v1, ...)
 
 `repo` is a directory on this host (bare or not) or a URL (file://, ssh://, https://, git://,
 or scp-style host:path). A directory is read in place. A URL is shallow-fetched (depth 1, just
@@ -75,6 +76,29 @@ def read_list_at(repo: str, ref: str, path: str, *, cache_dir: Path | None = Non
             raise GitSourceError(shown, ref, norm, f"fetched {commit}, not the commit asked for")
         data = _read_blob(cache, commit, shown, ref, norm, secrets)
     return GitList(data=data, commit=commit, repo=shown, ref=ref, path=norm)
+
+
+def list_refs(repo: str) -> list[str]:
+    """Every tag and branch of `repo` as full ref names (`refs/tags/v1`, `refs/heads/main`),
+    sorted. A directory is read in place; a URL is asked with `git ls-remote` (names only,
+    nothing is fetched)."""
+    shown, secrets = _redact_url(repo)
+    if not repo.strip() or repo.startswith("-"):
+        raise GitSourceError(shown, "*", "-", "give a path to a git repository or a URL")
+    local = Path(repo).expanduser()
+    if not _is_url(repo) and local.is_dir():
+        argv = ["git", "-C", str(local), "for-each-ref", "--format=%(refname)", "refs/tags", "refs/heads"]
+    elif _is_url(repo):
+        argv = ["git", "ls-remote", "--refs", "--tags", "--heads", "--end-of-options", repo]
+    else:
+        raise GitSourceError(shown, "*", "-", "no such directory, and not a URL; give a path to a git "
+                             "repository on the build host or a URL")
+    try:
+        out = run(argv, timeout=FETCH_TIMEOUT, env=_env(), secrets=secrets).text
+    except CommandError as e:
+        raise GitSourceError(shown, "*", "-", f"listing tags and branches: {_explain(e.stderr)}") from e
+    # for-each-ref prints one name a line; ls-remote "<sha>\t<name>"
+    return sorted(line.rsplit("\t", 1)[-1] for line in out.splitlines() if line.strip())
 
 
 # --- checks ---------------------------------------------------------------------------------

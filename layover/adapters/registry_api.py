@@ -1,8 +1,8 @@
 """A small client for the Distribution HTTP API v2, for registries on loopback only.
 
-Used to push the deterministic sample images (layover.samples) and to read registries back in
-tests and checks. Plain HTTP, no auth: every registry Layover starts listens on 127.0.0.1, and
-this client refuses any other host so that no test can send a byte off the machine.
+The protocol verbs only: blobs, manifests, catalog, tags, referrers (layover.testing.push
+builds image pushes on them). Plain HTTP, no auth: every registry Layover starts listens on
+127.0.0.1, and this client refuses any other host so that no test can send a byte off the machine.
 
     push a blob      HEAD /v2/<name>/blobs/<digest>            200: already there, skip
                      POST /v2/<name>/blobs/uploads/?mount=&from=   201: mounted from a sibling
@@ -14,16 +14,12 @@ this client refuses any other host so that no test can send a byte off the machi
     referrers        GET  /v2/<name>/referrers/<digest>         404: no referrers API (Distribution
                                                                 2.8 and 3.x); 200: an OCI index
     delete           DELETE /v2/<name>/manifests/<digest>, /v2/<name>/blobs/<digest>
-
-A registry checks on manifest PUT that the config and layers are linked in that repository and
-that an index's children are already stored there, so push order is: blobs, children, index.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import httpx
@@ -32,7 +28,6 @@ import tenacity
 from layover.errors import RegistryError, RegistryHTTPError
 from layover.manifest import MANIFEST_ACCEPT, OCI_INDEX, Descriptor, parse_descriptors
 from layover.reference import Digest
-from layover.samples import Release, SampleImage
 
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
@@ -43,15 +38,6 @@ class FetchedManifest(NamedTuple):
     data: bytes
     media_type: str
     digest: Digest
-
-
-@dataclass(frozen=True)
-class PushResult:
-    image: str  # repository:tag@digest
-    blobs_uploaded: int  # bytes sent
-    blobs_mounted: int  # linked from another repository of this registry, no bytes sent
-    blobs_present: int  # already in the repository (HEAD 200)
-    manifests: int  # children + the tagged manifest
 
 
 def _sha256(data: bytes) -> Digest:
@@ -264,24 +250,6 @@ class RegistryAPI:
             raise RegistryHTTPError("GET", str(resp.request.url), 404, codes, "", "")
         return tuple(sorted(resp.json().get("tags") or []))
 
-    # --- images --------------------------------------------------------------------------
-    def push_image(self, image: SampleImage, *, seen: dict[Digest, str] | None = None) -> PushResult:
-        """Blobs, then children by digest, then the manifest by tag.
-
-        `seen` (digest -> a repository that has it) lets shared base layers be mounted instead
-        of uploaded again; it is updated with this image's blobs.
-        """
-        seen = {} if seen is None else seen
-        counts = {"uploaded": 0, "mounted": 0, "present": 0}
-        for digest, data in image.blobs.items():
-            counts[self.push_blob(image.repository, digest, data, mount_from=seen.get(digest))] += 1
-            seen.setdefault(digest, image.repository)
-        for child in image.children:
-            self.put_manifest(image.repository, child.digest, child.data, child.media_type)
-        self.put_manifest(image.repository, image.tag, image.manifest, image.media_type)
-        return PushResult(str(image), counts["uploaded"], counts["mounted"], counts["present"],
-                          len(image.children) + 1)
-
 
 def _error_body(resp: httpx.Response) -> tuple[tuple[str, ...], str]:
     """Distribution error codes and the first message from an error response (if JSON)."""
@@ -292,11 +260,3 @@ def _error_body(resp: httpx.Response) -> tuple[tuple[str, ...], str]:
     codes = tuple(str(e.get("code", "")) for e in errors if isinstance(e, dict))
     messages = [str(e.get("message", "")) for e in errors if isinstance(e, dict) and e.get("message")]
     return codes, "; ".join(messages)
-
-
-def push_release(host: str, release: Release, *, ready_timeout: float = 30.0) -> tuple[PushResult, ...]:
-    """Push every image of a sample release into the registry at `host`, in list order."""
-    with RegistryAPI(host) as api:
-        api.wait_ready(ready_timeout)
-        seen: dict[Digest, str] = {}
-        return tuple(api.push_image(img, seen=seen) for img in release.images)

@@ -76,13 +76,13 @@ class SideFlags:
     """The command-line flags that configure one side, named in error messages."""
 
     authfile: str
-    tls_verify: str
+    tls_off: str  # the switch that turns verification off, as the CLI spells it
     cert_dir: str
 
 
-ANY_SIDE = SideFlags("--authfile", "--tls-verify", "--cert-dir")
-SOURCE = SideFlags("--src-authfile", "--src-tls-verify", "--src-cert-dir")
-DESTINATION = SideFlags("--dest-authfile", "--dest-tls-verify", "--dest-cert-dir")
+ANY_SIDE = SideFlags("--authfile", "--no-tls-verify", "--cert-dir")
+SOURCE = SideFlags("--src-authfile", "--no-src-tls-verify", "--src-cert-dir")
+DESTINATION = SideFlags("--dest-authfile", "--no-dest-tls-verify", "--dest-cert-dir")
 
 
 @dataclass(frozen=True)
@@ -502,7 +502,7 @@ class RegistryClient:
                 and size is not None
                 and size <= self.monolithic_limit
             ):
-                data = data.read(size + 1)  # type: ignore[union-attr]
+                data = data.read(size + 1)
             if isinstance(data, bytes) and len(data) <= self.monolithic_limit:
                 got = hashlib.sha256(data).hexdigest()
                 if got != digest.hex:
@@ -914,7 +914,7 @@ class RegistryClient:
             what = f"the TLS handshake failed ({_reason(e)}; a plain-HTTP registry fails so)"
         return TLSError(
             f"{url}: {what}; put the registry's CA in a directory as NAME.crt and pass "
-            f"{flags.cert_dir} DIR, or, for a registry you trust, {flags.tls_verify}=false"
+            f"{flags.cert_dir} DIR, or, for a registry you trust, {flags.tls_off}"
         )
 
     def _status_error(
@@ -1030,10 +1030,10 @@ def _pieces(data: bytes | BinaryIO | Iterable[bytes]) -> Iterator[bytes]:
         for i in range(0, len(data), _PIECE):
             yield data[i : i + _PIECE]
     elif hasattr(data, "read"):
-        while piece := data.read(_PIECE):  # type: ignore[union-attr]
+        while piece := data.read(_PIECE):
             yield piece
     else:
-        yield from data  # type: ignore[misc]
+        yield from data
 
 
 def _json(resp: httpx.Response, what: str) -> dict:

@@ -40,3 +40,25 @@ def refuse_if_served(root: Path) -> None:
             f"{root} is served by running container(s) {', '.join(names)}; stop them first "
             "(deleting under a running registry corrupts what it serves)"
         )
+
+
+def restart_container(name: str) -> None:
+    """Restart a registry container by name (`layover install --restart-container`), so that it
+    forgets what its blob-descriptor cache holds about deleted blobs (docs/design.md §3)."""
+    import docker
+    from docker.errors import DockerException, NotFound
+
+    from layover.errors import UsageError
+
+    try:
+        client = docker.from_env(timeout=60)
+        container = client.containers.get(name)
+        container.restart(timeout=10)
+        container.reload()
+    except NotFound:
+        raise UsageError(f"--restart-container {name}: no such container; name the one serving the storage "
+                         "dir (docker ps), or restart your registry yourself") from None
+    except DockerException as e:
+        raise LayoverError(f"cannot restart container {name} ({e}); restart the registry yourself") from None
+    if container.status != "running":
+        raise LayoverError(f"container {name} is {container.status} after its restart; check `docker logs {name}`")

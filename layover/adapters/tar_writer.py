@@ -17,6 +17,11 @@ a half-done clone cannot leave stale bytes behind.
 An overlay merged view cannot be cloned from (EXDEV): each member is resolved to its real file
 in upper/ (whiteouts and opaque directories respected) or lower/.
 
+Besides a storage tree on disk, a source can be a list of members whose data is a byte range
+of another file (a delta copies blob members out of the full package: at aligned offsets, so
+they clone too) or bytes in memory. Leading in-memory files (`first`: the contents file) go
+before the tree.
+
 The output is written to a temp name in the output's directory, fsynced, renamed, and a
 `<output>.sha256` (sha256sum -c format) is written beside it the same way.
 """
@@ -42,7 +47,7 @@ from pathlib import Path
 from layover.errors import DiskFullError, StorageError
 from layover.storage.hashing import update_from_fd
 from layover.storage.layout import V2
-from layover.tarball import Entry, Kind, PlannedMember, data_regions, plan
+from layover.tarball import ALIGN, Entry, Kind, PlannedMember, data_regions, plan
 
 CHUNK = 1 << 20
 
@@ -60,7 +65,33 @@ class OverlayTree:
     lower: Path  # the overlay's lowerdir (a registry root)
 
 
-TarSource = PlainTree | OverlayTree
+@dataclass(frozen=True)
+class MemoryFile:
+    """A file whose bytes are in memory, e.g. the contents file placed before the tree."""
+
+    name: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class ListedMember:
+    """One member given explicitly: a directory; or a file whose data is the `entry.size` bytes
+    at `offset` in `path` (a member of another tarball); or a file whose bytes are `data`."""
+
+    entry: Entry
+    path: Path | None = None
+    offset: int = 0
+    data: bytes | None = None
+
+
+@dataclass(frozen=True)
+class ListedTree:
+    """Members listed one by one instead of found by walking a directory (deltas)."""
+
+    members: tuple[ListedMember, ...]
+
+
+TarSource = PlainTree | OverlayTree | ListedTree
 
 
 class DataPath(enum.Enum):
@@ -146,7 +177,10 @@ _UNSUPPORTED = {errno.EXDEV, errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL, errno
 @dataclass(frozen=True)
 class _Source:
     entry: Entry
-    real: Path | None  # the file to read data from (None for directories)
+    real: Path | None  # the file to read data from (None for directories and in-memory data)
+    offset: int = 0  # where the member's data starts in `real`
+    whole: bool = True  # `real` is exactly the member (its size must match), not a range of it
+    data: bytes | None = None  # in-memory file data
 
 
 def _refuse(path: Path, st: os.stat_result) -> StorageError:
@@ -261,6 +295,8 @@ class OverlayResolver:
 
 
 def list_members(source: TarSource) -> list[_Source]:
+    if isinstance(source, ListedTree):
+        return [_Source(m.entry, m.path, m.offset, whole=False, data=m.data) for m in source.members]
     if isinstance(source, PlainTree):
         return [_Source(e, p if e.kind is Kind.FILE else None) for e, p in _walk(source.root)]
     resolver = OverlayResolver(source.upper, source.lower)
@@ -356,31 +392,45 @@ class _Writer:
         self.stats = _Stats()
         self.hasher = _Hasher()
 
-    def member(self, pm: PlannedMember, real: Path | None) -> None:
+    def member(self, pm: PlannedMember, src: _Source) -> None:
         _pwrite_all(self.out, pm.header, pm.offset)
         self.hasher.feed(pm.header)
         if pm.entry.kind is Kind.FILE:
-            assert real is not None
-            self._data(pm, real)
+            if src.data is not None:
+                if len(src.data) != pm.entry.size:
+                    raise StorageError(pm.entry.name, "in-memory data does not match its planned size")
+                _pwrite_all(self.out, src.data, pm.data_offset)
+                self.hasher.feed(src.data)
+                self.stats.user += len(src.data)
+            else:
+                assert src.real is not None
+                self._data(pm, src)
             start_writeback(self.out, pm.data_offset, pm.entry.size)
         if pm.padding:
             pad = bytes(pm.padding)
             _pwrite_all(self.out, pad, pm.data_offset + pm.entry.size)
             self.hasher.feed(pad)
 
-    def _data(self, pm: PlannedMember, real: Path) -> None:
+    def _data(self, pm: PlannedMember, source: _Source) -> None:
+        real, offset = source.real, source.offset
+        assert real is not None
         src = os.open(real, os.O_RDONLY | os.O_CLOEXEC)
         try:
             st = os.fstat(src)
-            if st.st_size != pm.entry.size:
+            if source.whole and st.st_size != pm.entry.size:
                 raise StorageError(str(real), f"is {st.st_size} bytes, was {pm.entry.size} when "
                                               "listed: storage changed while writing; run again")
-            candidates = [p for p in self.paths if (p, st.st_dev) not in self.stats.disabled]
+            if not source.whole and st.st_size < offset + pm.entry.size:
+                raise StorageError(str(real), f"is {st.st_size} bytes, too short for {pm.entry.name} "
+                                              f"at offset {offset}: the file changed; run again")
+            # a clone shares whole blocks: only a range that starts on a block boundary can
+            candidates = [p for p in self.paths if (p, st.st_dev) not in self.stats.disabled
+                          and not (p is DataPath.CLONE and offset % ALIGN)]
             for i, path in enumerate(candidates):
                 last = i == len(candidates) - 1
                 fed = self.hasher.pieces
                 try:
-                    self._by(path, pm, src)
+                    self._by(path, pm, src, offset)
                     return
                 except _SourceShrank:
                     raise StorageError(str(real), "shrank while it was copied: storage changed "
@@ -398,26 +448,26 @@ class _Writer:
         finally:
             os.close(src)
 
-    def _by(self, path: DataPath, pm: PlannedMember, src: int) -> None:
+    def _by(self, path: DataPath, pm: PlannedMember, src: int, offset: int) -> None:
         size, dst = pm.entry.size, pm.data_offset
         if path is DataPath.BUFFERED:
-            self._buffered(src, 0, size, dst)
+            self._buffered(src, offset, size, dst)
             self.stats.user += size
             return
         if path is DataPath.KERNEL_COPY:
-            self.ops.copy(src, 0, size, self.out, dst)
-            self.hasher.feed_file(src, 0, size)
+            self.ops.copy(src, offset, size, self.out, dst)
+            self.hasher.feed_file(src, offset, size)
             self.stats.kernel += size
             return
         clonable, tail = data_regions(pm)
         if clonable:
-            self.ops.clone(src, 0, clonable, self.out, dst)
-        tail_bytes = os.pread(src, tail, clonable) if tail else b""
+            self.ops.clone(src, offset, clonable, self.out, dst)
+        tail_bytes = os.pread(src, tail, offset + clonable) if tail else b""
         if len(tail_bytes) != tail:
             raise _SourceShrank(clonable + len(tail_bytes))
         _pwrite_all(self.out, tail_bytes, dst + clonable)
         # fed only now that the whole member is written, so a failure above can fall back
-        self.hasher.feed_file(src, 0, clonable)
+        self.hasher.feed_file(src, offset, clonable)
         self.hasher.feed(tail_bytes)
         self.stats.cloned += clonable
         self.stats.user += tail
@@ -464,10 +514,18 @@ def _free(path: Path) -> int:
     return st.f_bavail * st.f_frsize
 
 
+def _source_dir(source: TarSource, output: Path) -> Path:
+    if isinstance(source, PlainTree):
+        return source.root
+    if isinstance(source, OverlayTree):
+        return source.lower
+    return next((m.path for m in source.members if m.path is not None), output.parent)
+
+
 def _preflight_space(source: TarSource, output: Path, need: int) -> None:
     """Fail before writing when the tarball cannot fit. Only when the output is on another
     filesystem than the sources: on the same one, reflinks may need almost no new space."""
-    src = source.root if isinstance(source, PlainTree) else source.lower
+    src = _source_dir(source, output)
     if os.stat(src).st_dev == os.stat(output.parent).st_dev:
         return
     free = _free(output.parent)
@@ -479,19 +537,21 @@ def _preflight_space(source: TarSource, output: Path, need: int) -> None:
 
 
 def write_tarball(source: TarSource, output: Path, *, data_paths: Sequence[DataPath] = ALL_PATHS,
-                  ops: DataOps | None = None, mtime: int = 0) -> TarResult:
+                  ops: DataOps | None = None, mtime: int = 0, first: Sequence[MemoryFile] = ()) -> TarResult:
     """Write the release tarball of `source` to `output` and `<output>.sha256` beside it.
 
     data_paths: the data paths to try, in order, per member (the default tries clone, then
     copy_file_range, then a buffered copy). Whatever is chosen, the bytes are the same.
+    first: in-memory files written before the tree, in this order (the contents file).
     """
     if not data_paths:
         raise ValueError("data_paths must name at least one data path")
     started = time.perf_counter()
     output = Path(output)
+    leading = [_Source(Entry(f.name, Kind.FILE, len(f.data)), None, data=f.data) for f in first]
     sources = list_members(source)
-    tarplan = plan((s.entry for s in sources), mtime=mtime)
-    real = {s.entry.name: s.real for s in sources}
+    tarplan = plan((s.entry for s in sources), mtime=mtime, first=[s.entry for s in leading])
+    real = {s.entry.name: s for s in [*leading, *sources]}
     if not output.parent.is_dir():
         raise StorageError(str(output.parent), "output directory does not exist; create it first")
     _preflight_space(source, output, tarplan.size)

@@ -37,6 +37,10 @@ def run(
             "attached), require (a signature on every listed image, else fail naming them) or none.",
         ),
     ] = "copy",
+    delta_from: Annotated[
+        list[str] | None,
+        typer.Option(help="Also write a delta against this base package (tarball or .json); repeatable."),
+    ] = None,
     heartbeat_seconds: Annotated[
         int,
         typer.Option(
@@ -65,6 +69,7 @@ def run(
             src_tls_verify=src_tls_verify,
             src_authfile=src_authfile,
             attached=attached,  # type: ignore[arg-type]  # pydantic checks the value: a usage error
+            delta_from=tuple(delta_from or ()),
         )
     except ValidationError as e:
         fail(UsageError("; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())))

@@ -187,6 +187,9 @@ class StrPaths:
     def tag_index_dir(self, name: str, tag: str, hex_: str) -> str:
         return f"{self.repositories}/{name}/_manifests/tags/{tag}/index/sha256/{hex_}"
 
+    def tag_index_link(self, name: str, tag: str, hex_: str) -> str:
+        return f"{self.repositories}/{name}/_manifests/tags/{tag}/index/sha256/{hex_}/link"
+
     def uploads(self, name: str) -> str:
         return f"{self.repositories}/{name}/_uploads"
 

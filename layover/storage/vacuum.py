@@ -12,11 +12,13 @@ import errno
 import os
 import shutil
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from layover.errors import GCError
 from layover.storage.gc import Deletion, DeletionKind, GCPlan
+from layover.storage.layout import StorageLayout
 from layover.units import human_bytes
 
 
@@ -32,12 +34,13 @@ class GCResult:
                 f"freed {human_bytes(self.bytes_freed)} in {self.seconds:.2f}s")
 
 
-def apply_gc(plan: GCPlan, *, workers: int = 4) -> GCResult:
+def apply_gc(plan: GCPlan, *, workers: int = 4, progress: Callable[[int], None] | None = None) -> GCResult:
     """Delete the planned paths, then directories left empty. Safe to re-run after a crash.
 
     Kinds are applied one after the other (references before blobs); within a kind, paths are
     independent and `workers` threads delete them, which overlaps the filesystem's metadata
-    latency (journal, overlayfs whiteouts).
+    latency (journal, overlayfs whiteouts). `progress(n)` is called as each chunk of n planned
+    paths is done (a long archive prune says how far it is).
     """
     start = time.monotonic()
     layout = plan.layout
@@ -49,9 +52,11 @@ def apply_gc(plan: GCPlan, *, workers: int = 4) -> GCResult:
         for kind in DeletionKind:
             batch = [d for d in plan.deletions if d.kind is kind]
             chunks = [batch[i:i + 512] for i in range(0, len(batch), 512)]
-            for n, size, parents in pool.map(_delete_chunk, chunks):
+            for chunk, (n, size, parents) in zip(chunks, pool.map(_delete_chunk, chunks), strict=True):
                 deleted += n
                 freed += size
+                if progress is not None:
+                    progress(len(chunk))
                 # Only a removed repository or blob may leave empty parents worth removing. In a
                 # kept repository an empty `_layers` still matters: the catalog lists it.
                 if kind in tops:
@@ -127,3 +132,34 @@ def _remove_empty_upwards(path: str, top: str) -> int:
             removed += 1
         path = os.path.dirname(path)
     return removed
+
+
+def remove_empty_dirs(layout: StorageLayout) -> int:
+    """Remove what an apply killed before its last step leaves: empty `blobs/sha256/<hh>` dirs,
+    and empty repository path dirs (a removed repository's, bottom-up). A complete apply removes
+    them itself; the next plan has nothing to say about them, and an empty directory in the archive
+    would show up in every package built from it. Internal `_*` dirs are never touched (an empty
+    `_layers` of a kept repository is still listed by the catalog). Returns how many were removed.
+    """
+    removed = 0
+    blobs = str(layout.blobs)
+    if os.path.isdir(blobs):
+        for name in sorted(os.listdir(blobs)):
+            removed += _rmdir_if_empty(os.path.join(blobs, name))
+    top = str(layout.repositories)
+    paths: list[str] = []
+    for dirpath, dirnames, _ in os.walk(top):
+        dirnames[:] = [d for d in dirnames if not d.startswith("_")]  # never into internals
+        if dirpath != top:
+            paths.append(dirpath)
+    for path in reversed(paths):  # children before their parents
+        removed += _rmdir_if_empty(path)
+    return removed
+
+
+def _rmdir_if_empty(path: str) -> int:
+    try:
+        os.rmdir(path)
+    except OSError:  # not empty, not a directory, or gone
+        return 0
+    return 1

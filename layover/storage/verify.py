@@ -8,6 +8,13 @@ Checks, each failure a typed Problem:
   - the sha256 of every blob on disk equals its name (streamed, 1 MiB reads);
   - nothing else: no repository or tag outside the list, no unreferenced blob, no `_uploads`.
 
+`listed_only` (what `layover install` checks in a storage dir that holds other images too):
+only the listed images' checks, and only the blobs they reference are hashed; the "nothing
+else" checks are skipped. `hashed`: blobs the caller has checked itself, not hashed again.
+
+A tarball's contents file (`layover/contents.json`, its first member) is not storage and not
+a stray; layover/install.py checks it against the tree.
+
 Two sources share those checks through a small read-only view of the storage tree:
   verify_storage  a directory; blobs are hashed on a thread pool (hashlib drops the GIL)
   verify_tarball  a release tarball, read once as a stream (`tarfile` "r|*") and never
@@ -31,6 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from layover.contents import CONTENTS_MEMBER
 from layover.errors import StorageError, VerifyError
 from layover.imagelist import ImageList
 from layover.manifest import parse_manifest
@@ -122,11 +130,14 @@ class VerifyReport:
         )
 
 
-def verify_storage(layout: StorageLayout, images: ImageList, *, workers: int = 4) -> VerifyReport:
+def verify_storage(layout: StorageLayout, images: ImageList, *, workers: int = 4, listed_only: bool = False,
+                   hashed: frozenset[str] = frozenset()) -> VerifyReport:
     start = time.monotonic()
     view = _DirView(layout)
     workers = max(1, workers)
-    items = [(h, view.paths.blob_data(h)) for h in sorted(view.blob_sizes)]
+    if listed_only:
+        return _verify_listed(layout, view, images, workers, hashed, start)
+    items = [(h, view.paths.blob_data(h)) for h in sorted(view.blob_sizes) if h not in hashed]
     with ThreadPoolExecutor(max_workers=workers) as pool:
         # Hash in the background while the structure is checked; each worker takes every n-th
         # blob so sizes spread evenly enough.
@@ -142,6 +153,23 @@ def verify_storage(layout: StorageLayout, images: ImageList, *, workers: int = 4
     problems += sorted(found, key=lambda p: p.path)
     return VerifyReport(str(layout.root), tuple(problems), len(images), len(checker.manifests),
                         len(view.blob_sizes), view.bytes_hashed, time.monotonic() - start)
+
+
+def _verify_listed(layout: StorageLayout, view: _DirView, images: ImageList, workers: int,
+                   hashed: frozenset[str], start: float) -> VerifyReport:
+    problems: list[Problem] = []
+    checker = _Checker(view, layout, problems, listed_only=True)
+    checker.run(images)
+    needed = sorted(h for h in checker.referenced if h in view.blob_sizes)
+    items = [(h, view.paths.blob_data(h)) for h in needed if h not in hashed]
+    found: list[Problem] = []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for part, total in pool.map(_hash_slice, [items[i::workers] for i in range(workers)]):
+            found += part
+            view.bytes_hashed += total
+    problems += sorted(found, key=lambda p: p.path)
+    return VerifyReport(str(layout.root), tuple(problems), len(images), len(checker.manifests),
+                        len(needed), view.bytes_hashed, time.monotonic() - start)
 
 
 def verify_tarball(path: Path, images: ImageList, *, workers: int = 4) -> VerifyReport:
@@ -165,7 +193,9 @@ def _finish(source: str, view: _View, layout: StorageLayout, images: ImageList,
 
 
 class _Checker:
-    def __init__(self, view: _View, layout: StorageLayout, problems: list[Problem]) -> None:
+    def __init__(self, view: _View, layout: StorageLayout, problems: list[Problem], *,
+                 listed_only: bool = False) -> None:
+        self.listed_only = listed_only
         self.view = view
         self.layout = layout
         self.paths = layout.strings()
@@ -205,6 +235,8 @@ class _Checker:
                 self.add(ProblemKind.TAG_MISMATCH, link, repo,
                          f"{ref}: tag points at sha256:{hex_}, the list pins {ref.digest}")
             self._walk(repo, hex_, f"{ref}")
+        if self.listed_only:
+            return
 
         for repo in sorted(repos - set(listed_tags)):
             self.add(ProblemKind.EXTRA_REPOSITORY, paths.repo(repo), repo,
@@ -391,6 +423,8 @@ class _TarView(_View):
         with tarfile.open(path, "r|*") as tf:
             for member in tf:
                 name = member.name.removeprefix("./").strip("/")
+                if name == CONTENTS_MEMBER and member.isreg():
+                    continue
                 cut = name.find(anchor)
                 if cut < 0 or (cut > 0 and name[cut - 1] != "/"):
                     if member.isdir():  # the directories holding the tree

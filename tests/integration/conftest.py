@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from layover.adapters.registry_api import push_release
-from layover.samples import Release, release
+from layover.testing.push import push_release
+from layover.testing.releases import Release, release
 
 
 @pytest.fixture(scope="session")

@@ -36,37 +36,38 @@ def _tree(root) -> dict[str, int]:
 
 
 # --- registries + skopeo ------------------------------------------------------------------
-def test_copy_uploads_blobs_once_then_skips_them(registries, sample_images, tmp_path):
+def test_copy_uploads_blobs_once_then_skips_them(registries, sample_images, skopeo_bin, tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "p").mkdir()
     archive = registries.start("archive", tmp_path / "a")
     package = registries.start("package", tmp_path / "p")
     image = sample_images.push(archive, "lib/hello:v1", layers=2)
-    assert len(image.blobs) == 3  # two layers and a config
+    blobs = frozenset(image.blobs)
+    assert len(blobs) == 3  # two layers and a config
 
     first = skopeo.copy(f"{archive.host}/lib/hello:v1", f"{package.host}/lib/hello:v1",
                         src_tls_verify=False)
-    assert first.copied == image.blobs
+    assert first.copied == blobs
     assert first.skipped == frozenset()
-    assert first.manifest_digest == image.manifest
+    assert first.manifest_digest == image.digest
     assert _uploads(registries.access_log(package)) == 3
 
     second = skopeo.copy(f"{archive.host}/lib/hello:v1", f"{package.host}/lib/hello:v1",
                          src_tls_verify=False)
     assert second.copied == frozenset()
-    assert second.skipped == image.blobs
-    assert second.manifest_digest == image.manifest
+    assert second.skipped == blobs
+    assert second.manifest_digest == image.digest
     assert _uploads(registries.access_log(package)) == 3  # nothing new was uploaded
-    assert skopeo.inspect_digest(f"{package.host}/lib/hello:v1", tls_verify=False) == image.manifest
+    assert skopeo.inspect_digest(f"{package.host}/lib/hello:v1", tls_verify=False) == image.digest
     # What the registry wrote is where layout.py says it is.
     layout = StorageLayout(tmp_path / "p")
-    for blob in image.blobs:
+    for blob in blobs:
         assert layout.blob_data(blob).is_file()
         assert layout.layer_link("lib/hello", blob).is_file()
-    assert layout.tag_current_link("lib/hello", "v1").read_text() == str(image.manifest)
+    assert layout.tag_current_link("lib/hello", "v1").read_text() == str(image.digest)
 
 
-def test_copy_all_keeps_index_digest_and_every_platform(registries, sample_images, tmp_path):
+def test_copy_all_keeps_index_digest_and_every_platform(registries, sample_images, skopeo_bin, tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "p").mkdir()
     archive = registries.start("archive", tmp_path / "a")
@@ -75,15 +76,16 @@ def test_copy_all_keeps_index_digest_and_every_platform(registries, sample_image
 
     result = skopeo.copy(f"{archive.host}/multi/arch:1.0", f"{package.host}/multi/arch:1.0",
                          src_tls_verify=False)
-    assert result.manifest_digest == image.manifest
-    assert result.copied == image.blobs and len(image.blobs) == 6
+    assert result.manifest_digest == image.digest
+    assert result.copied == frozenset(image.blobs) and len(image.blobs) == 6
     layout = StorageLayout(tmp_path / "p")
+    assert len(image.children) == 2
     for child in image.children:
-        assert layout.revision_link("multi/arch", child).is_file()
+        assert layout.revision_link("multi/arch", child.digest).is_file()
 
 
 def test_read_only_registry_serves_but_rejects_push_and_writes_nothing(
-    registries, sample_images, tmp_path
+    registries, sample_images, skopeo_bin, tmp_path
 ):
     storage = tmp_path / "lower"
     storage.mkdir()
@@ -96,7 +98,7 @@ def test_read_only_registry_serves_but_rejects_push_and_writes_nothing(
     assert ro.read_only
     mounts = registries.client.containers.get(ro.container_id).attrs["Mounts"]
     assert {m["Destination"]: m["RW"] for m in mounts}["/var/lib/registry"] is False
-    assert skopeo.inspect_digest(f"{ro.host}/lib/ro:v1", tls_verify=False) == image.manifest
+    assert skopeo.inspect_digest(f"{ro.host}/lib/ro:v1", tls_verify=False) == image.digest
 
     (tmp_path / "src").mkdir()
     src = registries.start("src", tmp_path / "src")
@@ -108,7 +110,7 @@ def test_read_only_registry_serves_but_rejects_push_and_writes_nothing(
     assert _tree(storage) == before
 
 
-def test_health_restart_and_stop(registries, sample_images, tmp_path):
+def test_health_restart_and_stop(registries, sample_images, skopeo_bin, tmp_path):
     registry = registries.start("archive", tmp_path)
     assert httpx.get(f"{registry.url}/v2/").status_code == 200
     image = sample_images.push(registry, "lib/keep:v1")
@@ -116,7 +118,7 @@ def test_health_restart_and_stop(registries, sample_images, tmp_path):
     again = registries.restart(registry)
     assert again == registry
     assert httpx.get(f"{registry.url}/v2/").status_code == 200
-    assert skopeo.inspect_digest(f"{registry.host}/lib/keep:v1", tls_verify=False) == image.manifest
+    assert skopeo.inspect_digest(f"{registry.host}/lib/keep:v1", tls_verify=False) == image.digest
 
     registries.stop(registry)
     with pytest.raises(RegistryError, match="exited|dead|did not answer"):
@@ -159,7 +161,7 @@ def test_container_labels_and_host_networking(registries, tmp_path):
     assert registry.host.startswith("127.0.0.1:")
 
 
-def test_copy_of_missing_image_is_image_not_found(registries, sample_images, tmp_path):
+def test_copy_of_missing_image_is_image_not_found(registries, sample_images, skopeo_bin, tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "p").mkdir()
     archive = registries.start("archive", tmp_path / "a")

@@ -18,12 +18,11 @@ from pathlib import Path
 import pytest
 
 from layover.adapters.attachment_reader import RegistryAttachmentReader
-from layover.adapters.registry_api import RegistryAPI, push_release
+from layover.adapters.registry_api import RegistryAPI
 from layover.attached import AttachmentKind, FoundBy, ImageAttachments, discover, referrers_tag
 from layover.errors import RegistryHTTPError, VerifyError
 from layover.manifest import COSIGN_SIMPLESIGNING, DSSE_ENVELOPE, OCI_MANIFEST
 from layover.reference import Digest
-from layover.samples import SampleImage, release
 from layover.testing.attached import (
     SIGNATURE_ANNOTATION,
     Artifact,
@@ -40,6 +39,9 @@ from layover.testing.attached import (
     verify_attestation,
     verify_cosign_signature,
 )
+from layover.testing.images import SampleImage
+from layover.testing.push import push_release
+from layover.testing.releases import release
 
 pytestmark = pytest.mark.integration
 

@@ -34,9 +34,9 @@ import httpx
 import pytest
 
 from layover import imagelist
-from layover.adapters.registry_api import push_release
-from layover.samples import Release, release
 from layover.storage.verify import verify_tarball
+from layover.testing.push import push_release
+from layover.testing.releases import Release, release
 from layover.workdir import WorkDir
 from tests.conftest import require
 
@@ -467,6 +467,19 @@ def test_three_deployments_one_pool_nightly_cron(stack: Stack) -> None:
     req = schema["definitions"]["ReleaseRequest"]["properties"]
     assert (req["concurrency"]["minimum"], req["concurrency"]["maximum"]) == (1, 64)
     assert all(req[k].get("description") for k in ("source", "images", "output", "concurrency"))
+
+
+def test_archive_retention_is_weekly_and_a_dry_run_by_default(stack: Stack) -> None:
+    r = stack.http.get("/deployments/name/layover-archive-retention/archive-retention")
+    r.raise_for_status()
+    dep = r.json()
+    assert dep["work_pool_name"] == "layover-builds" and dep["enforce_parameter_schema"]
+    assert [(s["schedule"].get("cron"), s["schedule"].get("timezone"), s["active"])
+            for s in dep["schedules"]] == [("0 4 * * 0", TIMEZONE, True)]
+    request = dep["parameters"]["request"]
+    assert request["dry_run"] is True and request["keep_recent"]["last"] == 3
+    form = dep["parameter_openapi_schema"]["definitions"]["RetentionRequest"]["properties"]
+    assert form["dry_run"]["default"] is True and form["keep_recent"].get("description")
 
 
 def test_on_tag_trigger_is_an_automation(stack: Stack) -> None:

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from layover.adapters.registry_api import push_release
 from layover.errors import LayoverError
 from layover.storage.layout import StorageLayout
 from layover.reference import Digest
-from layover.samples import release
 from layover.settings import ListFromFile, ReleaseRequest
+from layover.testing.push import push_release
+from layover.testing.releases import release
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

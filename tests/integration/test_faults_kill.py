@@ -29,8 +29,8 @@ import httpx
 import pytest
 
 from layover.adapters.registry import free_port
-from layover.adapters.registry_api import push_release
-from layover.samples import Release, release
+from layover.testing.push import push_release
+from layover.testing.releases import Release, release
 from layover.workdir import WorkDir
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

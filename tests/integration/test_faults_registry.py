@@ -18,9 +18,9 @@ import pytest
 
 from layover import imagelist
 from layover.errors import LayoverError
-from layover.samples import Release
 from layover.settings import ListFromFile, ReleaseRequest
 from layover.storage.verify import verify_tarball
+from layover.testing.releases import Release
 from layover.workdir import WorkDir
 from tests.faultproxy import Fault, FaultProxy, Rule
 from tests.integration.test_release_flow import tree_hash

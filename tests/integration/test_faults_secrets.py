@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from layover.adapters.registry_api import push_release
 from layover.errors import LayoverError
-from layover.samples import release
 from layover.settings import ListFromFile, ReleaseRequest
+from layover.testing.push import push_release
+from layover.testing.releases import release
 from layover.workdir import WorkDir
 from tests.conftest import require
 
@@ -186,7 +186,8 @@ def test_credentials_never_leak_and_registries_stay_on_loopback(auth_ci, docker_
     with tarfile.open(out) as tf:
         members = tf.getmembers()
     assert members
-    for m in members:
+    assert members[0].name == "layover/contents.json", "the contents file leads the tarball"
+    for m in members[1:]:
         assert m.isfile() or m.isdir(), f"{m.name} is neither a file nor a directory"
         assert m.name == "docker" or m.name.startswith("docker/"), m.name
         assert not m.name.startswith("/") and ".." not in m.name.split("/"), m.name

@@ -17,12 +17,13 @@ import pytest
 
 from layover import imagelist
 from layover.adapters.registry import RegistryManager
-from layover.adapters.registry_api import RegistryAPI, push_release
+from layover.adapters.registry_api import RegistryAPI
 from layover.storage.gc import plan_gc
-from layover.storage.vacuum import apply_gc
 from layover.storage.layout import StorageLayout
-from layover.samples import Release, release
+from layover.storage.vacuum import apply_gc
 from layover.storage.verify import ProblemKind, verify_storage
+from layover.testing.push import push_release
+from layover.testing.releases import Release, release
 
 pytestmark = pytest.mark.integration
 

@@ -28,6 +28,7 @@ from layover.errors import AuthError, ImageNotFoundError, TLSError, TransientHTT
 from layover.manifest import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST
 from layover.reference import Digest, ImageRef
 from tests.conftest import require
+from tests.tls import make_certificates, write_authfile
 
 pytestmark = pytest.mark.integration
 
@@ -42,77 +43,6 @@ class Site:
     ca_dir: Path  # holds ca.crt only: a containers-certs.d directory
     password: str
     authfile: Path  # good credentials for `secure`
-
-
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
-def make_certificates(d: Path) -> tuple[Path, Path, Path]:
-    """A CA and a server certificate for 127.0.0.1 signed by it: (ca.crt, server.crt, server.key)."""
-    _openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=layover test CA",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-        cwd=d,
-    )
-    _openssl(
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=127.0.0.1",
-        cwd=d,
-    )
-    (d / "ext.cnf").write_text(
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
-    )
-    _openssl(
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.crt",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-        cwd=d,
-    )
-    return d / "ca.crt", d / "server.crt", d / "server.key"
-
-
-def write_authfile(path: Path, host: str, user: str, password: str) -> Path:
-    token = base64.b64encode(f"{user}:{password}".encode()).decode()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"auths": {host: {"auth": token}}}))
-    path.chmod(0o600)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -266,7 +196,7 @@ def test_without_the_ca_the_certificate_does_not_verify(site, clean_env):
         c.tags("team/app")
     text = str(e.value)
     assert f"https://{site.secure}/v2/: its certificate did not verify against the system CAs" in text
-    assert "--src-cert-dir DIR" in text and "--src-tls-verify=false" in text and "\n" not in text
+    assert "--src-cert-dir DIR" in text and "--no-src-tls-verify" in text and "\n" not in text
 
 
 def test_tls_verification_off_still_speaks_tls_first(site, clean_env):
@@ -309,7 +239,7 @@ def test_plain_http_registry_with_tls_verification_off(site, clean_env):
 def test_plain_http_registry_with_tls_verification_on_is_a_tls_error(site, clean_env):
     with RegistryClient(Endpoint(site.plain, flags=SOURCE)) as c, pytest.raises(TLSError) as e:
         c.ping()
-    assert "TLS handshake failed" in str(e.value) and "--src-tls-verify=false" in str(e.value)
+    assert "TLS handshake failed" in str(e.value) and "--no-src-tls-verify" in str(e.value)
 
 
 def test_nothing_listening_is_transient(clean_env):
@@ -446,7 +376,7 @@ def test_archive_sync_skips_an_archived_image_with_credentials_from_registry_aut
     """The reported bug: with the source's credentials only in REGISTRY_AUTH_FILE, skopeo copied
     fine but the probe got 401s, so every incremental release copied every image again."""
     from layover.adapters import skopeo
-    from tasks import copying
+    from layover.copy import Route, SkopeoCopier
 
     repo = f"archived/app-{uuid.uuid4().hex[:6]}"
     with secure_client(site) as c:
@@ -454,17 +384,22 @@ def test_archive_sync_skips_an_archived_image_with_credentials_from_registry_aut
     monkeypatch.setenv("REGISTRY_AUTH_FILE", str(site.authfile))
     (tmp_path / "archive").mkdir()
     archive = module_registries.start("archive", tmp_path / "archive")
+    probes: list[SourceProbe] = []
+
+    def copier() -> SkopeoCopier:
+        # a new probe each time: credentials are looked up when it is made, as a run does
+        probes.append(SourceProbe(site.secure, tls_verify=False))
+        route = Route(site.secure, archive.host, archive.storage, src_tls_verify=False)
+        return SkopeoCopier(route, probes[-1])
+
     try:
         skopeo.copy(f"{site.secure}/{repo}:1", f"{archive.host}/{repo}:1", src_tls_verify=False)
-        ends = copying.Endpoints(
-            src_host=site.secure, dst_host=archive.host, dst_storage=archive.storage, src_tls_verify=False
-        )
         ref = ImageRef.parse(f"{repo}:1")
-        monkeypatch.setattr(copying, "_clients", {})  # no probe cached by another test
-        skipped = copying.already_archived(ref, ends)
+        skipped = copier().already_there(ref)
         assert skipped is not None and skipped.blobs_copied == 0 and skipped.blobs_reused == 2
         monkeypatch.delenv("REGISTRY_AUTH_FILE")
-        monkeypatch.setattr(copying, "_clients", {})
-        assert copying.already_archived(ref, ends) is None  # no credentials: copy for real
+        assert copier().already_there(ref) is None  # no credentials: copy for real
     finally:
+        for probe in probes:
+            probe.close()
         module_registries.stop(archive)

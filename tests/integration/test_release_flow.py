@@ -18,12 +18,13 @@ from pathlib import Path
 import pytest
 
 from layover import imagelist
-from layover.adapters.registry_api import RegistryAPI, push_release
+from layover.adapters.registry_api import RegistryAPI
 from layover.errors import ImageListError, LayoverError
-from layover.storage.layout import StorageLayout
-from layover.samples import Release, release
 from layover.settings import ListFromFile, ReleaseRequest
+from layover.storage.layout import StorageLayout
 from layover.storage.verify import verify_tarball
+from layover.testing.push import push_release
+from layover.testing.releases import Release, release
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -148,7 +149,8 @@ def test_tarball_holds_exactly_the_list_and_serves_it(scenario, module_registrie
     tarball = scenario.out / "r2.tar"
     with tarfile.open(tarball) as tf:
         names = tf.getnames()
-        assert all(n == "docker" or n.startswith("docker/") for n in names)
+        assert names[0] == "layover/contents.json", "the contents file leads the tarball"
+        assert all(n == "docker" or n.startswith("docker/") for n in names[1:])
         assert all(m.isfile() or m.isdir() for m in tf.getmembers())
     assert verify_tarball(tarball, imagelist.load(scenario.lists[2])).ok
     root = tmp_path / "extracted"

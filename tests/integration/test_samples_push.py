@@ -1,4 +1,4 @@
-"""Sample releases pushed into real registries, read back with our client and with skopeo."""
+"""Sample releases pushed into real registries (layover.testing), read back with our client and skopeo."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from layover.adapters.registry_api import RegistryAPI, push_release
+from layover.adapters.registry_api import RegistryAPI
 from layover.adapters.run import run
 from layover.imagelist import load
-from layover.samples import Release, release
+from layover.testing.push import push_release
+from layover.testing.releases import Release, release
 
 pytestmark = pytest.mark.integration
 
@@ -50,7 +51,7 @@ def test_cli_push_then_read_back_with_client_and_skopeo(start_registry: StartReg
     host = start_registry("ci")
     list_file = tmp_path / "images.list"
     t0 = time.monotonic()
-    out = run([sys.executable, "-m", "layover.samples", "push", "--registry", host, "--release", "1",
+    out = run([sys.executable, "-m", "layover.testing", "push", "--registry", host, "--release", "1",
                "--list-out", str(list_file)], timeout=120)
     seconds = time.monotonic() - t0
     rel = release(1)

@@ -26,6 +26,9 @@ from layover.adapters.tar_writer import (
     ALL_PATHS,
     DataOps,
     DataPath,
+    ListedMember,
+    ListedTree,
+    MemoryFile,
     OverlayResolver,
     OverlayTree,
     PlainTree,
@@ -35,6 +38,7 @@ from layover.adapters.tar_writer import (
     write_tarball,
 )
 from layover.errors import DiskFullError, StorageError
+from layover.tarball import Entry, Kind
 
 pytestmark = pytest.mark.integration
 
@@ -270,6 +274,40 @@ def test_cloned_members_share_extents_and_cost_no_space(scratch):
     assert copied.sha256 == cloned.sha256
     assert used_by_copy >= 64 * 1_048_576
     assert used_by_clone < 4 * 1_048_576, used_by_clone
+
+
+# --- leading in-memory files and members read from another tarball (deltas) ----------------
+@pytest.mark.parametrize("scratch", ["xfs", "btrfs", "ext4"], indirect=True)
+def test_an_in_memory_first_member_and_ranges_of_another_tarball(scratch, request):
+    """The contents file leads; a tarball re-rooted from another one's members (what a delta
+    does) extracts to the same files, and on XFS/btrfs clones its blocks out of the first."""
+    files = build_registry(scratch / "src")
+    note = b'{"what": "contents"}\n' * 400  # > 4 KiB: an aligned member written from memory
+    full = write_tarball(PlainTree(scratch / "src"), scratch / "full.tar",
+                         first=[MemoryFile("layover/contents.json", note)])
+    with tarfile.open(full.path) as tf:
+        members = tf.getmembers()
+        assert members[0].name == "layover/contents.json"
+        assert tf.extractfile(members[0]).read() == note  # type: ignore[union-attr]
+    again = write_tarball(PlainTree(scratch / "src"), scratch / "again.tar",
+                          first=[MemoryFile("layover/contents.json", note)], data_paths=(DataPath.BUFFERED,))
+    assert again.sha256 == full.sha256
+
+    listed = [ListedMember(Entry("layover", Kind.DIR)), ListedMember(Entry("layover/delta", Kind.DIR))]
+    for m in members[1:]:
+        entry = Entry(f"layover/delta/{m.name}", Kind.DIR if m.isdir() else Kind.FILE, m.size)
+        listed.append(ListedMember(entry, full.path if m.isfile() else None, m.offset_data))
+    delta = write_tarball(ListedTree(tuple(listed)), scratch / "delta.tar",
+                          first=[MemoryFile("layover/contents.json", b"{}")])
+    _check_sidecar(delta)
+    out = scratch / "x"
+    out.mkdir()
+    _run("tar", "-xf", delta.path, "-C", out)
+    for rel, data in files.items():
+        assert (out / "layover/delta" / rel).read_bytes() == data, rel
+    if request.node.callspec.params["scratch"] in ("xfs", "btrfs"):
+        big = sum(len(d) - len(d) % 4096 for d in files.values() if len(d) >= 4096)
+        assert delta.bytes_cloned == big, "the aligned members of the full tarball clone into the delta"
 
 
 # --- fallbacks ----------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""layover.samples: deterministic sample release history; plus the registry client's guards."""
+"""layover.testing: the deterministic sample release history and the image generator under it."""
 
 from __future__ import annotations
 
@@ -11,15 +11,10 @@ import subprocess
 import sys
 import tarfile
 
-import httpx
 import pytest
 
-from layover import samples
-from layover.adapters.registry_api import RegistryAPI, RegistryHTTPError
-from layover.errors import RegistryError
 from layover.imagelist import parse_text
-from layover.reference import Digest
-from layover.samples import (
+from layover.manifest import (
     DOCKER_CONFIG,
     DOCKER_LAYER,
     DOCKER_MANIFEST,
@@ -28,8 +23,11 @@ from layover.samples import (
     OCI_INDEX,
     OCI_LAYER,
     OCI_MANIFEST,
-    release,
 )
+from layover.reference import Digest
+from layover.testing import images, releases
+from layover.testing.images import SampleImage
+from layover.testing.releases import Release, release
 
 SMALL = 0.05  # most tests do not need full-size layers
 
@@ -47,22 +45,22 @@ def digest_of(data: bytes) -> Digest:
     return Digest(hashlib.sha256(data).hexdigest())
 
 
-def fingerprint(r: samples.Release) -> list[tuple[str, str, str, list[str], list[str]]]:
+def fingerprint(r: Release) -> list[tuple[str, str, str, list[str], list[str]]]:
     return [
         (i.repository, i.tag, str(i.digest), [str(c.digest) for c in i.children], sorted(map(str, i.blobs)))
         for i in r.images
     ]
 
 
-def by_repo(r: samples.Release) -> dict[str, samples.SampleImage]:
+def by_repo(r: Release) -> dict[str, SampleImage]:
     return {i.repository: i for i in r.images}
 
 
 # --- determinism ---------------------------------------------------------------------------
 def test_generating_twice_in_one_process_gives_identical_bytes() -> None:
     first = release(1, SMALL)
-    samples.release.cache_clear()
-    samples._layer.cache_clear()
+    releases.release.cache_clear()
+    releases._layer.cache_clear()
     second = release(1, SMALL)
     assert first is not second
     assert fingerprint(first) == fingerprint(second)
@@ -73,7 +71,7 @@ def test_generating_twice_in_one_process_gives_identical_bytes() -> None:
 
 def test_another_process_with_another_hash_seed_gives_identical_digests() -> None:
     code = (
-        "import json; from layover.samples import release\n"
+        "import json; from layover.testing.releases import release\n"
         "print(json.dumps([[str(i), [str(d) for d in sorted(i.blobs)]] "
         "for n in (1, 2) for i in release(n, 0.05).images]))"
     )
@@ -94,7 +92,7 @@ def test_layers_are_reproducible_tars_with_fixed_metadata() -> None:
             members = tar.getmembers()
         names = [m.name for m in members]
         assert names == sorted(names)
-        assert {(m.mtime, m.uid, m.gid) for m in members} == {(samples._MTIME, 0, 0)}
+        assert {(m.mtime, m.uid, m.gid) for m in members} == {(images.FIXED_MTIME, 0, 0)}
         assert any(m.isdir() for m in members) and any(m.isfile() for m in members)
 
 
@@ -151,8 +149,8 @@ def test_release_1_covers_the_shapes_the_pipeline_must_handle() -> None:
 
 
 def test_full_size_base_layers_are_a_few_hundred_kib() -> None:
-    for base in samples._BASES:
-        size = samples._base_layer(base, 1.0).size
+    for base in releases._BASES:
+        size = releases._base_layer(base, 1.0).size
         assert 150 * 1024 < size < 1024 * 1024, (base, size)
 
 
@@ -160,8 +158,8 @@ def test_scale_shrinks_layers_and_bad_arguments_are_refused() -> None:
     small = sum(map(len, release(1, SMALL).blobs.values()))
     big = sum(map(len, release(1, 0.2).blobs.values()))
     assert small * 2 < big
-    with pytest.raises(ValueError, match="release 3 does not exist"):
-        release(3)
+    with pytest.raises(ValueError, match="release 4 does not exist"):
+        release(4)
     with pytest.raises(ValueError, match="out of range"):
         release(1, 0)
 
@@ -201,60 +199,11 @@ def test_list_text_parses_to_exactly_the_release_images(n: int, pin: bool) -> No
     assert [(ref.repository, ref.tag, ref.digest) for ref in parsed.refs] == expected
 
 
-# --- registry client guards (no network: MockTransport) -----------------------------------
-def test_client_refuses_hosts_off_loopback() -> None:
-    for host in ("10.0.0.5:5000", "registry.example.com", "172.17.0.2:5000"):
-        with pytest.raises(RegistryError, match="not on loopback"):
-            RegistryAPI(host)
-    with pytest.raises(RegistryError, match="without a scheme"):
-        RegistryAPI("http://127.0.0.1:5000")
-
-
-def test_upload_location_off_loopback_is_refused_before_sending_bytes() -> None:
-    sent: list[str] = []
-
-    def handler(req: httpx.Request) -> httpx.Response:
-        sent.append(req.url.host)
-        if req.method == "HEAD":
-            return httpx.Response(404)
-        return httpx.Response(202, headers={"Location": "http://192.0.2.1:5000/v2/x/blobs/uploads/u"})
-
-    data = b"hello"
-    with RegistryAPI("127.0.0.1:5000", transport=httpx.MockTransport(handler)) as api:
-        with pytest.raises(RegistryError, match="upload Location .* not on loopback"):
-            api.push_blob("x", digest_of(data), data)
-    assert sent == ["127.0.0.1", "127.0.0.1"]  # HEAD and POST; no PUT went anywhere
-
-
-def test_http_errors_name_the_request_and_the_registry_error_code() -> None:
-    body = {"errors": [{"code": "MANIFEST_UNKNOWN", "message": "manifest unknown"}]}
-
-    def handler(req: httpx.Request) -> httpx.Response:
-        return httpx.Response(404, json=body)
-
-    with RegistryAPI("127.0.0.1:5000", transport=httpx.MockTransport(handler)) as api:
-        with pytest.raises(RegistryHTTPError) as info:
-            api.manifest("apps/team-a/web", "9.9.9")
-    err = info.value
-    assert err.not_found and err.codes == ("MANIFEST_UNKNOWN",)
-    assert "GET http://127.0.0.1:5000/v2/apps/team-a/web/manifests/9.9.9 returned 404" in str(err)
-
-
-def test_a_blob_whose_bytes_do_not_match_its_digest_is_an_error() -> None:
-    def handler(req: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, content=b"truncat")
-
-    with RegistryAPI("127.0.0.1:5000", transport=httpx.MockTransport(handler)) as api:
-        with pytest.raises(RegistryError, match="corrupt data"):
-            api.get_blob("x", digest_of(b"truncated"))
-
-
-def test_unreachable_registry_says_what_to_check() -> None:
-    def handler(req: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectError("connection refused", request=req)
-
-    with RegistryAPI("127.0.0.1:5000", transport=httpx.MockTransport(handler)) as api:
-        with pytest.raises(RegistryError, match="cannot reach the registry"):
-            api.catalog()
-        with pytest.raises(RegistryError, match="did not answer GET /v2/ with 200 within 0.3s"):
-            api.wait_ready(0.3)
+def test_release_3_changes_two_top_layers_drops_one_keeps_the_rest() -> None:
+    two, three = by_repo(release(2, SMALL)), by_repo(release(3, SMALL))
+    assert set(two) - set(three) == {"apps/team-c/report"}
+    assert set(three) <= set(two)
+    changed = {repo for repo in three if two[repo].digest != three[repo].digest}
+    assert changed == {"platform/metrics", "apps/team-a/worker"}
+    for repo in changed:  # only the top layer is new: the base layers stay shared
+        assert len(set(two[repo].blobs) - set(three[repo].blobs)) == (4 if repo == "platform/metrics" else 2)

@@ -174,3 +174,27 @@ def test_any_tree_round_trips_through_tarfile_with_aligned_data(files):
     members = _read_back(blob)
     assert {n: m.size for n, m in members.items() if m.isfile()} == files
     assert {n for n, m in members.items() if m.isdir()} == dirs
+
+
+# --- leading members: the contents file goes first ------------------------------------------
+def test_leading_files_come_first_in_the_given_order_and_the_tree_stays_aligned():
+    tree = _tree({"docker/registry/v2/blobs/sha256/aa/" + "a" * 64 + "/data": 3 * ALIGN + 5})
+    first = [Entry("layover/contents.json", Kind.FILE, 5000), Entry("layover/README.txt", Kind.FILE, 10)]
+    tp = plan(tree, first=first)
+    assert [pm.entry.name for pm in tp.members[:2]] == ["layover/contents.json", "layover/README.txt"]
+    assert tp.members[0].offset == 0
+    assert all(pm.data_offset % ALIGN == 0 for pm in tp.members if pm.aligned)
+    members = _read_back(_render(tp))
+    assert next(iter(members)) == "layover/contents.json"
+    assert set(members) == {e.name for e in [*first, *tree]}
+
+
+@pytest.mark.parametrize("bad", [
+    [Entry("docker", Kind.FILE, 1)],  # clashes with the tree's directory
+    [Entry("layover/x", Kind.DIR)],  # only files lead
+    [Entry("a", Kind.FILE, 1), Entry("a", Kind.FILE, 2)],
+    [Entry("../contents.json", Kind.FILE, 1)],
+])
+def test_bad_leading_members_are_refused(bad):
+    with pytest.raises(StorageError):
+        plan(_tree({"docker/x": 1}), first=bad)
