@@ -12,7 +12,9 @@ index, a signature on the SBOM). One work dir runs, in order, as a build host wo
     none       release 2, --attached none
 
 Each package is extracted and served by a real registry; the checks read it over HTTP and on
-disk, and compare with the CI registry as it was when that release ran. Signatures are checked by
+disk, and compare with the CI registry as it was when that release ran. On the customer side,
+release 2 installed as a delta on release 1 (`layover install`) and pushed into an empty registry
+(`layover push`) serve the same attachments. Signatures are checked by
 the independent verifier (layover.testing.attached: plain ECDSA over the payload, whose digest
 must be the pulled manifest's), not by Layover's code.
 """
@@ -24,6 +26,7 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,12 +34,12 @@ import pytest
 
 from layover import imagelist
 from layover.adapters.attachment_reader import RegistryAttachmentReader
-from layover.adapters.registry_api import RegistryAPI, push_release
+from layover.adapters.registry_api import RegistryAPI
 from layover.attached import AttachmentKind, ImageAttachments, discover
 from layover.errors import MissingSignatureError
+from layover.package import read_record
 from layover.reference import Digest, ImageRef
 from layover.report import ReleaseReport
-from layover.samples import Release, SampleImage, release
 from layover.settings import ListFromFile, ReleaseRequest
 from layover.storage.layout import StorageLayout
 from layover.storage.verify import verify_tarball
@@ -51,6 +54,9 @@ from layover.testing.attached import (
     verify_attestation,
     verify_cosign_signature,
 )
+from layover.testing.images import SampleImage
+from layover.testing.push import push_release
+from layover.testing.releases import Release, release
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -325,3 +331,62 @@ def test_the_package_list_verifies_from_the_tarball(scenario):
     # and the plain list alone is not enough: the attachments are extra to it
     plain = verify_tarball(scenario.out / "r2.tar", imagelist.load(scenario.lists[2]))
     assert not plain.ok and {p.kind.value for p in plain.problems} >= {"extra-tag"}
+
+
+# --- the customer side: contents file, delta + install, push ------------------------------------
+def _discovered_everywhere(host: str, scenario: Scenario, name: str) -> None:
+    """Discovery at `host` finds, for every listed image of the release, exactly what the CI had."""
+    with RegistryAPI(host) as api:
+        reader = RegistryAttachmentReader(api)
+        for img in scenario.rel[_which(name)].images:
+            want = scenario.expected[name][str(img.ref)]
+            got = discover(reader, img.ref)
+            assert (got.digests, got.tags) == (want.digests, want.tags), img.ref
+
+
+def test_the_contents_file_names_each_images_attachments(scenario):
+    contents = read_record(scenario.out / "r2.tar").contents
+    by_ref = {i.reference: i for i in contents.images}
+    expected = scenario.expected["r2"]
+    for img in scenario.rel[2].images:
+        want = expected[str(img.ref)]
+        assert {a.digest for a in by_ref[str(img.ref)].attached} == {str(a.digest) for a in want.artifacts}
+    # every attachment tag is an image of the package: what install, push and deltas act on
+    tags = {(i.repository, i.tag) for i in contents.images if i.tag and i.tag.startswith("sha256-")}
+    assert tags == {(f.repository, t) for f in expected.values() for t in f.tags}
+    assert contents.totals.attached == sum(len(f.artifacts) for f in expected.values())
+
+
+def test_a_delta_installed_on_release_1_serves_release_2s_attachments(scenario, module_registries, tmp_path):
+    from layover.delta import write_delta
+    from layover.install import InstallOptions, install
+
+    delta = tmp_path / "r2.from-r1.tar"
+    write_delta(scenario.out / "r2.tar", read_record(scenario.out / "r1.tar"), delta)
+    root = tmp_path / "site"
+    root.mkdir()
+    install(scenario.out / "r1.tar", root, InstallOptions())
+    install(delta, root, InstallOptions(prune=True))
+    host = module_registries.start("site", root, read_only=True).host
+    _discovered_everywhere(host, scenario, "r2")
+    java = scenario.rel[2].image(UNSIGNED_IN_R1)
+    with RegistryAPI(host) as api:
+        sig = discover(RegistryAttachmentReader(api), java.ref).tags[f"sha256-{java.digest.hex}.sig"]
+        verify_cosign_signature(
+            SIGNER.public_key_pem,
+            api.manifest(java.repository, sig).data,
+            functools.partial(api.get_blob, java.repository),
+            api.manifest(java.repository, java.digest).data,
+        )
+
+
+def test_push_carries_the_attachments_into_an_empty_registry(scenario, module_registries, tmp_path):
+    (tmp_path / "target").mkdir()
+    host = module_registries.start("push-target", tmp_path / "target").host
+    p = subprocess.run(
+        [sys.executable, "-m", "layover.cli", "push", str(scenario.out / "r2.tar"), "--to", host,
+         "--no-dest-tls-verify"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    _discovered_everywhere(host, scenario, "r2")
