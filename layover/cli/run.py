@@ -33,6 +33,7 @@ def run(
     attached: Annotated[
         str,
         typer.Option(
+            metavar="copy|require|none",
             help="Signatures, attestations and SBOMs of the listed images: copy (whatever is "
             "attached), require (a signature on every listed image, else fail naming them) or none.",
         ),
