@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -45,10 +46,20 @@ from layover.package import read_contents
 Timed = dict[str, list[float]]
 
 
-def _t(fn: Callable[[], object]) -> float:
+CPU: Timed = {}  # user + system seconds of the child processes, per label
+
+
+def _t(fn: Callable[[], object], label: str = "") -> float:
+    """Wall seconds of fn(); the CPU seconds its child processes used go to CPU[label]."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     fn()
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if label:
+        used = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+        CPU.setdefault(label, []).append(used)
+    return wall
 
 
 def _run(*argv: str | Path) -> str:
@@ -104,12 +115,16 @@ def measure(a: argparse.Namespace, root: Path) -> str:
         )
     )
     try:
-        b.ci_registry()
         pkgs = b.root / "packages"
         pkgs.mkdir(parents=True, exist_ok=True)
-        tars = {}
-        for n in (1, 2):
-            tars[n] = pkgs / f"release{n}.tar"
+        tars = {n: pkgs / f"release{n}.tar" for n in (1, 2)}
+        if a.packages:  # packages from an earlier --keep run: copied, so this filesystem holds them
+            for n, t in tars.items():
+                for suffix in ("", ".sha256", ".json"):
+                    shutil.copyfile(Path(a.packages) / f"release{n}.tar{suffix}", f"{t}{suffix}")
+        else:
+            b.ci_registry()
+        for n in () if a.packages else (1, 2):
             argv, env = b.argv("layover-embedded", n, pkgs, tars[n])
             print(f"building the release {n} package ...", flush=True)
             p = subprocess.run(argv, env=env, capture_output=True, text=True)
@@ -124,20 +139,37 @@ def measure(a: argparse.Namespace, root: Path) -> str:
         base1 = b.root / "base1"
         _run(LAYOVER, "install", tars[1], "--storage", _fresh(base1))
         timed: Timed = {
-            k: [] for k in ("tar", "install", "ratio", "delta", "install-delta", "install-over-1")
+            k: []
+            for k in ("tar", "install", "install-nosum", "ratio", "delta", "install-delta", "install-over-1")
         }
         clone: dict[str, int] = {}
+        phases: Timed = {}  # install's own phases (its report), empty dir
         delta = pkgs / "release2.from-release1.tar"
         for run in range(1, a.runs + 1):
             d = _fresh(b.root / "tar")
-            timed["tar"].append(_t(lambda d=d: (_run("tar", "-xf", tars[2], "-C", d), _run("sync", "-f", d))))
+            timed["tar"].append(
+                _t(lambda d=d: (_run("tar", "-xf", tars[2], "-C", d), _run("sync", "-f", d)), "tar")
+            )
             d = _fresh(b.root / "install")
             report = b.root / "install.json"
             timed["install"].append(
-                _t(lambda d=d, r=report: _run(LAYOVER, "install", tars[2], "--storage", d, "--report", r))
+                _t(
+                    lambda d=d, r=report: _run(LAYOVER, "install", tars[2], "--storage", d, "--report", r),
+                    "install",
+                )
             )
-            clone["install"] = json.loads(report.read_text())["blobs"]["bytes_cloned"]
+            done = json.loads(report.read_text())
+            clone["install"] = done["blobs"]["bytes_cloned"]
+            for k, v in done["phases"].items():
+                phases.setdefault(k, []).append(v)
             timed["ratio"].append(timed["install"][-1] / timed["tar"][-1])
+            d = _fresh(b.root / "install-nosum")
+            timed["install-nosum"].append(
+                _t(
+                    lambda d=d: _run(LAYOVER, "install", tars[2], "--storage", d, "--no-checksum"),
+                    "install-nosum",
+                )
+            )
             for f in pkgs.glob("release2.from-*"):
                 f.unlink()
             timed["delta"].append(
@@ -166,6 +198,7 @@ def measure(a: argparse.Namespace, root: Path) -> str:
             "|---|---:|",
             f"| `tar -xf` + `sync -f`, empty dir | {_stats(timed['tar'])} |",
             f"| `layover install`, empty dir | {_stats(timed['install'])} |",
+            f"| `layover install --no-checksum` (blobs still hashed), empty dir | {_stats(timed['install-nosum'])} |",
             f"| install / tar -xf, same run | x{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}) |",
             f"| `layover delta` 2 from 1 | {_stats(timed['delta'])} |",
             f"| install delta into release 1 | {_stats(timed['install-delta'])} |",
@@ -174,6 +207,12 @@ def measure(a: argparse.Namespace, root: Path) -> str:
             f"delta size {sized / 1e6:.2f} MB, new blobs {new_bytes / 1e6:.2f} MB: "
             f"x{sized / max(1, new_bytes):.3f} (metadata {(sized - new_bytes) / 1e6:.2f} MB); "
             f"full package {size2 / 1e6:.1f} MB; bytes cloned by install {clone['install'] / 1e6:.1f} MB",
+            "",
+            "CPU seconds (user + system, median): "
+            + ", ".join(f"{k} {statistics.median(v):.2f}" for k, v in CPU.items()),
+            "",
+            "install into an empty dir, its phases (median s): "
+            + ", ".join(f"{k} {statistics.median(v):.2f}" for k, v in phases.items()),
         ]
         return "\n".join(lines)
     finally:
@@ -188,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work-root", default="/var/tmp/layover-install-bench")
     ap.add_argument("--deb-dir", default=str(fixture_mod.DEFAULT_DEB_DIR))
     ap.add_argument("--keep", action="store_true", help="keep packages and dirs (with --fs none)")
+    ap.add_argument("--packages", help="reuse release1.tar and release2.tar (+ .sha256, .json) from this dir")
     ap.add_argument(
         "--fs",
         choices=("ext4", "xfs", "none"),

@@ -54,7 +54,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from layover.adapters.tar_writer import copy_range, ficlonerange
+from layover.adapters.tar_writer import copy_range, ficlonerange, start_writeback
 from layover.contents import (
     CONTENTS_MEMBER,
     DELTA_README,
@@ -166,6 +166,7 @@ class InstallReport(_Model):
     restart: Restart
     started_at: str
     seconds: float
+    phases: dict[str, float]  # seconds per phase: checksum, checks, stage, place, prune, verify
 
     def raise_for_verify(self) -> None:
         v = self.verify
@@ -232,6 +233,7 @@ class Plan:
     previous: dict[str, str | None] = field(default_factory=dict)  # reference -> old tag digest
     checks: list[str] = field(default_factory=list)
     clone: bool = False
+    phases: dict[str, float] = field(default_factory=dict)
 
     @property
     def blobs(self) -> list[_Place]:
@@ -252,10 +254,12 @@ def plan_install(
     if not storage.is_dir():
         raise UsageError(f"--storage {storage}: not a directory; create it (empty for a new registry)")
     fd = os.open(package, os.O_RDONLY | os.O_CLOEXEC)
+    phases: dict[str, float] = {}
     try:
         st = os.fstat(fd)
         sha = None
         checks = []
+        mark = time.monotonic()
         if opts.checksum:
             want = expected_sha256(package, opts.sha256)
             progress(f"checksum: hashing {human_bytes(st.st_size)}")
@@ -270,9 +274,11 @@ def plan_install(
                     "or not the package the checksum is for; fetch it again",
                 )
             checks.append("checksum")
+        phases["checksum"] = time.monotonic() - mark
+        mark = time.monotonic()
         members = scan_members(package, fd, st.st_size)
         contents = _contents(package, fd, members[0])
-        plan = Plan(package, StorageLayout(storage), contents, sha, checks=checks)
+        plan = Plan(package, StorageLayout(storage), contents, sha, checks=checks, phases=phases)
         progress(f"members: {len(members)} checked against {CONTENTS_MEMBER}")
         files = _check_members(plan, members)
         plan.checks.append("members")
@@ -286,6 +292,7 @@ def plan_install(
         plan.checks.append("space")
         if os.fstat(fd).st_mtime_ns != st.st_mtime_ns or os.fstat(fd).st_size != st.st_size:
             raise refuse(package, "the file changed while it was checked")
+        phases["checks"] = time.monotonic() - mark
         return plan
     finally:
         os.close(fd)
@@ -541,10 +548,14 @@ def install(
             _failpoint("install.checked")
             _write(plan, written, progress)
         if opts.prune:
+            mark = time.monotonic()
             prune = _prune(plan, dry_run=opts.dry_run, progress=progress)
+            plan.phases["prune"] = time.monotonic() - mark
         if not opts.dry_run:
             progress("verify: the installed images")
+            mark = time.monotonic()
             verify = _verify(plan, exact=opts.prune)
+            plan.phases["verify"] = time.monotonic() - mark
             if verify.ok:
                 plan.checks.append("verify")
         restart = _restart_advice(plan, prune, opts)
@@ -586,6 +597,7 @@ def install(
         restart=restart,
         started_at=started_at,
         seconds=round(time.monotonic() - started, 3),
+        phases={k: round(v, 3) for k, v in plan.phases.items()},
     )
     return report
 
@@ -629,17 +641,24 @@ def _dir_lock(storage: Path) -> Iterator[None]:
 def _write(plan: Plan, written: _Written, progress: Progress) -> None:
     stage = plan.storage.root / STAGING
     shutil.rmtree(stage, ignore_errors=True)  # what a killed install left
+    owner = _Owner.of(plan.storage)
     try:
         stage.mkdir()
+        mark = time.monotonic()
         fd = os.open(plan.package, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            staged = _stage(plan, fd, stage, written, progress)
+            staged = _stage(plan, fd, stage, written, owner, progress)
         finally:
             os.close(fd)
+        plan.phases["stage"] = time.monotonic() - mark
+        mark = time.monotonic()
         syncfs(stage)
+        plan.phases["sync"] = time.monotonic() - mark
         _failpoint("install.staged")
-        _place(plan, staged, written, progress)
+        mark = time.monotonic()
+        _place(plan, staged, written, owner, progress)
         syncfs(stage)
+        plan.phases["place"] = time.monotonic() - mark
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise DiskFullError(
@@ -655,7 +674,9 @@ def _write(plan: Plan, written: _Written, progress: Progress) -> None:
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def _stage(plan: Plan, fd: int, stage: Path, written: _Written, progress: Progress) -> dict[str, Path]:
+def _stage(
+    plan: Plan, fd: int, stage: Path, written: _Written, owner: _Owner, progress: Progress
+) -> dict[str, Path]:
     """Copy every new blob into the staging dir, hashing the tarball's bytes as they go, and
     write every link there. Returns final path -> staged path."""
     staged: dict[str, Path] = {}
@@ -671,7 +692,10 @@ def _stage(plan: Plan, fd: int, stage: Path, written: _Written, progress: Progre
             tmp = stage / f"b{i}"
             out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
             try:
+                owner.file(out)
                 written.cloned += _copy(fd, p.member, out, plan.clone)
+                # the disk starts writing while later blobs are copied, not all at the syncfs
+                start_writeback(out, 0, p.size)
             finally:
                 os.close(out)
             checks.append((p, pool.submit(_sha256_range, fd, p.member.offset, p.size)))
@@ -689,7 +713,7 @@ def _stage(plan: Plan, fd: int, stage: Path, written: _Written, progress: Progre
     plan.checks.append("blob digests")
     for i, p in enumerate(q for q in plan.places if q.kind is not FileKind.BLOB):
         tmp = stage / f"l{i}"
-        tmp.write_bytes(f"sha256:{p.digest}".encode())
+        owner.write(tmp, f"sha256:{p.digest}".encode())
         staged[p.path] = tmp
     return staged
 
@@ -735,7 +759,7 @@ def _copy(src: int, m: Member, dst: int, clone: bool) -> int:
     return 0
 
 
-def _place(plan: Plan, staged: dict[str, Path], written: _Written, progress: Progress) -> None:
+def _place(plan: Plan, staged: dict[str, Path], written: _Written, owner: _Owner, progress: Progress) -> None:
     """Rename staged files into place, in FileKind order. A new leaf directory is renamed in
     whole, so it appears with its file; a new tag appears with its link in one rename."""
     order = [p for p in plan.places if p.kind is not FileKind.TAG_INDEX]
@@ -755,7 +779,7 @@ def _place(plan: Plan, staged: dict[str, Path], written: _Written, progress: Pro
             # tag-index entries of tags that exist already go just before the tags
             for tag_dir, ip in sorted(index.items()):
                 if os.path.isdir(tag_dir):
-                    _put(ip.path, staged[ip.path])
+                    _put(ip.path, staged[ip.path], owner)
                     written.links += 1
             links_done = True
             _failpoint("install.links")
@@ -763,16 +787,16 @@ def _place(plan: Plan, staged: dict[str, Path], written: _Written, progress: Pro
             tag_dir = os.path.dirname(os.path.dirname(p.path))
             entry = index.get(tag_dir)
             if not os.path.isdir(tag_dir) and entry is not None:
-                _new_tag(tag_dir, p, entry, staged)
+                _new_tag(tag_dir, p, entry, staged, owner)
                 written.links += 2
             else:
-                _put(p.path, staged[p.path])
+                _put(p.path, staged[p.path], owner)
                 written.links += 1
             done_tags += 1
             if done_tags == len(tags) // 2 or len(tags) == 1:
                 _failpoint("install.tags-midway")
             continue
-        _put(p.path, staged[p.path])
+        _put(p.path, staged[p.path], owner)
         if p.kind is FileKind.BLOB:
             written.blobs += 1
             written.bytes += p.size
@@ -783,12 +807,55 @@ def _place(plan: Plan, staged: dict[str, Path], written: _Written, progress: Pro
             written.links += 1
     if not links_done:
         for _, ip in sorted(index.items()):
-            _put(ip.path, staged[ip.path])
+            _put(ip.path, staged[ip.path], owner)
             written.links += 1
         _failpoint("install.links")
 
 
-def _put(final: str, tmp: Path) -> None:
+@dataclass(frozen=True)
+class _Owner:
+    """What the install creates gets the modes `tar -xf` gives as root (0644, 0755) whatever the
+    umask, and, when run as root, the owner of the storage dir: a registry running as its own
+    user (Harbor's does) must be able to write beside what was installed."""
+
+    uid: int | None = None
+    gid: int | None = None
+
+    @classmethod
+    def of(cls, storage: StorageLayout) -> _Owner:
+        st = os.stat(storage.v2 if storage.v2.is_dir() else storage.root)
+        return cls(st.st_uid, st.st_gid) if os.geteuid() == 0 else cls()
+
+    def file(self, fd: int) -> None:
+        os.fchmod(fd, 0o644)
+        if self.uid is not None and self.gid is not None:
+            os.fchown(fd, self.uid, self.gid)
+
+    def mkdir(self, path: str | Path) -> None:
+        os.mkdir(path, 0o755)
+        os.chmod(path, 0o755)
+        if self.uid is not None and self.gid is not None:
+            os.chown(path, self.uid, self.gid)
+
+    def makedirs(self, path: str) -> None:
+        if os.path.isdir(path):
+            return
+        self.makedirs(os.path.dirname(path))
+        try:
+            self.mkdir(path)
+        except FileExistsError:
+            pass
+
+    def write(self, path: Path, data: bytes) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, data)
+            self.file(fd)
+        finally:
+            os.close(fd)
+
+
+def _put(final: str, tmp: Path, owner: _Owner) -> None:
     """Rename `tmp` to `final`. If final's directory does not exist, the directory is made in
     the staging area with the file inside and renamed in whole."""
     leaf = os.path.dirname(final)
@@ -796,21 +863,22 @@ def _put(final: str, tmp: Path) -> None:
         os.rename(tmp, final)
         return
     holder = tmp.with_name(tmp.name + ".d")
-    holder.mkdir()
+    owner.mkdir(holder)
     os.rename(tmp, holder / os.path.basename(final))
-    os.makedirs(os.path.dirname(leaf), exist_ok=True)
+    owner.makedirs(os.path.dirname(leaf))
     os.rename(holder, leaf)
 
 
-def _new_tag(tag_dir: str, current: _Place, index: _Place, staged: dict[str, Path]) -> None:
+def _new_tag(tag_dir: str, current: _Place, index: _Place, staged: dict[str, Path], owner: _Owner) -> None:
     """A tag that does not exist yet appears with its current link and index entry at once."""
     holder = staged[current.path].with_name(staged[current.path].name + ".t")
-    (holder / "current").mkdir(parents=True)
-    os.rename(staged[current.path], holder / "current" / "link")
     entry = holder / os.path.relpath(index.path, tag_dir)
-    entry.parent.mkdir(parents=True)
+    owner.mkdir(holder)
+    owner.mkdir(holder / "current")
+    owner.makedirs(str(entry.parent))
+    os.rename(staged[current.path], holder / "current" / "link")
     os.rename(staged[index.path], entry)
-    os.makedirs(os.path.dirname(tag_dir), exist_ok=True)
+    owner.makedirs(os.path.dirname(tag_dir))
     os.rename(holder, tag_dir)
 
 

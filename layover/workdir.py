@@ -6,7 +6,6 @@
       work/      overlayfs workdir (disposable; must share upper's filesystem)
       merged/    the package registry's storage: the overlay view (disposable)
       run/       registry configs, a decoded credentials file (0600) during a run (disposable)
-      releases/  <package sha256>.json: the report and contents of every package built here
       lock       fcntl lock + holder description: one run per work dir
 
 Keeping all of them in one directory keeps upper/work on lower's filesystem (docs/design.md §3).

@@ -25,7 +25,9 @@ def clear_stale(wd: WorkDir, output: Path) -> None:
     mounted = overlay.is_mounted(wd.merged)
     if mounted:
         overlay.unmount(wd.merged)
-    partial = sorted(output.parent.glob(f".{output.name}.*.partial")) if output.parent.is_dir() else []
+    # the tarball's, and its deltas' (<stem>.from-<base>.tar)
+    patterns = (f".{output.name}.*.partial", f".{output.name.removesuffix('.tar')}.from-*.partial")
+    partial = sorted(p for pat in patterns for p in output.parent.glob(pat)) if output.parent.is_dir() else []
     for p in partial:
         p.unlink(missing_ok=True)
     wd.src_auth.unlink(missing_ok=True)

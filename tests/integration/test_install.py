@@ -12,7 +12,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import signal
+import stat
 import subprocess
 import tarfile
 import time
@@ -41,6 +43,7 @@ from tests.integration.customer_site import (
     snapshot,
 )
 from tests.integration.test_faults_disk import LoopDisks
+from tests.integration.test_tar_writer import _loop_fs
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -339,6 +342,60 @@ def test_dry_run_checks_everything_and_changes_nothing(packages, release_1_insta
     assert snapshot(release_1_installed) == before
     assert "would install" in p.stdout and "checksum, members, manifests, space" in p.stdout
     assert "tag(s) the package does not list would be deleted" in p.stdout
+
+
+def test_what_the_install_creates_belongs_to_the_storage_dirs_owner_whatever_the_umask(packages, tmp_path):
+    """A registry running as its own user (Harbor's runs as 10000) must be able to write beside
+    what was installed; the modes are those tar -xf gives as root."""
+    require(os.geteuid() == 0, "chown needs root")
+    storage = tmp_path / "registry"
+    storage.mkdir()
+    os.chown(storage, 10000, 10000)
+    old = os.umask(0o077)
+    try:
+        install_lib(packages.tars[1], storage, InstallOptions())
+    finally:
+        os.umask(old)
+    for dirpath, dirnames, filenames in os.walk(storage):
+        for name in dirnames + filenames:
+            st = os.lstat(Path(dirpath) / name)
+            assert (st.st_uid, st.st_gid) == (10000, 10000), name
+            assert stat.S_IMODE(st.st_mode) == (0o755 if name in dirnames else 0o644), name
+
+
+@pytest.fixture(params=["xfs", "btrfs"])
+def reflink_fs(request, tmp_path_factory) -> Iterator[Path]:
+    require(os.geteuid() == 0, "loop mounts need root")
+    mkfs = ("mkfs.xfs", "-q", "-m", "reflink=1") if request.param == "xfs" else ("mkfs.btrfs", "-q")
+    require(shutil.which(mkfs[0]) is not None and shutil.which("filefrag") is not None, f"{mkfs[0]} missing")
+    yield from _loop_fs(tmp_path_factory, request.param, *mkfs)
+
+
+def test_on_xfs_and_btrfs_blob_data_is_cloned_out_of_the_tarball(packages, reference, reflink_fs, tmp_path):
+    package = reflink_fs / "release-1.tar"
+    for suffix in ("", ".sha256"):
+        shutil.copyfile(f"{packages.tars[1]}{suffix}", f"{package}{suffix}")
+    storage = reflink_fs / "registry"
+    storage.mkdir()
+    report = install_lib(package, storage, InstallOptions())
+    blobs = packages.contents(1).blobs
+    assert report.blobs.bytes_cloned == sum(b.size - b.size % 4096 for b in blobs if b.size >= 4096) > 0
+    assert snapshot(storage) == snapshot(reference["r1"])
+    biggest = max(blobs, key=lambda b: b.size)
+    frag = subprocess.run(
+        ["filefrag", "-v", str(StorageLayout(storage).blob_data(Digest(biggest.digest[7:])))],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "shared" in frag, frag
+
+    # the package on another filesystem: nothing can be cloned, the install copies instead
+    elsewhere = reflink_fs / "from-ext4"
+    elsewhere.mkdir()
+    report = install_lib(packages.tars[1], elsewhere, InstallOptions())
+    assert report.blobs.bytes_cloned == 0 and report.blobs.bytes_written == sum(b.size for b in blobs)
+    assert snapshot(elsewhere) == snapshot(reference["r1"])
 
 
 # --- killed at three points, then run again: the same end state ------------------------------------
