@@ -10,12 +10,14 @@ from prefect import flow, runtime
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from layover.adapters.lock import work_dir_lock
+from layover.attached import report_rows
 from layover.copy import ManifestCopier, Route, SkopeoCopier
 from layover.registries import registries
 from layover.report import ReleaseReport
 from layover.settings import ReleaseRequest
 from layover.workdir import WorkDir
 from tasks.archive_sync import sync_archive
+from tasks.attached_sync import attach
 from tasks.credentials import source_authfile
 from tasks.delta import write_deltas
 from tasks.fanout import MAX_CONCURRENCY
@@ -54,6 +56,12 @@ def release(request: ReleaseRequest) -> ReleaseReport:
                     concurrency=request.concurrency, retries=request.copy_retries,
                 )
             ]
+            # Every listed image's signatures and SBOMs; from here on they are images of the package.
+            attached_stage, attached = attach(
+                listed.images, to_archive, request.attached, concurrency=request.concurrency,
+                retries=request.copy_retries,
+            )
+            stages.append(attached_stage)
             # From here on the archive is history: served read-only, never written.
             archive = regs.serve_archive(read_only=True)
             stages.append(reset_overlay(wd))
@@ -64,12 +72,16 @@ def release(request: ReleaseRequest) -> ReleaseReport:
             copier = ManifestCopier(to_package, regs.api(archive), regs.api(package),
                                     regs.guard(archive, package, destination=package))
             stages.append(
-                sync_package(listed.images, copier, concurrency=request.concurrency, retries=request.copy_retries)
+                sync_package(
+                    attached.images, copier, concurrency=request.concurrency, retries=request.copy_retries
+                )
             )
             regs.stop(package)  # never delete under a running registry
-            stages.append(collect_garbage(wd, listed.images))
-            stages.append(verify_package(wd, listed.images))
-            tar_stage, sha256, size, contents = write_release_tarball(wd, request.output, listed)
+            stages.append(collect_garbage(wd, attached.images))
+            stages.append(verify_package(wd, attached.images, attached.record))
+            tar_stage, sha256, size, contents = write_release_tarball(
+                wd, request.output, listed, attached.images, attached.record
+            )
             stages.append(tar_stage)
             stages += write_deltas(wd, request, sha256)
         finally:
@@ -83,6 +95,7 @@ def release(request: ReleaseRequest) -> ReleaseReport:
         tarball_bytes=size,
         stages=tuple(stages),
         contents=contents,
+        attached=report_rows(attached.record),
     )
     publish_report(report, wd)
     return report

@@ -21,6 +21,12 @@ Classification (first match wins), into signature / attestation / SBOM / other:
        Notary and sigstore bundles (a bundle's predicateType annotation tells a signature from an
        attestation) / DSSE and in-toto / SPDX, CycloneDX and Syft
     3. the layers' media types, when every layer says the same
+
+What a release ships (`--attached copy|require|none`, docs/attached.md): the record of what was
+attached at the source when the archive was synced (`AttachedRecord`), and from it the package's
+list (`package_list`): the listed images plus every attached artifact, tagged ones as
+`repo:tag@digest` and untagged referrers as `repo@digest`, so package sync, GC and verify treat
+them as ordinary images of the package.
 """
 
 from __future__ import annotations
@@ -29,9 +35,11 @@ import enum
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
-from layover.errors import ImageNotFoundError
+from layover.contents import Attached, Contents, assemble
+from layover.errors import ImageNotFoundError, MissingSignatureError
+from layover.imagelist import Entry, ImageList
 from layover.manifest import (
     COSIGN_SIMPLESIGNING,
     CYCLONEDX,
@@ -425,3 +433,157 @@ class _Walk:
                     manifest.children,
                 )
             )
+
+
+# --- what a release ships ------------------------------------------------------------------
+AttachedMode = Literal["copy", "require", "none"]
+
+
+@dataclass(frozen=True)
+class ListedAttachments:
+    """What was attached to one listed image at the source when the archive was synced."""
+
+    ref: ImageRef  # as listed
+    found: ImageAttachments
+
+
+@dataclass(frozen=True)
+class AttachedRecord:
+    """The run's record of attachments, one entry per listed image in list order (none when
+    the mode is `none`): what package sync writes and verify compares the package with."""
+
+    mode: AttachedMode = "copy"
+    images: tuple[ListedAttachments, ...] = ()
+
+    @property
+    def counts(self) -> AttachmentCounts:
+        """Over distinct (repository, artifact): two tags of one image do not count it twice."""
+        seen: dict[tuple[str, Digest], AttachedArtifact] = {}
+        for entry in self.images:
+            for a in entry.found.artifacts:
+                seen.setdefault((a.repository, a.digest), a)
+        return AttachmentCounts.of(seen.values())
+
+    @property
+    def problems(self) -> tuple[AttachmentProblem, ...]:
+        out: dict[str, AttachmentProblem] = {}
+        for entry in self.images:
+            out.update((str(p), p) for p in entry.found.problems)
+        return tuple(out.values())
+
+    def unsigned(self) -> tuple[ImageRef, ...]:
+        """Listed images with no signature on the image itself, in list order."""
+        return tuple(e.ref for e in self.images if not e.found.signed)
+
+    def require_signed(self) -> None:
+        """`--attached require`: MissingSignatureError naming every listed image without one."""
+        missing = self.unsigned()
+        if missing:
+            raise MissingSignatureError(
+                [f"{ref} (sha256:{e.found.digest.hex[:12]})" for ref, e in self._of(missing)]
+            )
+
+    def _of(self, refs: Iterable[ImageRef]) -> list[tuple[ImageRef, ListedAttachments]]:
+        by_ref = {e.ref: e for e in self.images}
+        return [(r, by_ref[r]) for r in refs]
+
+
+def attached_refs(found: ImageAttachments) -> tuple[ImageRef, ...]:
+    """The package references of everything attached to one image, in discovery order: every
+    attachment tag (cosign tags, referrers tag-schema indexes) as `repo:tag@digest`, then, as
+    `repo@digest`, every artifact that nothing tagged reaches (a referrer the source's referrers
+    API listed). Pinning the digest makes package sync copy exactly what was discovered, and
+    verify check that each tag still points at it.
+
+    A referrer in a tag-schema index is not listed again by digest: the index reaches it, and two
+    image copies writing one manifest at once race in Distribution (a reader can see its revision
+    link truncated by the other writer: 400 DIGEST_INVALID)."""
+    tags = found.tags
+    refs = [ImageRef(found.repository, tag, digest) for tag, digest in tags.items()]
+    reached = set(tags.values())
+    reached.update(d for r in found.referrers_indexes for d in r.referrers)
+    reached.update(c for a in found.artifacts if a.digest in reached for c in a.children)
+    refs += [ImageRef(found.repository, None, a.digest) for a in found.artifacts if a.digest not in reached]
+    return tuple(refs)
+
+
+def package_list(images: ImageList, record: AttachedRecord) -> ImageList:
+    """What the package holds: the listed images, then every attached artifact as an entry of
+    its own (line 0: it was discovered, not listed). An artifact shared by two listed images
+    (one digest under two tags) appears once; a tag the list already names is left to the list."""
+    entries = list(images.entries)
+    keys = {e.ref.key for e in entries}
+    listed_tags = {(e.ref.repository, e.ref.tag) for e in entries if e.ref.tag is not None}
+    for entry in record.images:
+        for ref in attached_refs(entry.found):
+            if ref.key in keys or (ref.tag is not None and (ref.repository, ref.tag) in listed_tags):
+                continue
+            keys.add(ref.key)
+            entries.append(Entry(ref, 0))
+    return ImageList(images.source, tuple(entries), images.duplicates)
+
+
+@dataclass(frozen=True)
+class AttachedRow:
+    """One listed image's attachments, for the report and the contents file."""
+
+    image: str
+    digest: str
+    counts: AttachmentCounts
+    references: tuple[str, ...]  # attached_refs, as text: the record of what was shipped
+
+
+def report_rows(record: AttachedRecord) -> tuple[AttachedRow, ...]:
+    return tuple(
+        AttachedRow(
+            str(e.ref), str(e.found.digest), e.found.counts, tuple(str(r) for r in attached_refs(e.found))
+        )
+        for e in record.images
+    )
+
+
+# --- for the contents file (layover/contents.py) -----------------------------------------------
+def contents_attached(record: AttachedRecord) -> dict[str, tuple[tuple[str, str, str | None], ...]]:
+    """listed reference -> (reference, digest, artifact type) of each artifact attached to it, in
+    discovery order: what contents.Image.attached holds. The reference is the artifact's own
+    cosign tag, else its digest (a referrer's tag-schema tag names the index, not the artifact)."""
+    out: dict[str, tuple[tuple[str, str, str | None], ...]] = {}
+    for e in record.images:
+        rows = tuple(
+            (
+                a.tag if a.found_by is FoundBy.COSIGN_TAG and a.tag else str(a.digest),
+                str(a.digest),
+                a.artifact_type,
+            )
+            for a in e.found.artifacts
+        )
+        if rows:
+            out[str(e.ref)] = rows
+    return out
+
+
+def with_attached(contents: Contents, record: AttachedRecord) -> Contents:
+    """The contents file with each listed image's attachments named (`attached`, and the total).
+
+    `contents` is built over the package's list (`package_list`), so every attachment is also an
+    image of its own there: install, push and deltas carry it like any image."""
+    rows = contents_attached(record)
+    if not rows:
+        return contents
+    images = [
+        i.model_copy(
+            update={
+                "attached": tuple(
+                    Attached(reference=r, digest=d, artifact_type=t) for r, d, t in rows.get(i.reference, ())
+                )
+            }
+        )
+        for i in contents.images
+    ]
+    return assemble(
+        images,
+        list_source=contents.list_source,
+        list_commit=contents.list_commit,
+        sizes={b.digest: b.size for b in contents.blobs},
+        delta=contents.delta,
+    )

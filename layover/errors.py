@@ -15,6 +15,7 @@
     │   ├── AuthError               a registry refused the credentials (says which ones to check)
     │   ├── TLSError                a registry's certificate did not verify
     │   ├── ImageNotFoundError      the source has no such image: do not retry
+    │   ├── MissingSignatureError   --attached require: listed images without a signature
     │   ├── PackageError            a package is refused (checksum, member, base): nothing changed
     │   └── TagConflictError        a target registry's tag points elsewhere: nothing was pushed
     ├── SourceUnreachableError      the source registry does not answer at all     exit 4
@@ -123,6 +124,18 @@ class TLSError(InputError):
 
 class ImageNotFoundError(InputError):
     """The source registry has no such image (or tag, or digest): retrying will not help."""
+
+
+class MissingSignatureError(InputError):
+    """`--attached require` and listed images have no signature at the source: every one is named."""
+
+    def __init__(self, images: Sequence[str]) -> None:
+        self.images = tuple(images)
+        super().__init__(
+            f"--attached require: {len(self.images)} listed image(s) have no signature at the source; "
+            "sign them (cosign sign) or run with --attached copy:\n"
+            + "\n".join(f"{image}: no signature" for image in self.images)
+        )
 
 
 class PackageError(InputError):

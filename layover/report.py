@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, replace
 
+from layover.attached import AttachedRow
 from layover.contents import Contents
 from layover.units import human_bytes
 
@@ -71,6 +72,7 @@ class ReleaseReport:
     tarball_bytes: int
     stages: tuple[StageReport, ...] = field(default_factory=tuple)
     contents: Contents | None = None  # what the package holds (layover/contents.py)
+    attached: tuple[AttachedRow, ...] = ()  # per listed image, when attachments were looked up
 
     @property
     def seconds(self) -> float:
@@ -110,7 +112,7 @@ class ReleaseReport:
         table = [
             "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows
         ]
-        return "\n".join([*self.header_lines(), "", *table])
+        return "\n".join([*self.header_lines(), "", *table, *self._attached_text()])
 
     def to_json(self) -> str:
         """Sidecar metadata: which list (and commit) made this tarball, how, and what it holds."""
@@ -123,4 +125,27 @@ class ReleaseReport:
         lines += [f"- {h}" for h in self.header_lines()]
         lines += ["", "| " + " | ".join(self._HEAD) + " |", "|" + "---|" * len(self._HEAD)]
         lines += ["| " + " | ".join(r) + " |" for r in self._rows()]
+        if any(a.counts.total for a in self.attached):
+            head = ("image", *self._ATTACHED_HEAD)
+            lines += ["", "## Attached artifacts", ""]
+            lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+            lines += ["| " + " | ".join(r) + " |" for r in self._attached_rows()]
         return "\n".join(lines) + "\n"
+
+    # --- attached artifacts (layover/attached.py) --------------------------------------------
+    _ATTACHED_HEAD = ("signatures", "attestations", "SBOMs", "other")
+
+    def _attached_rows(self) -> list[tuple[str, ...]]:
+        return [
+            (a.image, *(str(n) for n in (c.signatures, c.attestations, c.sboms, c.other)))
+            for a in self.attached
+            for c in (a.counts,)
+        ]
+
+    def _attached_text(self) -> list[str]:
+        """Counts per listed image, only when something is attached to any of them."""
+        if not any(a.counts.total for a in self.attached):
+            return []
+        rows = [("attached to", *self._ATTACHED_HEAD), *self._attached_rows()]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        return ["", *("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)]

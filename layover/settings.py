@@ -88,6 +88,12 @@ class ReleaseRequest(BaseModel):
     copy_retries: int = Field(
         default=3, ge=0, le=10, description="Retries per image copy on transient registry errors."
     )
+    attached: Literal["copy", "require", "none"] = Field(
+        default="copy",
+        description="Signatures, attestations, SBOMs and other referrers of the listed images: copy "
+        "whatever is attached, require a signature on every listed image (else fail naming them), "
+        "or ship none (docs/attached.md).",
+    )
     delta_from: tuple[Annotated[str, Field(min_length=1)], ...] = Field(
         default=(),
         max_length=8,

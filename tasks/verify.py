@@ -1,4 +1,8 @@
-"""Stage 6: prove the package serves every listed image, bit for bit, and nothing else."""
+"""Stage 6: prove the package serves every listed image, bit for bit, and nothing else.
+
+`images` is the package's list (listed images plus their attached artifacts, layover/attached.py);
+with the run's attachment record, the package's attachments must also be exactly those the source
+had at sync time."""
 
 from __future__ import annotations
 
@@ -7,16 +11,18 @@ import time
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from layover.storage.images import mismatches
+from layover.attached import AttachedRecord
 from layover.errors import VerifyError
 from layover.imagelist import ImageList
 from layover.report import StageReport
+from layover.storage.attached import attached_differences
+from layover.storage.images import mismatches
 from layover.storage.verify import verify_storage
 from layover.workdir import WorkDir
 
 
 @task(name="verify-package", cache_policy=NO_CACHE)
-def verify_package(wd: WorkDir, images: ImageList) -> StageReport:
+def verify_package(wd: WorkDir, images: ImageList, attached: AttachedRecord | None = None) -> StageReport:
     started = time.monotonic()
     report = verify_storage(wd.package, images)
     get_run_logger().info("verify: %s", report.summary())
@@ -25,5 +31,11 @@ def verify_package(wd: WorkDir, images: ImageList) -> StageReport:
     if wrong:
         raise VerifyError(
             "the package does not match the archive, no tarball written: " + "; ".join(wrong[:10])
+        )
+    differ = attached_differences(wd.package, attached) if attached is not None else []
+    if differ:
+        raise VerifyError(
+            "the package's attached artifacts are not the source's at sync time, no tarball written: "
+            + "; ".join(differ[:10])
         )
     return StageReport("verify", time.monotonic() - started, detail=report.summary().splitlines()[0])

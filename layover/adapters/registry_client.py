@@ -372,6 +372,8 @@ class RegistryClient:
         )
         try:
             data = _read_capped(resp, MAX_MANIFEST_BYTES, f"manifest {what} at {self.host}")
+        except httpx.TransportError as e:  # the body broke off (the head came whole): retryable
+            raise self._transport_error("GET", resp.request.url, e) from None
         finally:
             resp.close()
         digest = Digest(hashlib.sha256(data).hexdigest())

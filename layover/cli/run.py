@@ -30,6 +30,14 @@ def run(
     src_authfile: Annotated[
         Path | None, typer.Option(help="containers-auth.json for the source registry.")
     ] = None,
+    attached: Annotated[
+        str,
+        typer.Option(
+            metavar="copy|require|none",
+            help="Signatures, attestations and SBOMs of the listed images: copy (whatever is "
+            "attached), require (a signature on every listed image, else fail naming them) or none.",
+        ),
+    ] = "copy",
     delta_from: Annotated[
         list[str] | None,
         typer.Option(help="Also write a delta against this base package (tarball or .json); repeatable."),
@@ -61,6 +69,7 @@ def run(
             **({"concurrency": concurrency} if concurrency is not None else {}),
             src_tls_verify=src_tls_verify,
             src_authfile=src_authfile,
+            attached=attached,  # type: ignore[arg-type]  # pydantic checks the value: a usage error
             delta_from=tuple(delta_from or ()),
         )
     except ValidationError as e:
