@@ -10,7 +10,8 @@ from prefect import flow, runtime
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from layover.adapters.lock import work_dir_lock
-from layover.copy import ManifestCopier, Route, SkopeoCopier
+from layover.converge import RetryPolicy, SourceWatch
+from layover.copy import ManifestCopier, NativeCopier, Route, SkopeoCopier
 from layover.registries import registries
 from layover.report import ReleaseReport
 from layover.settings import ReleaseRequest
@@ -44,26 +45,61 @@ def release(request: ReleaseRequest) -> ReleaseReport:
         try:
             authfile = source_authfile(wd, request)
             archive = regs.serve_archive()
-            to_archive = Route(request.source, archive.host, wd.lower, request.src_tls_verify, authfile,
-                               request.copy_timeout_seconds)
+            to_archive = Route(
+                request.source,
+                archive.host,
+                wd.lower,
+                request.src_tls_verify,
+                authfile,
+                request.copy_timeout_seconds,
+            )
             probe = regs.probe(request.source, tls_verify=request.src_tls_verify, authfile=authfile)
+            source = regs.source(
+                request.source,
+                tls_verify=request.src_tls_verify,
+                authfile=authfile,
+                timeout=min(request.copy_timeout_seconds, 60),
+            )
+            watch = SourceWatch(request.source, request.source_down_seconds, source.answers)
+            guard = regs.guard(archive, destination=archive)
+            copier = (
+                NativeCopier(to_archive, probe, source, regs.client(archive), guard, watch.ok)
+                if request.copier == "native"
+                else SkopeoCopier(to_archive, probe, guard, watch.ok)
+            )
+            policy = RetryPolicy(
+                retries=request.copy_retries,
+                image_deadline=(request.copy_retries + 1) * request.copy_timeout_seconds,
+                stage_deadline=request.stage_deadline_seconds,
+            )
             stages = [
-                sync_archive(
-                    listed.images, SkopeoCopier(to_archive, probe, regs.guard(archive, destination=archive)),
-                    concurrency=request.concurrency, retries=request.copy_retries,
-                )
+                sync_archive(listed.images, copier, watch, concurrency=request.concurrency, policy=policy)
             ]
             # From here on the archive is history: served read-only, never written.
             archive = regs.serve_archive(read_only=True)
             stages.append(reset_overlay(wd))
             stages.append(prune(wd))
             package = regs.serve_package()
-            to_package = Route(archive.host, package.host, wd.merged, src_tls_verify=False,
-                               timeout=request.copy_timeout_seconds)
-            copier = ManifestCopier(to_package, regs.api(archive), regs.api(package),
-                                    regs.guard(archive, package, destination=package))
+            to_package = Route(
+                archive.host,
+                package.host,
+                wd.merged,
+                src_tls_verify=False,
+                timeout=request.copy_timeout_seconds,
+            )
+            to_package_copier = ManifestCopier(
+                to_package,
+                regs.api(archive),
+                regs.api(package),
+                regs.guard(archive, package, destination=package),
+            )
             stages.append(
-                sync_package(listed.images, copier, concurrency=request.concurrency, retries=request.copy_retries)
+                sync_package(
+                    listed.images,
+                    to_package_copier,
+                    concurrency=request.concurrency,
+                    retries=request.copy_retries,
+                )
             )
             regs.stop(package)  # never delete under a running registry
             stages.append(collect_garbage(wd, listed.images))

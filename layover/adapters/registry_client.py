@@ -317,6 +317,16 @@ class RegistryClient:
                     self._challenge = challenge
             return f"{self._scheme}://{self.host}"
 
+    def answers(self, timeout: float = 10.0) -> bool:
+        """Whether the registry answers GET /v2/ at all right now (any status: it is up), unlike
+        ping(), which asks once per client. For telling a failing image from a source that is down."""
+        try:
+            base = self.ping()
+            self._http.get(f"{base}/v2/", timeout=timeout)
+        except (httpx.TransportError, LayoverError):
+            return False
+        return True
+
     def _detect(self) -> tuple[str, Challenge | None]:
         schemes = ("https",) if self.endpoint.tls_verify else ("https", "http")
         failure: LayoverError | None = None

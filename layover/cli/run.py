@@ -30,6 +30,13 @@ def run(
     src_authfile: Annotated[
         Path | None, typer.Option(help="containers-auth.json for the source registry.")
     ] = None,
+    copier: Annotated[
+        str,
+        typer.Option(
+            help="Archive sync's copier: native (in process; skopeo only for schema 1 images) or "
+            "skopeo (one skopeo process per image).",
+        ),
+    ] = "native",
     heartbeat_seconds: Annotated[
         int,
         typer.Option(
@@ -48,15 +55,19 @@ def run(
 
     from layover.settings import ListFromFile, ReleaseRequest
 
+    optional: dict[str, object] = {"concurrency": concurrency} if concurrency is not None else {}
     try:
-        request = ReleaseRequest(
-            images=ListFromFile(path=str(images)),
-            source=source,
-            work_dir=work_dir,
-            output=output,
-            **({"concurrency": concurrency} if concurrency is not None else {}),
-            src_tls_verify=src_tls_verify,
-            src_authfile=src_authfile,
+        request = ReleaseRequest.model_validate(
+            {
+                "images": ListFromFile(path=str(images)),
+                "source": source,
+                "work_dir": work_dir,
+                "output": output,
+                **optional,
+                "src_tls_verify": src_tls_verify,
+                "src_authfile": src_authfile,
+                "copier": copier,
+            }
         )
     except ValidationError as e:
         fail(UsageError("; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())))
