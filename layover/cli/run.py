@@ -78,8 +78,11 @@ def run(
     except LayoverError as e:
         fail(e)
     if 0 < heartbeat_seconds < 30:
-        fail(UsageError(f"--heartbeat-seconds {heartbeat_seconds}: Prefect needs 30 or more; "
-                           "use 0 for no heartbeats"))
+        fail(
+            UsageError(
+                f"--heartbeat-seconds {heartbeat_seconds}: Prefect needs 30 or more; use 0 for no heartbeats"
+            )
+        )
     quiet_prefect_defaults()
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
