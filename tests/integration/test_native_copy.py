@@ -28,7 +28,7 @@ from layover.adapters.registry_client import DESTINATION, SOURCE, Endpoint, Regi
 from layover.adapters.registry_copy import Landed
 from layover.adapters.source_probe import SourceProbe
 from layover.copy import NativeCopier, Route, SkopeoCopier
-from layover.manifest import DOCKER_CONFIG, DOCKER_LAYER, DOCKER_MANIFEST
+from layover.manifest import DOCKER_CONFIG, DOCKER_LAYER, DOCKER_MANIFEST, parse_manifest
 from layover.reference import Digest, ImageRef
 from layover.samples import release
 from layover.storage.gc import KeepSet, plan_gc
@@ -212,24 +212,24 @@ def test_an_image_behind_tls_and_basic_auth(site):
     repo = f"secure/app-{uuid.uuid4().hex[:6]}"
     rel = release(1, scale=0.2)
     img = rel.images[3]
-    with RegistryClient(
-        Endpoint(site.secure, cert_dir=site.ca_dir, loopback_only=True, flags=DESTINATION),
-        resolver(site.authfile, DESTINATION.authfile),
-    ) as up:
-        # copy one sample image (with its index children if any) from the plain CI registry
-        with RegistryClient(Endpoint(site.ci, tls_verify=False, loopback_only=True)) as ci:
-            top = ci.get_manifest(img.repository, img.tag)
-            from layover.manifest import parse_manifest
-
-            tree = [top]
-            for child in parse_manifest(top.data, "ci").children:
-                tree.insert(0, ci.get_manifest(img.repository, child))
-            for m in tree:
-                for blob in parse_manifest(m.data, "ci").blobs:
-                    up.upload_blob(repo, blob, ci.get_blob(img.repository, blob))
-            for m in tree[:-1]:
-                up.put_manifest(repo, m.digest, m.data, m.media_type)
-            up.put_manifest(repo, "1", top.data, top.media_type)
+    # copy one sample image (with its index children if any) from the plain CI registry
+    with (
+        RegistryClient(
+            Endpoint(site.secure, cert_dir=site.ca_dir, loopback_only=True, flags=DESTINATION),
+            resolver(site.authfile, DESTINATION.authfile),
+        ) as up,
+        RegistryClient(Endpoint(site.ci, tls_verify=False, loopback_only=True)) as ci,
+    ):
+        top = ci.get_manifest(img.repository, img.tag)
+        tree = [top]
+        for child in parse_manifest(top.data, "ci").children:
+            tree.insert(0, ci.get_manifest(img.repository, child))
+        for m in tree:
+            for blob in parse_manifest(m.data, "ci").blobs:
+                up.upload_blob(repo, blob, ci.get_blob(img.repository, blob))
+        for m in tree[:-1]:
+            up.put_manifest(repo, m.digest, m.data, m.media_type)
+        up.put_manifest(repo, "1", top.data, top.media_type)
     ref = ImageRef.parse(f"{repo}:1")
     (native, sko) = copy_both(site, site.secure, [ref])[f"{repo}:1"]
     assert native == sko == str(top.digest)

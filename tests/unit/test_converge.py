@@ -132,7 +132,7 @@ def test_once_the_source_is_declared_down_no_image_starts_another_attempt():
 def test_the_image_deadline_bounds_even_progress():
     clock = Clock()
     watch = SourceWatch("ci:5000", 600, clock=clock)
-    attempt, calls = script(["progress"] * 1000, clock, seconds=10)
+    attempt, _ = script(["progress"] * 1000, clock, seconds=10)
     with pytest.raises(TransientCopyError) as info:
         run(attempt, RetryPolicy(image_deadline=100), watch, clock)
     assert "deadline per image" in str(info.value)
