@@ -14,7 +14,9 @@ import logging
 import os
 import shutil
 import stat
+import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -122,7 +124,13 @@ def unmount(merged: Path, *, attempts: int = 5, delay: float = 0.5) -> None:
 
 
 def reset(lower: Path, upper: Path, work: Path, merged: Path) -> None:
-    """Unmount, empty upper/work/merged, recreate them and mount a fresh view of lower."""
+    """Unmount, replace upper/work/merged with empty directories and mount a fresh view of lower.
+
+    The old directories are renamed aside and deleted on a background thread: deleting the last
+    package's upper (every manifest and whiteout it wrote) took 1.0 s of a 600-image release's
+    critical path (issue 15); a rename takes microseconds. What a process that exits (or is
+    killed) before its deletion finishes leaves aside, the next reset deletes.
+    """
     lower = Path(os.path.realpath(lower))
     dirs = [Path(os.path.realpath(p)) for p in (upper, work, merged)]
     for p in dirs:
@@ -132,13 +140,25 @@ def reset(lower: Path, upper: Path, work: Path, merged: Path) -> None:
     unmount(dirs[2])
     if is_mounted(dirs[2]):
         raise MountError(f"{dirs[2]} is still mounted after unmount; not deleting anything")
+    aside: list[Path] = []
     for p in dirs:
         if is_mounted(p):
             raise MountError(f"{p} is a mount point; refusing to empty it")
+        aside += sorted(p.parent.glob(f".{p.name}.discarded-*"))  # a dead run's leftovers
         if p.exists():
-            shutil.rmtree(p)
+            # same directory, so the same filesystem: a rename, never a copy
+            gone = p.with_name(f".{p.name}.discarded-{uuid.uuid4().hex[:12]}")
+            os.rename(p, gone)
+            aside.append(gone)
         p.mkdir(parents=True)
     mount(lower, *dirs)
+    if aside:
+        threading.Thread(target=_delete, args=(aside,), name="overlay-discard", daemon=True).start()
+
+
+def _delete(paths: list[Path]) -> None:
+    for p in paths:
+        shutil.rmtree(p, ignore_errors=True)
 
 
 def hide_in_upper(lower: Path, upper: Path, work: Path, merged: Path, rel_paths: list[str]) -> int:
