@@ -143,6 +143,11 @@ class Bench:
                     self.ci.host, "--work-dir", str(work / "layover"), "--output", str(out),
                     "--no-src-tls-verify"]
             if runner == "layover":
+                if self.a.profile:  # sampled stacks of layover's process tree, one file per run
+                    out = Path(self.a.profile) / f"{work.name}-release{release}.txt"
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    argv = [str(REPO / ".venv/bin/py-spy"), "record", "--format", "raw", "--rate", "250",
+                            "--subprocesses", "--nonblocking", "-o", str(out), "--", *argv]
                 return argv, self.prefect_env
             home = work / "prefect-home"  # embedded server: its own home, no API URL
             home.mkdir(parents=True, exist_ok=True)
@@ -307,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--deb-dir", default=str(fixture_mod.DEFAULT_DEB_DIR))
     ap.add_argument("--results", default=str(REPO / "bench/results"))
     ap.add_argument("--keep", action="store_true", help="keep work dirs for inspection")
+    ap.add_argument("--profile", metavar="DIR",
+                    help="run layover under py-spy (pip install py-spy) and keep its stacks in DIR")
     a = ap.parse_args(argv)
     runners = [r for r in a.runners.split(",") if r]
     bad = set(runners) - set(RUNNERS)

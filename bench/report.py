@@ -78,8 +78,10 @@ def _per_image(meta: dict, rows: Sequence[tuple[str, str, Measurement]],
 
 def render(meta: dict, rows: Sequence[tuple[str, str, Measurement]],
            stages: Sequence[tuple[str, str, dict[str, float]]] = ()) -> str:
+    fixture = meta.get("fixture_name", "")
+    what = f"Fixture {fixture}" if fixture.startswith("wide") else f"Scale {meta['scale']}"
     out = [f"# Layover benchmark {meta['date']}", "",
-           f"Scale {meta['scale']}, {meta['runs']} run(s) per cell, medians, "
+           f"{what}, {meta['runs']} run(s) per cell, medians, "
            f"{meta['cpus']} CPUs. Release 1: {meta['fixture'][1]['images']} images, "
            f"{meta['fixture'][1]['blob_mb']:.0f} MB of blobs; release 2: "
            f"{meta['fixture'][2]['images']} images, {meta['new_blob_mb']:.1f} MB of new blobs. "

@@ -22,7 +22,7 @@ from tasks.fanout import MAX_CONCURRENCY
 from tasks.gc import collect_garbage
 from tasks.load_list import load_images
 from tasks.overlay_reset import reset_overlay
-from tasks.package_sync import sync_package
+from tasks.package_sync import link_package, sync_package
 from tasks.prune import prune
 from tasks.registries import clear_stale, teardown
 from tasks.report import publish_report
@@ -75,33 +75,38 @@ def release(request: ReleaseRequest) -> ReleaseReport:
             stages = [
                 sync_archive(listed.images, copier, watch, concurrency=request.concurrency, policy=policy)
             ]
-            # From here on the archive is history: served read-only, never written.
-            archive = regs.serve_archive(read_only=True)
+            # From here on the archive is history, never written: no registry serves it, or (to
+            # PUT manifests through a package registry) one serves it read-only.
+            regs.stop(archive)
             stages.append(reset_overlay(wd))
             stages.append(prune(wd))
-            package = regs.serve_package()
-            to_package = Route(
-                archive.host,
-                package.host,
-                wd.merged,
-                src_tls_verify=False,
-                timeout=request.copy_timeout_seconds,
-            )
-            to_package_copier = ManifestCopier(
-                to_package,
-                regs.api(archive),
-                regs.api(package),
-                regs.guard(archive, package, destination=package),
-            )
-            stages.append(
-                sync_package(
-                    listed.images,
-                    to_package_copier,
-                    concurrency=request.concurrency,
-                    retries=request.copy_retries,
+            if request.package_sync == "files":
+                stages.append(link_package(wd, listed.images))
+            else:
+                archive = regs.serve_archive(read_only=True)
+                package = regs.serve_package()
+                to_package = Route(
+                    archive.host,
+                    package.host,
+                    wd.merged,
+                    src_tls_verify=False,
+                    timeout=request.copy_timeout_seconds,
                 )
-            )
-            regs.stop(package)  # never delete under a running registry
+                to_package_copier = ManifestCopier(
+                    to_package,
+                    regs.api(archive),
+                    regs.api(package),
+                    regs.guard(archive, package, destination=package),
+                )
+                stages.append(
+                    sync_package(
+                        listed.images,
+                        to_package_copier,
+                        concurrency=request.concurrency,
+                        retries=request.copy_retries,
+                    )
+                )
+                regs.stop(package)  # never delete under a running registry
             stages.append(collect_garbage(wd, listed.images))
             stages.append(verify_package(wd, listed.images))
             tar_stage, sha256, size = write_release_tarball(wd, request.output)

@@ -99,6 +99,11 @@ class ReleaseRequest(BaseModel):
         description="Archive sync's copier: native (in process; skopeo only for schema 1 images) "
         "or skopeo (one skopeo process per image).",
     )
+    package_sync: Literal["files", "registry"] = Field(
+        default="files",
+        description="Package sync: files (link the manifests in the package's storage from the "
+        "archive's records) or registry (PUT them through a package registry); same tarball.",
+    )
     source_down_seconds: float = Field(
         default=60,
         gt=0,
