@@ -63,7 +63,7 @@ def link_package(wd: WorkDir, images: ImageList) -> StageReport:
         t = time.monotonic()
         done = publish(wd.archive, wd.package, ref)
         copies.append(ImageCopy(str(ref), str(done.digest), 0, done.blobs, 0, time.monotonic() - t))
-    get_run_logger().info("package sync: %d images linked", len(copies))
+    get_run_logger().info("package sync: %d images written", len(copies))
     return StageReport.from_copies("package sync", time.monotonic() - started, copies)
 
 
