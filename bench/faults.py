@@ -51,6 +51,7 @@ def main() -> int:
             for run in range(1, a.runs + 1):
                 work = b.root / f"faults-{rate}-{run}-{uuid.uuid4().hex[:6]}"
                 out = work / "out" / "release1.tar"
+                out.parent.mkdir(parents=True)
                 with FaultProxy(b.ci.host, rate=rate, kinds=KINDS, seed=run, stall_seconds=5) as proxy:
                     argv = [LAYOVER, "run", "--images", str(b.lists[1]), "--source", proxy.host,
                             "--work-dir", str(work / "layover"), "--output", str(out), "--no-src-tls-verify",
