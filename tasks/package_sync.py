@@ -22,7 +22,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from layover.copy import ManifestCopier
-from layover.errors import StageFailed, Transient, TransientCopyError
+from layover.errors import LayoverError, StageFailed, Transient, TransientCopyError
 from layover.imagelist import ImageList
 from layover.reference import ImageRef
 from layover.report import ImageCopy, StageReport
@@ -58,11 +58,25 @@ def copy_manifests_to_package(
 @task(name="package-sync-files", cache_policy=NO_CACHE)
 def link_package(wd: WorkDir, images: ImageList) -> StageReport:
     started = time.monotonic()
-    copies = []
+    copies: list[ImageCopy] = []
+    failures: list[tuple[str, BaseException]] = []
     for ref in images.refs:
         t = time.monotonic()
-        done = publish(wd.archive, wd.package, ref)
+        try:
+            done = publish(wd.archive, wd.package, ref)
+        except LayoverError as e:  # every image checked, then all reported together
+            failures.append((str(ref), e))
+            continue
         copies.append(ImageCopy(str(ref), str(done.digest), 0, done.blobs, 0, time.monotonic() - t))
+    if failures:
+        named = "; ".join(f"{ref}: {err}" for ref, err in failures[:10])
+        more = f" (and {len(failures) - 10} more)" if len(failures) > 10 else ""
+        raise StageFailed(
+            f"package sync: {len(failures)} image(s) failed: {named}{more}; the archive does not hold "
+            f"them whole: `layover repair-archive {wd.root}` removes damaged files so that the next "
+            "run fetches them again",
+            failures,
+        )
     get_run_logger().info("package sync: %d images written", len(copies))
     return StageReport.from_copies("package sync", time.monotonic() - started, copies)
 

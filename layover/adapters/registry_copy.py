@@ -19,10 +19,13 @@ Schema 1 manifests are not handled: `NeedsSkopeo` says so and the caller hands t
 
 from __future__ import annotations
 
+import functools
 import json
+import random
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import httpx
 
@@ -40,6 +43,8 @@ from layover.manifest import MANIFEST_MEDIA_TYPES, ManifestKind, parse_manifest
 from layover.reference import Digest
 
 _IN_MEMORY = 8 << 20  # blobs up to this size move as one GET and one PUT; larger ones stream
+_REQUEST_RETRY_DELAYS = (0.25, 0.5, 1.0)  # a source read is tried at most 4 times per attempt
+T = TypeVar("T")
 
 
 class NeedsSkopeo(LayoverError):
@@ -91,6 +96,7 @@ def copy_image(
     *,
     landed: Landed | None = None,
     source_ok: Callable[[], None] = lambda: None,
+    sleep: Callable[[float], object] = time.sleep,
 ) -> Digest:
     """Copy `repository[:tag][@digest]` (same name on both sides): read by digest when pinned,
     write by tag when there is one (as skopeo does); return the top manifest's digest.
@@ -101,10 +107,11 @@ def copy_image(
     """
     landed = landed if landed is not None else Landed()
     where = f"{src.host}/{repository}"
+    again = functools.partial(_again, sleep=sleep)
     reference: str | Digest = digest if digest is not None else str(tag)
 
     def fetch(ref: str | Digest) -> FetchedManifest:
-        fetched = src.get_manifest(repository, ref)
+        fetched = again(lambda: src.get_manifest(repository, ref))
         source_ok()
         return fetched
 
@@ -123,12 +130,17 @@ def copy_image(
                 continue  # another copy just uploaded it: mount it from there
             try:
                 if size is not None and size <= _IN_MEMORY:
-                    data = src.get_blob(repository, digest)
+                    data = again(lambda: src.get_blob(repository, digest))
                     source_ok()
                     dst.upload_blob(repository, digest, data)
-                else:
-                    dst.upload_blob(
-                        repository, digest, _noting(src.iter_blob(repository, digest), source_ok), size=size
+                else:  # streamed: a retry starts the blob over (a cancelled upload commits nothing)
+                    again(
+                        lambda: dst.upload_blob(
+                            repository,
+                            digest,
+                            _noting(src.iter_blob(repository, digest), source_ok),
+                            size=size,
+                        )
                     )
                 destination.landed(repository, digest)
                 landed.uploaded.append((digest, size if size is not None else 0))
@@ -173,6 +185,27 @@ def copy_image(
         kind = TransientCopyError if "hash to" in str(e) else CopyError
         raise kind(f"{where}:{reference}: {e}") from None
     return top.digest
+
+
+def _again(read: Callable[[], T], *, sleep: Callable[[float], object]) -> T:
+    """One source read, retried where it failed: a request that broke (reset, 5xx, a body cut
+    off, data that does not hash to its digest) is sent again after 0.25, 0.5, 1 s (±50%), so one
+    bad answer costs one request, not the image's attempt (docs/reliability.md). What still
+    fails goes to the image's retries (layover/converge.py), which count progress."""
+    for delay in (*_REQUEST_RETRY_DELAYS, None):
+        try:
+            return read()
+        except (Transient, httpx.TransportError, RegistryError) as e:
+            if delay is None or not _worth_again(e):
+                raise
+        sleep(delay * random.uniform(0.5, 1.5))
+    raise AssertionError("unreachable")
+
+
+def _worth_again(e: BaseException) -> bool:
+    if isinstance(e, (Transient, httpx.TransportError)):
+        return True
+    return isinstance(e, RegistryError) and "hash to" in str(e)  # corrupt in transit
 
 
 def _noting(pieces: Iterator[bytes], source_ok: Callable[[], None]) -> Iterator[bytes]:

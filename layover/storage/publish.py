@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 from layover.errors import CopyError, StorageError
 from layover.manifest import ManifestKind, parse_manifest
 from layover.reference import Digest, ImageRef
 from layover.storage.images import resolve
-from layover.storage.layout import StorageLayout
+from layover.storage.layout import LINK_SIZE, StorageLayout, parse_link
 
 
 @dataclass(frozen=True)
@@ -37,57 +36,87 @@ class Published:
 
 def publish(archive: StorageLayout, package: StorageLayout, ref: ImageRef) -> Published:
     """Link `ref`'s manifest tree in `package` as the archive has it. CopyError names what is
-    missing (the archive does not hold the image whole); StorageError names a corrupt file."""
+    missing (the archive does not hold the image whole); StorageError names a corrupt file.
+
+    Paths are plain strings (StrPaths) and files are probed with os calls: this runs for every
+    image of every release, and pathlib objects cost more than the syscalls themselves."""
     repo = ref.repository
     top = ref.digest if ref.digest is not None else resolve(archive, ref)
     if top is None or not archive.revision_link(repo, top).is_file():
         raise CopyError(f"{ref}: the archive has no such manifest; archive sync should have copied it")
-    blobs: set[Digest] = set()
+    paths = package.strings()
+    blobs: set[str] = set()
     written = 0
 
-    def link_tree(digest: Digest, seen: frozenset[Digest]) -> None:
+    def link_tree(hex_: str, seen: frozenset[str]) -> None:
         nonlocal written
-        if digest in seen:
-            raise CopyError(f"{ref}: manifest {digest} contains itself")
-        data_path = package.blob_data(digest)
+        if hex_ in seen:
+            raise CopyError(f"{ref}: manifest sha256:{hex_} contains itself")
+        data_path = paths.blob_data(hex_)
         try:
-            data = data_path.read_bytes()
+            with open(data_path, "rb") as f:
+                data = f.read()
         except FileNotFoundError:
-            raise CopyError(f"{ref}: manifest {digest} has no data in the package ({data_path})") from None
-        manifest = parse_manifest(data, str(data_path))
+            raise CopyError(
+                f"{ref}: manifest sha256:{hex_} has no data in the package ({data_path})"
+            ) from None
+        manifest = parse_manifest(data, data_path)
         if manifest.kind is ManifestKind.INDEX:
             for child in manifest.children:
-                if not package.revision_link(repo, child).is_file():
-                    link_tree(child, seen | {digest})
+                if not os.path.isfile(paths.revision_link(repo, child.hex)):
+                    link_tree(child.hex, seen | {hex_})
         else:
             for blob in manifest.blobs:
-                if not (package.layer_link(repo, blob).is_file() and package.blob_data(blob).is_file()):
+                if not (
+                    os.path.isfile(paths.layer_link(repo, blob.hex))
+                    and os.path.isfile(paths.blob_data(blob.hex))
+                ):
                     raise CopyError(
-                        f"{ref}: blob {blob} of manifest {digest} is not linked in {repo}; the archive "
-                        "does not hold the image whole (run `layover repair-archive`, then again)"
+                        f"{ref}: blob {blob} of manifest sha256:{hex_} is not linked in {repo}; the "
+                        "archive does not hold the image whole (run `layover repair-archive`, then again)"
                     )
-                blobs.add(blob)
-        _put_link(package.revision_link(repo, digest), digest)
+                blobs.add(blob.hex)
+        _put_link(paths.revision_dir(repo, hex_), hex_)
         written += 1
 
-    link_tree(top, frozenset())
+    link_tree(top.hex, frozenset())
     if ref.tag is not None:
-        _put_link(package.tag_index_link(repo, ref.tag, top), top)
-        _put_link(package.tag_current_link(repo, ref.tag), top)
+        _put_link(paths.tag_index_dir(repo, ref.tag, top.hex), top.hex)
+        _put_link(os.path.dirname(paths.tag_current_link(repo, ref.tag)), top.hex)
     return Published(top, written, len(blobs))
 
 
-def _put_link(path: Path, digest: Digest) -> None:
-    """Write a link file atomically (temporary name, rename); leave an identical one alone."""
-    text = str(digest).encode()
+def _linked(path: str, hex_: str) -> bool:
+    """The link exists and names `hex_`; a link with other content is corrupt (the registry would
+    answer 500 for it): StorageError naming the file."""
     try:
-        if path.read_bytes() == text:
-            return
+        with open(path, "rb") as f:
+            raw = f.read(LINK_SIZE + 1)
     except FileNotFoundError:
-        pass
-    except OSError as e:
-        raise StorageError(str(path), f"cannot read link file: {e.strerror}") from None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(text)
+        return False
+    if parse_link(raw) != hex_:
+        raise StorageError(path, f"corrupt link file: expected sha256:{hex_}, found {raw[:80]!r}")
+    return True
+
+
+def _put_link(directory: str, hex_: str) -> None:
+    """Write `directory`/link atomically (temporary name, rename); leave an identical one alone."""
+    text = b"sha256:" + hex_.encode()
+    path = f"{directory}/link"
+    try:
+        os.mkdir(directory)
+    except FileExistsError:
+        try:
+            with open(path, "rb") as f:
+                if f.read() == text:
+                    return
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise StorageError(path, f"cannot read link file: {e.strerror}") from None
+    except FileNotFoundError:
+        os.makedirs(directory, exist_ok=True)
+    tmp = f"{directory}/.link.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(text)
     os.replace(tmp, path)
