@@ -68,7 +68,7 @@ def publish(archive: StorageLayout, package: StorageLayout, ref: ImageRef) -> Pu
         else:
             for blob in manifest.blobs:
                 if not (
-                    os.path.isfile(paths.layer_link(repo, blob.hex))
+                    _linked(paths.layer_link(repo, blob.hex), blob.hex)
                     and os.path.isfile(paths.blob_data(blob.hex))
                 ):
                     raise CopyError(
