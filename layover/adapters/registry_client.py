@@ -490,13 +490,16 @@ class RegistryClient:
         *,
         size: int | None = None,
         mount_from: str | None = None,
+        check_present: bool = True,
     ) -> BlobPush:
         """Put one blob into `repository`: "present" (already there), "mounted" (from
         `mount_from`, no bytes sent) or "uploaded". Bytes up to `monolithic_limit` go in one PUT;
         anything else (a file, an iterator of pieces) streams through PATCH and is never held
         whole in memory. The data is hashed on the way: a mismatch cancels the upload and raises
         CopyError before the registry commits anything."""
-        if self.blob_size(repository, digest, for_push=True) is not None:
+        # check_present=False: the caller knows it is absent (it read the registry's storage), so
+        # the HEAD would only cost a round trip
+        if check_present and self.blob_size(repository, digest, for_push=True) is not None:
             return "present"
         location = self._start_upload(repository, digest, mount_from if mount_from != repository else None)
         if location is None:

@@ -132,7 +132,7 @@ def copy_image(
                 if size is not None and size <= _IN_MEMORY:
                     data = again(lambda: src.get_blob(repository, digest))
                     source_ok()
-                    dst.upload_blob(repository, digest, data)
+                    dst.upload_blob(repository, digest, data, check_present=False)
                 else:  # streamed: a retry starts the blob over (a cancelled upload commits nothing)
                     again(
                         lambda: dst.upload_blob(
@@ -140,6 +140,7 @@ def copy_image(
                             digest,
                             _noting(src.iter_blob(repository, digest), source_ok),
                             size=size,
+                            check_present=False,
                         )
                     )
                 destination.landed(repository, digest)
