@@ -446,7 +446,7 @@ def test_archive_sync_skips_an_archived_image_with_credentials_from_registry_aut
     """The reported bug: with the source's credentials only in REGISTRY_AUTH_FILE, skopeo copied
     fine but the probe got 401s, so every incremental release copied every image again."""
     from layover.adapters import skopeo
-    from tasks import copying
+    from layover.copy import Route, SkopeoCopier
 
     repo = f"archived/app-{uuid.uuid4().hex[:6]}"
     with secure_client(site) as c:
@@ -454,17 +454,21 @@ def test_archive_sync_skips_an_archived_image_with_credentials_from_registry_aut
     monkeypatch.setenv("REGISTRY_AUTH_FILE", str(site.authfile))
     (tmp_path / "archive").mkdir()
     archive = module_registries.start("archive", tmp_path / "archive")
+    route = Route(site.secure, archive.host, archive.storage, src_tls_verify=False)
+    ref = ImageRef.parse(f"{repo}:1")
+    probes: list[SourceProbe] = []
+
+    def copier() -> SkopeoCopier:  # a new probe finds credentials as the environment is now
+        probes.append(SourceProbe(site.secure, tls_verify=False))
+        return SkopeoCopier(route, probes[-1])
+
     try:
         skopeo.copy(f"{site.secure}/{repo}:1", f"{archive.host}/{repo}:1", src_tls_verify=False)
-        ends = copying.Endpoints(
-            src_host=site.secure, dst_host=archive.host, dst_storage=archive.storage, src_tls_verify=False
-        )
-        ref = ImageRef.parse(f"{repo}:1")
-        monkeypatch.setattr(copying, "_clients", {})  # no probe cached by another test
-        skipped = copying.already_archived(ref, ends)
+        skipped = copier().already_there(ref)
         assert skipped is not None and skipped.blobs_copied == 0 and skipped.blobs_reused == 2
         monkeypatch.delenv("REGISTRY_AUTH_FILE")
-        monkeypatch.setattr(copying, "_clients", {})
-        assert copying.already_archived(ref, ends) is None  # no credentials: copy for real
+        assert copier().already_there(ref) is None  # no credentials: copy for real
     finally:
+        for probe in probes:
+            probe.close()
         module_registries.stop(archive)
