@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from layover.units import human_bytes
 
@@ -33,6 +33,9 @@ class StageReport:
     blobs_reused: int = 0
     bytes_moved: int = 0
     detail: str = ""
+    # per image, for the JSON report (what each image's copy moved, in how many attempts); the
+    # text and markdown tables show the stage's totals only
+    copies: tuple[ImageCopy, ...] = ()
 
     @classmethod
     def from_copies(cls, name: str, seconds: float, copies: list[ImageCopy]) -> StageReport:
@@ -45,6 +48,7 @@ class StageReport:
             blobs_reused=sum(c.blobs_reused for c in copies),
             bytes_moved=sum(distinct.values()) + sum(c.bytes_copied for c in copies if not c.copied),
             detail=_copy_detail(copies),
+            copies=tuple(replace(c, copied=()) for c in copies),  # the blob list stays out: it can be long
         )
 
 
