@@ -58,7 +58,7 @@ class Destination(Protocol):
         """The repository links the blob and its data exists: nothing to send."""
 
     def has_manifest(self, repository: str, digest: Digest) -> bool:
-        """The repository holds this manifest revision (an index child already copied)."""
+        """The repository holds this manifest whole (an index child already copied)."""
 
     def holder(self, digest: Digest) -> str | None:
         """Another repository that links the blob (a mount source), or None."""

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable
 
 from layover.reference import Digest
+from layover.storage.images import image_complete
 from layover.storage.layout import StorageLayout
 
 
@@ -34,10 +35,9 @@ class BlobHolders:
         )
 
     def has_manifest(self, repository: str, digest: Digest) -> bool:
-        p = self._paths
-        return os.path.isfile(p.revision_link(repository, digest.hex)) and os.path.isfile(
-            p.blob_data(digest.hex)
-        )
+        """The repository holds this manifest whole (its revision and every blob it needs), so
+        a copy may skip it: a revision whose layers went missing is copied again."""
+        return image_complete(self.layout, repository, digest) is not None
 
     def holder(self, digest: Digest) -> str | None:
         with self._lock:

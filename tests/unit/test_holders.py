@@ -55,3 +55,17 @@ def test_one_upload_per_blob_the_second_waits_then_looks_again(tmp_path):
     again = h.claim(d)
     assert again is not None
     again()
+
+
+def test_a_manifest_counts_only_when_held_whole(tmp_path):
+    sb = StorageBuilder(tmp_path)
+    m = sb.image("a/app", [b"one", b"two"])
+    h = BlobHolders(sb.layout)
+    assert h.has_manifest("a/app", m)
+    import json
+
+    from layover.reference import Digest
+
+    layer = Digest.parse(json.loads(sb.layout.blob_data(m).read_bytes())["layers"][1]["digest"])
+    sb.layout.layer_link("a/app", layer).unlink()
+    assert not h.has_manifest("a/app", m)  # copied again, so its layer comes back
