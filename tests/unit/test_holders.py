@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
+from layover.reference import Digest
 from layover.storage.holders import BlobHolders
 from tests.unit.storage_builder import StorageBuilder
 
@@ -62,10 +64,6 @@ def test_a_manifest_counts_only_when_held_whole(tmp_path):
     m = sb.image("a/app", [b"one", b"two"])
     h = BlobHolders(sb.layout)
     assert h.has_manifest("a/app", m)
-    import json
-
-    from layover.reference import Digest
-
     layer = Digest.parse(json.loads(sb.layout.blob_data(m).read_bytes())["layers"][1]["digest"])
     sb.layout.layer_link("a/app", layer).unlink()
     assert not h.has_manifest("a/app", m)  # copied again, so its layer comes back
