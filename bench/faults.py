@@ -40,9 +40,18 @@ def main() -> int:
     ap.add_argument("--cache-dir", default="/var/tmp/layover-bench-cache")
     ap.add_argument("--work-root", default="/var/tmp/layover-bench-faults")
     a = ap.parse_args()
-    b = Bench(argparse.Namespace(scale=a.scale, fixture=a.fixture, images=a.images, cache_dir=a.cache_dir,
-                                 work_root=a.work_root, deb_dir=str(fixture_mod.DEFAULT_DEB_DIR), keep=False,
-                                 profile=None))
+    b = Bench(
+        argparse.Namespace(
+            scale=a.scale,
+            fixture=a.fixture,
+            images=a.images,
+            cache_dir=a.cache_dir,
+            work_root=a.work_root,
+            deb_dir=str(fixture_mod.DEFAULT_DEB_DIR),
+            keep=False,
+            profile=None,
+        )
+    )
     rows = []
     try:
         b.ci_registry()
@@ -53,30 +62,52 @@ def main() -> int:
                 out = work / "out" / "release1.tar"
                 out.parent.mkdir(parents=True)
                 with FaultProxy(b.ci.host, rate=rate, kinds=KINDS, seed=run, stall_seconds=5) as proxy:
-                    argv = [LAYOVER, "run", "--images", str(b.lists[1]), "--source", proxy.host,
-                            "--work-dir", str(work / "layover"), "--output", str(out), "--no-src-tls-verify",
-                            "--copier", a.copier]
+                    argv = [
+                        LAYOVER,
+                        "run",
+                        "--images",
+                        str(b.lists[1]),
+                        "--source",
+                        proxy.host,
+                        "--work-dir",
+                        str(work / "layover"),
+                        "--output",
+                        str(out),
+                        "--no-src-tls-verify",
+                        "--copier",
+                        a.copier,
+                    ]
                     m = measure(argv, env=b.prefect_env, tarball=out, log=work / "run.log")
                     requests, faults = len(proxy.events), len(proxy.faults())
                 text = (work / "run.log").read_text(errors="replace")
                 if m.exit_code == 0:
-                    check = subprocess.run([LAYOVER, "verify", str(out), "--images", str(b.lists[1])],
-                                           capture_output=True, text=True, check=False)
+                    check = subprocess.run(
+                        [LAYOVER, "verify", str(out), "--images", str(b.lists[1])],
+                        capture_output=True,
+                        text=True,
+                        check=False,
+                    )
                     outcome = "verified" if check.returncode == 0 else f"verify FAILED: {check.stdout[-200:]}"
                 else:
                     errors = [ln for ln in text.splitlines() if ln.startswith("layover: error:")]
                     outcome = f"exit {m.exit_code}: " + (errors[-1][:300] if errors else "(no error line)")
                 retried = text.count("attempt(s)") and sum(
                     int(ln.split(" attempt(s)")[0].rsplit(", ", 1)[-1]) - 1
-                    for ln in text.splitlines() if " attempt(s)," in ln
+                    for ln in text.splitlines()
+                    if " attempt(s)," in ln
                 )
                 rows.append((rate, run, m.wall_s, requests, faults, retried, outcome))
-                print(f"rate {rate}: {m.wall_s:.1f} s, {faults}/{requests} requests faulted, "
-                      f"{retried} extra attempts: {outcome}", flush=True)
+                print(
+                    f"rate {rate}: {m.wall_s:.1f} s, {faults}/{requests} requests faulted, "
+                    f"{retried} extra attempts: {outcome}",
+                    flush=True,
+                )
                 b.drop_work(work)
     finally:
         b.close()
-    print(f"\n{b.fx.key}, release 1 ({len(b.fx.release1)} images), copier {a.copier}, cold, standing server\n")
+    print(
+        f"\n{b.fx.key}, release 1 ({len(b.fx.release1)} images), copier {a.copier}, cold, standing server\n"
+    )
     print("| fault rate | run | wall s | requests | faulted | extra attempts | outcome |")
     print("|---:|---:|---:|---:|---:|---:|---|")
     for rate, run, wall, req, flt, retried, outcome in rows:

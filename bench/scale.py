@@ -33,25 +33,52 @@ def main() -> int:
     failed = False
     for n in (int(x) for x in a.images.split(",")):
         before = set(results.glob("*.json"))
-        failed |= harness(["--fixture", "wide", "--images", str(n), "--runs", str(a.runs), "--runners",
-                           "blog-overlay,layover", "--scenarios", "cold,incremental", "--results",
-                           str(results), *rest]) != 0
+        failed |= (
+            harness(
+                [
+                    "--fixture",
+                    "wide",
+                    "--images",
+                    str(n),
+                    "--runs",
+                    str(a.runs),
+                    "--runners",
+                    "blog-overlay,layover",
+                    "--scenarios",
+                    "cold,incremental",
+                    "--results",
+                    str(results),
+                    *rest,
+                ]
+            )
+            != 0
+        )
         [new] = set(results.glob("*.json")) - before
         rows = json.loads(new.read_text())["rows"]
         for scenario in ("cold", "incremental"):
             cell = {}
             for runner in ("blog-overlay", "layover"):
-                ok = [r for r in rows if r["scenario"] == scenario and r["runner"] == runner and not r["exit_code"]]
-                cell[runner] = (statistics.median(r["wall_s"] for r in ok) if ok else None,
-                                max((r["peak_rss_mb"] for r in ok), default=None))
+                ok = [
+                    r
+                    for r in rows
+                    if r["scenario"] == scenario and r["runner"] == runner and not r["exit_code"]
+                ]
+                cell[runner] = (
+                    statistics.median(r["wall_s"] for r in ok) if ok else None,
+                    max((r["peak_rss_mb"] for r in ok), default=None),
+                )
             table.append((n, scenario, cell, new.name))
-    print("\n| images | release | blog-overlay wall s | layover wall s | × | blog-overlay peak RSS MB | "
-          "layover peak RSS MB | results |")
+    print(
+        "\n| images | release | blog-overlay wall s | layover wall s | × | blog-overlay peak RSS MB | "
+        "layover peak RSS MB | results |"
+    )
     print("|---:|---|---:|---:|---:|---:|---:|---|")
     for n, scenario, cell, name in table:
         (bw, br), (lw, lr) = cell["blog-overlay"], cell["layover"]
         ratio = f"{bw / lw:.2f}" if bw and lw else "n/a"
-        print(f"| {n} | {scenario} | {bw or 0:.1f} | {lw or 0:.1f} | {ratio} | {br or 0:.0f} | {lr or 0:.0f} | {name} |")
+        print(
+            f"| {n} | {scenario} | {bw or 0:.1f} | {lw or 0:.1f} | {ratio} | {br or 0:.0f} | {lr or 0:.0f} | {name} |"
+        )
     return 1 if failed else 0
 
 
