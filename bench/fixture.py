@@ -103,6 +103,12 @@ class Fixture:
     scale: float
     release1: tuple[FixtureImage, ...]
     release2: tuple[FixtureImage, ...]
+    name: str = ""  # "" for the deb fixture; bench/wide.py names its own ("wide600-v1")
+
+    @property
+    def key(self) -> str:
+        """Names the CI registry's cached storage: one per fixture and size."""
+        return self.name or f"s{self.scale}-v{FIXTURE_VERSION}"
 
     def release(self, n: int) -> tuple[FixtureImage, ...]:
         return self.release1 if n == 1 else self.release2
@@ -114,7 +120,8 @@ class Fixture:
         return tuple(seen.values())
 
     def list_text(self, n: int) -> str:
-        lines = [f"# layover bench fixture v{FIXTURE_VERSION}, scale {self.scale}, release {n}"]
+        what = self.name or f"v{FIXTURE_VERSION}, scale {self.scale}"
+        lines = [f"# layover bench fixture {what}, release {n}"]
         lines += [img.ref for img in self.release(n)]
         return "\n".join(lines) + "\n"
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import httpx
 
 from bench import fixture as fixture_mod
+from bench import wide
 from bench.measure import Measurement, measure
 from bench.push import Pusher
 from bench.report import render
@@ -36,7 +37,8 @@ REPO = Path(__file__).resolve().parent.parent
 PY = str(REPO / ".venv/bin/python")
 LAYOVER = str(REPO / ".venv/bin/layover")
 RUNNERS = ("docker", "skopeo", "blog-overlay", "layover", "layover-embedded")
-SCENARIOS = ("cold", "incremental")
+SCENARIOS = ("cold", "incremental", "noop")
+DEFAULT_SCENARIOS = ("cold", "incremental")
 
 
 @dataclass(frozen=True)
@@ -75,9 +77,12 @@ class Bench:
     def ci_registry(self) -> str:
         """Start the CI registry on a cached storage dir, pushing the fixture if not done yet."""
         t = time.monotonic()
-        self.fx = fixture_mod.build(self.a.scale, self.cache, Path(self.a.deb_dir))
-        print(f"fixture: scale {self.a.scale}, built in {time.monotonic() - t:.0f}s", flush=True)
-        storage = self.cache / f"ci-storage-s{self.a.scale}-v{fixture_mod.FIXTURE_VERSION}"
+        if self.a.fixture == "wide":
+            self.fx = wide.build(self.a.images, self.cache)
+        else:
+            self.fx = fixture_mod.build(self.a.scale, self.cache, Path(self.a.deb_dir))
+        print(f"fixture: {self.fx.key}, built in {time.monotonic() - t:.0f}s", flush=True)
+        storage = self.cache / f"ci-storage-{self.fx.key}"
         stamp = storage / ".pushed"
         want = str(sorted(str(i.manifest.digest) for i in self.fx.all_images()))
         if not (stamp.exists() and stamp.read_text() == want):
@@ -138,6 +143,11 @@ class Bench:
                     self.ci.host, "--work-dir", str(work / "layover"), "--output", str(out),
                     "--no-src-tls-verify"]
             if runner == "layover":
+                if self.a.profile:  # sampled stacks of layover's process tree, one file per run
+                    out = Path(self.a.profile) / f"{work.name}-release{release}.txt"
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    argv = [str(REPO / ".venv/bin/py-spy"), "record", "--format", "raw", "--rate", "250",
+                            "--subprocesses", "--nonblocking", "-o", str(out), "--", *argv]
                 return argv, self.prefect_env
             home = work / "prefect-home"  # embedded server: its own home, no API URL
             home.mkdir(parents=True, exist_ok=True)
@@ -157,8 +167,11 @@ class Bench:
         if runner == "docker":
             self.clean_docker_images()
         log = work / "runner.log"
-        if scenario == "incremental" and runner != "skopeo":  # skopeo keeps no state
-            argv, env = self.argv(runner, 1, work, outdir / "release1.tar")
+        preps = {"cold": (), "incremental": (1,), "noop": (1, 2)}[scenario]
+        if runner == "skopeo":  # keeps no state
+            preps = ()
+        for n in preps:
+            argv, env = self.argv(runner, n, work, outdir / f"release{n}.tar")
             prep = measure(argv, env=env, log=log)
             if prep.exit_code != 0:
                 kept = self.root / "logs" / f"{scenario}-{runner}-{run}-prep.log"
@@ -166,7 +179,7 @@ class Bench:
                 shutil.copyfile(log, kept)
                 log = kept
                 self.drop_work(work)
-                print(f"  {runner}: release 1 (prep) FAILED, see {log}", flush=True)
+                print(f"  {runner}: release {n} (prep) FAILED, see {log}", flush=True)
                 self.rows.append(Row(scenario, runner, run, prep, str(log)))
                 return
         release = 1 if scenario == "cold" else 2
@@ -198,6 +211,8 @@ class Bench:
         want = self.fx.blob_digests(1)
         if scenario == "incremental":
             want = self.fx.blob_digests(2) - self.fx.blob_digests(1)
+        elif scenario == "noop":
+            want = frozenset()
         where: dict[str, tuple[str, str]] = {}
         for img in self.fx.all_images():
             for d in map(str, [img.manifest.digest, *(c.digest for c in img.children)]):
@@ -283,7 +298,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="bench/run.sh")
     ap.add_argument("--scale", type=float, default=1.0)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--only", choices=SCENARIOS)
+    ap.add_argument("--only", choices=SCENARIOS, help="one scenario (noop: release 2 built again)")
+    ap.add_argument("--scenarios", default=",".join(DEFAULT_SCENARIOS),
+                    help="comma-separated subset of " + ",".join(SCENARIOS))
+    ap.add_argument("--fixture", choices=("debs", "wide"), default="debs",
+                    help="debs: 64 images of real package files (--scale); wide: --images small images")
+    ap.add_argument("--images", type=int, default=600, help="images in release 1 of the wide fixture")
     ap.add_argument("--runners", default=",".join(RUNNERS),
                     help="comma-separated subset of " + ",".join(RUNNERS))
     ap.add_argument("--cache-dir", default="/var/tmp/layover-bench-cache",
@@ -292,12 +312,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--deb-dir", default=str(fixture_mod.DEFAULT_DEB_DIR))
     ap.add_argument("--results", default=str(REPO / "bench/results"))
     ap.add_argument("--keep", action="store_true", help="keep work dirs for inspection")
+    ap.add_argument("--profile", metavar="DIR",
+                    help="run layover under py-spy (pip install py-spy) and keep its stacks in DIR")
     a = ap.parse_args(argv)
     runners = [r for r in a.runners.split(",") if r]
     bad = set(runners) - set(RUNNERS)
     if bad:
         ap.error(f"unknown runner(s) {sorted(bad)}; choose from {RUNNERS}")
-    scenarios = [a.only] if a.only else list(SCENARIOS)
+    scenarios = [a.only] if a.only else [s for s in a.scenarios.split(",") if s]
+    if set(scenarios) - set(SCENARIOS):
+        ap.error(f"unknown scenario(s) {sorted(set(scenarios) - set(SCENARIOS))}; choose from {SCENARIOS}")
     b = Bench(a)
     started = time.monotonic()
     try:
@@ -315,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         b.close()
     meta = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "scale": a.scale, "runs": a.runs, "scenarios": scenarios, "runners": runners,
+        "scale": a.scale, "fixture_name": b.fx.key, "runs": a.runs, "scenarios": scenarios, "runners": runners,
         "fixture": {n: {"images": len(b.fx.release(n)),
                         "blob_mb": b.fx.blob_bytes(b.fx.blob_digests(n)) / 1e6} for n in (1, 2)},
         "new_blob_mb": b.fx.blob_bytes(b.fx.blob_digests(2) - b.fx.blob_digests(1)) / 1e6,

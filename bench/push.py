@@ -6,6 +6,8 @@ blob already pushed to another repository is cross-mounted instead of uploaded a
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import httpx
 
 from bench.fixture import Blob, Fixture, FixtureImage
@@ -25,9 +27,11 @@ class Pusher:
     def close(self) -> None:
         self.client.close()
 
-    def push_fixture(self, fx: Fixture) -> int:
-        for img in fx.all_images():
-            self.push_image(img)
+    def push_fixture(self, fx: Fixture, jobs: int = 4) -> int:
+        """Every image of both releases, `jobs` at a time (a shared blob pushed twice at once is
+        merely uploaded twice; the registry keeps one)."""
+        with ThreadPoolExecutor(max(1, jobs)) as ex:
+            list(ex.map(self.push_image, fx.all_images()))
         return len(fx.all_images())
 
     def push_image(self, img: FixtureImage) -> None:

@@ -48,17 +48,48 @@ def _stage_table(scenario: str, ok: dict[str, list[Measurement]],
     return out
 
 
+def _per_image(meta: dict, rows: Sequence[tuple[str, str, Measurement]],
+               stages: Sequence[tuple[str, str, dict[str, float]]]) -> list[str]:
+    """Cost per image: what each image that needs no copy costs layover (a rebuild of release 2,
+    minus the tarball stage and Prefect alone), and CPU per copied image against serial skopeo."""
+
+    def med(scenario: str, runner: str, field: str) -> float | None:
+        ms = [m for s, r, m in rows if s == scenario and r == runner and m.exit_code == 0]
+        return _median(ms, field) if ms else None
+
+    out: list[str] = []
+    n1, n2 = meta["fixture"][1]["images"], meta["fixture"][2]["images"]
+    wall, alone = med("noop", "layover", "wall_s"), med("noop", "prefect-alone", "wall_s")
+    tar = [st.get("tarball", 0.0) for s, r, st in stages if s == "noop" and r == "layover"]
+    if wall is not None and alone is not None and tar:
+        own = (wall - statistics.median(tar) - alone) / n2 * 1000
+        out.append(f"- layover's own cost per image that needs no copy (release 2 built again: wall "
+                   f"{wall:.2f} s − tarball stage {statistics.median(tar):.2f} s − Prefect alone "
+                   f"{alone:.2f} s, / {n2} images): **{own:.1f} ms**")
+    lay = [med("cold", "layover", f) for f in ("cpu_s", "service_cpu_s")]
+    sko = [med("cold", "skopeo", f) for f in ("cpu_s", "service_cpu_s")]
+    if None not in lay and None not in sko:
+        per = [v / n1 * 1000 for v in (*lay, *sko)]  # type: ignore[operator]
+        out.append(f"- CPU per image, cold release (every image copied): layover {per[0]:.1f} ms "
+                   f"(+ {per[1]:.1f} ms in registries/dockerd) against serial skopeo's {per[2]:.1f} ms "
+                   f"(+ {per[3]:.1f} ms); layover's includes verify, GC and the tarball")
+    return ["## Cost per image", "", *out, ""] if out else []
+
+
 def render(meta: dict, rows: Sequence[tuple[str, str, Measurement]],
            stages: Sequence[tuple[str, str, dict[str, float]]] = ()) -> str:
+    fixture = meta.get("fixture_name", "")
+    what = f"Fixture {fixture}" if fixture.startswith("wide") else f"Scale {meta['scale']}"
     out = [f"# Layover benchmark {meta['date']}", "",
-           f"Scale {meta['scale']}, {meta['runs']} run(s) per cell, medians, "
+           f"{what}, {meta['runs']} run(s) per cell, medians, "
            f"{meta['cpus']} CPUs. Release 1: {meta['fixture'][1]['images']} images, "
            f"{meta['fixture'][1]['blob_mb']:.0f} MB of blobs; release 2: "
            f"{meta['fixture'][2]['images']} images, {meta['new_blob_mb']:.1f} MB of new blobs. "
            f"Whole bench: {meta['total_s']:.0f} s.", ""]
     for scenario in meta["scenarios"]:
         title = {"cold": "Cold release (empty archive)",
-                 "incremental": "Incremental release (release 2 after release 1)"}[scenario]
+                 "incremental": "Incremental release (release 2 after release 1)",
+                 "noop": "Release 2 built again (no image needs a copy)"}[scenario]
         out += [f"## {title}", "", "| runner | " + " | ".join(COLUMNS) + " |",
                 "|---|" + "---:|" * len(COLUMNS)]
         cell = {r: [m for s, rr, m in rows if s == scenario and rr == r] for r in ROW_ORDER}
@@ -87,6 +118,7 @@ def render(meta: dict, rows: Sequence[tuple[str, str, Measurement]],
                     f"(floor + Prefect alone): {limit:.1f} s; layover / limit: {base / limit:.2f}.",
                     ""]
         out += _stage_table(scenario, ok, stages)
+    out += _per_image(meta, rows, stages)
     out += [
         "## What is measured", "",
         "- wall s: from start until the runner exited and `sync` returned (tarball on disk).",

@@ -11,7 +11,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from layover.adapters.lock import work_dir_lock
 from layover.attached import report_rows
-from layover.copy import ManifestCopier, Route, SkopeoCopier
+from layover.converge import RetryPolicy, SourceWatch
+from layover.copy import ManifestCopier, NativeCopier, Route, SkopeoCopier
 from layover.registries import registries
 from layover.report import ReleaseReport
 from layover.settings import ReleaseRequest
@@ -24,7 +25,7 @@ from tasks.fanout import MAX_CONCURRENCY
 from tasks.gc import collect_garbage
 from tasks.load_list import load_images
 from tasks.overlay_reset import reset_overlay
-from tasks.package_sync import sync_package
+from tasks.package_sync import link_package, sync_package
 from tasks.prune import prune
 from tasks.registries import clear_stale, teardown
 from tasks.report import publish_report
@@ -47,14 +48,35 @@ def release(request: ReleaseRequest) -> ReleaseReport:
         try:
             authfile = source_authfile(wd, request)
             archive = regs.serve_archive()
-            to_archive = Route(request.source, archive.host, wd.lower, request.src_tls_verify, authfile,
-                               request.copy_timeout_seconds)
+            to_archive = Route(
+                request.source,
+                archive.host,
+                wd.lower,
+                request.src_tls_verify,
+                authfile,
+                request.copy_timeout_seconds,
+            )
             probe = regs.probe(request.source, tls_verify=request.src_tls_verify, authfile=authfile)
+            source = regs.source(
+                request.source,
+                tls_verify=request.src_tls_verify,
+                authfile=authfile,
+                timeout=min(request.copy_timeout_seconds, 60),
+            )
+            watch = SourceWatch(request.source, request.source_down_seconds, source.answers)
+            guard = regs.guard(archive, destination=archive)
+            copier = (
+                NativeCopier(to_archive, probe, source, regs.client(archive), guard, watch.ok)
+                if request.copier == "native"
+                else SkopeoCopier(to_archive, probe, guard, watch.ok)
+            )
+            policy = RetryPolicy(
+                retries=request.copy_retries,
+                image_deadline=(request.copy_retries + 1) * request.copy_timeout_seconds,
+                stage_deadline=request.stage_deadline_seconds,
+            )
             stages = [
-                sync_archive(
-                    listed.images, SkopeoCopier(to_archive, probe, regs.guard(archive, destination=archive)),
-                    concurrency=request.concurrency, retries=request.copy_retries,
-                )
+                sync_archive(listed.images, copier, watch, concurrency=request.concurrency, policy=policy)
             ]
             # Every listed image's signatures and SBOMs; from here on they are images of the package.
             attached_stage, attached = attach(
@@ -62,25 +84,32 @@ def release(request: ReleaseRequest) -> ReleaseReport:
                 retries=request.copy_retries,
             )
             stages.append(attached_stage)
-            # From here on the archive is history: served read-only, never written.
-            archive = regs.serve_archive(read_only=True)
+            package_images = attached.images
+            # From here on the archive is history, never written: no registry serves it, or (to
+            # PUT manifests through a package registry) one serves it read-only.
+            regs.stop(archive)
             stages.append(reset_overlay(wd))
             stages.append(prune(wd))
-            package = regs.serve_package()
-            to_package = Route(archive.host, package.host, wd.merged, src_tls_verify=False,
-                               timeout=request.copy_timeout_seconds)
-            copier = ManifestCopier(to_package, regs.api(archive), regs.api(package),
-                                    regs.guard(archive, package, destination=package))
-            stages.append(
-                sync_package(
-                    attached.images, copier, concurrency=request.concurrency, retries=request.copy_retries
+            if request.package_sync == "files":
+                stages.append(link_package(wd, package_images))
+            else:
+                archive = regs.serve_archive(read_only=True)
+                package = regs.serve_package()
+                to_package = Route(archive.host, package.host, wd.merged, src_tls_verify=False,
+                                   timeout=request.copy_timeout_seconds)
+                to_package_copier = ManifestCopier(
+                    to_package, regs.api(archive), regs.api(package),
+                    regs.guard(archive, package, destination=package),
                 )
-            )
-            regs.stop(package)  # never delete under a running registry
-            stages.append(collect_garbage(wd, attached.images))
-            stages.append(verify_package(wd, attached.images, attached.record))
+                stages.append(
+                    sync_package(package_images, to_package_copier, concurrency=request.concurrency,
+                                 retries=request.copy_retries)
+                )
+                regs.stop(package)  # never delete under a running registry
+            stages.append(collect_garbage(wd, package_images))
+            stages.append(verify_package(wd, package_images, attached.record))
             tar_stage, sha256, size, contents = write_release_tarball(
-                wd, request.output, listed, attached.images, attached.record
+                wd, request.output, listed, package_images, attached.record
             )
             stages.append(tar_stage)
             stages += write_deltas(wd, request, sha256)

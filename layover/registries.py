@@ -20,8 +20,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from layover.adapters.credential_helper import resolver
 from layover.adapters.registry import Registry, RegistryManager, docker_client
 from layover.adapters.registry_api import RegistryAPI
+from layover.adapters.registry_client import DESTINATION, SOURCE, Endpoint, RegistryClient
 from layover.adapters.registry_image import ensure_registry_image
 from layover.adapters.source_probe import SourceProbe
 from layover.diagnose import damaged_storage, disk_full
@@ -46,6 +48,7 @@ class RunRegistries:
         self._serving: dict[str, Registry] = {}  # role -> running registry
         self._clients: dict[str, RegistryAPI] = {}
         self._probes: list[SourceProbe] = []
+        self._remote: list[RegistryClient] = []  # source clients, closed at the end
         self._lock = threading.Lock()
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -86,6 +89,9 @@ class RunRegistries:
         for probe in self._probes:
             probe.close()
         self._probes.clear()
+        for remote in self._remote:
+            remote.close()
+        self._remote.clear()
 
     # --- clients -------------------------------------------------------------------------
     def api(self, reg: Registry) -> RegistryAPI:
@@ -94,6 +100,25 @@ class RunRegistries:
             if client is None:
                 client = self._clients[reg.host] = RegistryAPI(reg.host)
             return client
+
+    def source(self, host: str, *, tls_verify: bool, authfile: Path | None, timeout: float) -> RegistryClient:
+        """A client for the source registry, finding credentials where skopeo would. `timeout`:
+        how long one request may stay silent."""
+        client = RegistryClient(
+            Endpoint(host, tls_verify=tls_verify, flags=SOURCE),
+            resolver(authfile, SOURCE.authfile),
+            timeout=timeout,
+        )
+        self._remote.append(client)
+        return client
+
+    def client(self, reg: Registry) -> RegistryClient:
+        """A client for a registry of ours (127.0.0.1, plain HTTP), for uploads and mounts."""
+        client = RegistryClient(
+            Endpoint(reg.host, tls_verify=False, loopback_only=True, flags=DESTINATION), timeout=300
+        )
+        self._remote.append(client)
+        return client
 
     def probe(self, host: str, *, tls_verify: bool, authfile: Path | None) -> SourceProbe:
         probe = SourceProbe(host, tls_verify=tls_verify, authfile=authfile)

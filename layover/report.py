@@ -35,6 +35,9 @@ class StageReport:
     blobs_reused: int = 0
     bytes_moved: int = 0
     detail: str = ""
+    # per image, for the JSON report (what each image's copy moved, in how many attempts); the
+    # text and markdown tables show the stage's totals only
+    copies: tuple[ImageCopy, ...] = ()
 
     @classmethod
     def from_copies(cls, name: str, seconds: float, copies: list[ImageCopy]) -> StageReport:
@@ -47,6 +50,7 @@ class StageReport:
             blobs_reused=sum(c.blobs_reused for c in copies),
             bytes_moved=sum(distinct.values()) + sum(c.bytes_copied for c in copies if not c.copied),
             detail=_copy_detail(copies),
+            copies=tuple(replace(c, copied=()) for c in copies),  # the blob list stays out: it can be long
         )
 
 

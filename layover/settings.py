@@ -82,11 +82,40 @@ class ReleaseRequest(BaseModel):
         description="If another run holds the work dir, wait this long for it before failing.",
     )
     copy_timeout_seconds: float = Field(
-        default=900, gt=0, le=86400,
+        default=900,
+        gt=0,
+        le=86400,
         description="Give up one attempt of one image copy after this long (a stalled registry).",
     )
     copy_retries: int = Field(
-        default=3, ge=0, le=10, description="Retries per image copy on transient registry errors."
+        default=3,
+        ge=0,
+        le=10,
+        description="Retries per image copy on transient registry errors; in archive sync only "
+        "attempts that landed no blob spend one (docs/reliability.md).",
+    )
+    copier: Literal["native", "skopeo"] = Field(
+        default="native",
+        description="Archive sync's copier: native (in process; skopeo only for schema 1 images) "
+        "or skopeo (one skopeo process per image).",
+    )
+    package_sync: Literal["files", "registry"] = Field(
+        default="files",
+        description="Package sync: files (link the manifests in the package's storage from the "
+        "archive's records) or registry (PUT them through a package registry); same tarball.",
+    )
+    source_down_seconds: float = Field(
+        default=60,
+        gt=0,
+        le=86400,
+        description="Stop archive sync when no request to the source has succeeded for this long "
+        "(exit 4): a source that is down, not flaky.",
+    )
+    stage_deadline_seconds: float = Field(
+        default=7200,
+        gt=0,
+        le=7 * 86400,
+        description="Give up archive sync's remaining retries after this long.",
     )
     attached: Literal["copy", "require", "none"] = Field(
         default="copy",

@@ -1,25 +1,40 @@
 """Stage 1: copy every listed image from the CI registry into the archive (additive).
 
 Images whose current digest the archive already holds whole are found first, in one task (one
-HEAD request each, in parallel): in an incremental release that is most of them, and they need
-no copy task at all. Every other image gets its own retrying copy task.
+HEAD request each, in parallel): in an incremental release that is most of them, and they cost
+no copy at all. The others are copied by at most `concurrency` worker tasks that take images
+from one shared queue until it is empty: the task count follows the work (none when nothing
+needs copying, never more than the concurrency), and Prefect's ~20 ms of server CPU per task run
+is paid a few times, not once per image (docs/benchmarks.md, the wide fixture). Each worker
+logs every image it copied and leaves a table artifact with one row per image, so the UI still
+shows image by image what moved.
+
+Retries are per image inside the worker (layover/converge.py): an attempt that landed blobs
+does not spend the budget, and a source that stops answering ends the stage with one line.
 """
 
 from __future__ import annotations
 
+import functools
+import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from prefect import get_run_logger, task
+from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from layover.adapters.registry_copy import Landed
+from layover.converge import RetryPolicy, SourceWatch, converge
 from layover.copy import SkopeoCopier
+from layover.errors import LayoverError, SourceUnreachableError, StageFailed
 from layover.imagelist import ImageList
 from layover.reference import ImageRef
 from layover.report import ImageCopy, StageReport
-from tasks.fanout import fan_out
-from tasks.retry import COPY_RETRY
+from layover.units import human_bytes
+from tasks.fanout import MAX_CONCURRENCY
 
 
 @dataclass(frozen=True)
@@ -41,21 +56,130 @@ def plan_archive_sync(images: ImageList, copier: SkopeoCopier, concurrency: int)
     return ArchivePlan(present, todo)
 
 
+def _attempt(copier: SkopeoCopier, ref: ImageRef, landed: Landed) -> ImageCopy:
+    return copier.copy(ref, landed)
+
+
+class WorkQueue:
+    """The images still to copy, shared by a stage's workers (thread-safe)."""
+
+    def __init__(self, refs: Sequence[ImageRef]) -> None:
+        self._todo = list(reversed(refs))
+        self._lock = threading.Lock()
+        self.total = len(refs)
+
+    def take(self) -> ImageRef | None:
+        with self._lock:
+            return self._todo.pop() if self._todo else None
+
+    def drain(self) -> None:
+        with self._lock:
+            self._todo.clear()
+
+
+@dataclass(frozen=True)
+class Copies:
+    copies: tuple[ImageCopy, ...]
+    failures: tuple[tuple[str, BaseException], ...]
+
+
 @task(
     name="archive-sync-copy",
-    task_run_name="archive-sync: {ref}",
+    task_run_name="archive-sync: copier {number} of {workers}",
     cache_policy=NO_CACHE,
-    # No tags: Prefect acquires a tag concurrency slot for every tagged task run, one request at
-    # a time per tag set. Measured, 300 small images: 30.3 s with a tag, 24.4 s without. Cap
-    # copies per run with --concurrency, runs per pool with the work pool's concurrency limit.
-    **COPY_RETRY,
 )
-def copy_to_archive(ref: ImageRef, copier: SkopeoCopier) -> ImageCopy:
-    return copier.copy(ref)
+def copy_to_archive(
+    queue: WorkQueue,
+    copier: SkopeoCopier,
+    policy: RetryPolicy,
+    watch: SourceWatch,
+    stage_started: float,
+    number: int,
+    workers: int,
+) -> Copies:
+    """Copy images from the queue until it is empty; every failure is kept and raised at the end
+    (so one bad image does not keep the others out of the archive)."""
+    logger = get_run_logger()
+    copies: list[ImageCopy] = []
+    failures: list[tuple[str, BaseException]] = []
+    while (ref := queue.take()) is not None:
+        try:
+            done = converge(
+                str(ref),
+                functools.partial(_attempt, copier, ref),
+                policy,
+                watch,
+                stage_started=stage_started,
+            )
+        except SourceUnreachableError:
+            queue.drain()  # the others stop taking images too
+            raise
+        except LayoverError as e:
+            logger.warning("%s: failed: %s", ref, e)
+            failures.append((str(ref), e))
+            continue
+        copies.append(done)
+        logger.info(
+            "%s: %d blob(s) copied (%s), %d reused, %d attempt(s), %.2f s",
+            ref,
+            done.blobs_copied,
+            human_bytes(done.bytes_copied),
+            done.blobs_reused,
+            done.attempts,
+            done.seconds,
+        )
+    if copies:
+        create_table_artifact(
+            table=[
+                {
+                    "image": c.image,
+                    "digest": c.manifest_digest or "",
+                    "blobs copied": c.blobs_copied,
+                    "blobs reused": c.blobs_reused,
+                    "bytes": c.bytes_copied,
+                    "attempts": c.attempts,
+                    "seconds": round(c.seconds, 2),
+                }
+                for c in copies
+            ],
+            description=f"archive sync, copier {number} of {workers}: {len(copies)} image(s) copied",
+        )
+    if failures:
+        raise StageFailed(f"archive sync: {len(failures)} image(s) failed", failures)
+    return Copies(tuple(copies), ())
 
 
-def sync_archive(images: ImageList, copier: SkopeoCopier, *, concurrency: int, retries: int) -> StageReport:
+def sync_archive(
+    images: ImageList, copier: SkopeoCopier, watch: SourceWatch, *, concurrency: int, policy: RetryPolicy
+) -> StageReport:
     started = time.monotonic()
     plan = plan_archive_sync(images, copier, concurrency)
-    copied = fan_out("archive sync", copy_to_archive.with_options(retries=retries), plan.todo, copier, concurrency)
+    copied: list[ImageCopy] = []
+    if plan.todo:
+        queue = WorkQueue(plan.todo)
+        workers = max(1, min(concurrency, MAX_CONCURRENCY, len(plan.todo)))
+        futures = [
+            copy_to_archive.submit(queue, copier, policy, watch, started, n, workers)
+            for n in range(1, workers + 1)
+        ]
+        failures: list[tuple[str, BaseException]] = []
+        down: SourceUnreachableError | None = None
+        for future in futures:
+            outcome = future.result(raise_on_failure=False)
+            if isinstance(outcome, SourceUnreachableError):
+                down = down or outcome
+            elif isinstance(outcome, StageFailed):
+                failures += outcome.failures
+            elif isinstance(outcome, BaseException):
+                failures.append((f"copier {futures.index(future) + 1}", outcome))
+            else:
+                copied += outcome.copies
+        if down is not None:
+            raise down  # one line naming the source, not one per image
+        if failures:
+            order = {str(r): i for i, r in enumerate(plan.todo)}
+            failures.sort(key=lambda f: order.get(f[0], len(order)))
+            named = "; ".join(f"{ref}: {err}" for ref, err in failures[:10])
+            more = f" (and {len(failures) - 10} more)" if len(failures) > 10 else ""
+            raise StageFailed(f"archive sync: {len(failures)} image(s) failed: {named}{more}", failures)
     return StageReport.from_copies("archive sync", time.monotonic() - started, [*plan.present, *copied])

@@ -317,6 +317,16 @@ class RegistryClient:
                     self._challenge = challenge
             return f"{self._scheme}://{self.host}"
 
+    def answers(self, timeout: float = 10.0) -> bool:
+        """Whether the registry answers GET /v2/ at all right now (any status: it is up), unlike
+        ping(), which asks once per client. For telling a failing image from a source that is down."""
+        try:
+            base = self.ping()
+            self._http.get(f"{base}/v2/", timeout=timeout)
+        except (httpx.TransportError, LayoverError):
+            return False
+        return True
+
     def _detect(self) -> tuple[str, Challenge | None]:
         schemes = ("https",) if self.endpoint.tls_verify else ("https", "http")
         failure: LayoverError | None = None
@@ -482,13 +492,16 @@ class RegistryClient:
         *,
         size: int | None = None,
         mount_from: str | None = None,
+        check_present: bool = True,
     ) -> BlobPush:
         """Put one blob into `repository`: "present" (already there), "mounted" (from
         `mount_from`, no bytes sent) or "uploaded". Bytes up to `monolithic_limit` go in one PUT;
         anything else (a file, an iterator of pieces) streams through PATCH and is never held
         whole in memory. The data is hashed on the way: a mismatch cancels the upload and raises
         CopyError before the registry commits anything."""
-        if self.blob_size(repository, digest, for_push=True) is not None:
+        # check_present=False: the caller knows it is absent (it read the registry's storage), so
+        # the HEAD would only cost a round trip
+        if check_present and self.blob_size(repository, digest, for_push=True) is not None:
             return "present"
         location = self._start_upload(repository, digest, mount_from if mount_from != repository else None)
         if location is None:

@@ -98,6 +98,18 @@ def run(
     return result
 
 
+def start_detached(argv: Sequence[str]) -> int:
+    """Start argv in its own session and do not wait: for background housekeeping that must not
+    hold this process's GIL or die with it (deleting a discarded overlay upper). No shell, no
+    output kept. Returns the pid."""
+    log.debug("start detached: %s", shlex.join(argv))
+    proc = subprocess.Popen(
+        list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True, close_fds=True,
+    )
+    return proc.pid
+
+
 def _decode(data: bytes | str | None) -> str:
     if data is None:
         return ""

@@ -42,6 +42,13 @@ def run(
         list[str] | None,
         typer.Option(help="Also write a delta against this base package (tarball or .json); repeatable."),
     ] = None,
+    copier: Annotated[
+        str,
+        typer.Option(
+            help="Archive sync's copier: native (in process; skopeo only for schema 1 images) or "
+            "skopeo (one skopeo process per image).",
+        ),
+    ] = "native",
     heartbeat_seconds: Annotated[
         int,
         typer.Option(
@@ -60,17 +67,21 @@ def run(
 
     from layover.settings import ListFromFile, ReleaseRequest
 
+    optional: dict[str, object] = {"concurrency": concurrency} if concurrency is not None else {}
     try:
-        request = ReleaseRequest(
-            images=ListFromFile(path=str(images)),
-            source=source,
-            work_dir=work_dir,
-            output=output,
-            **({"concurrency": concurrency} if concurrency is not None else {}),
-            src_tls_verify=src_tls_verify,
-            src_authfile=src_authfile,
-            attached=attached,  # type: ignore[arg-type]  # pydantic checks the value: a usage error
-            delta_from=tuple(delta_from or ()),
+        request = ReleaseRequest.model_validate(
+            {
+                "images": ListFromFile(path=str(images)),
+                "source": source,
+                "work_dir": work_dir,
+                "output": output,
+                **optional,
+                "src_tls_verify": src_tls_verify,
+                "src_authfile": src_authfile,
+                "copier": copier,
+                "attached": attached,
+                "delta_from": tuple(delta_from or ()),
+            }
         )
     except ValidationError as e:
         fail(UsageError("; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())))
@@ -81,8 +92,11 @@ def run(
     except LayoverError as e:
         fail(e)
     if 0 < heartbeat_seconds < 30:
-        fail(UsageError(f"--heartbeat-seconds {heartbeat_seconds}: Prefect needs 30 or more; "
-                           "use 0 for no heartbeats"))
+        fail(
+            UsageError(
+                f"--heartbeat-seconds {heartbeat_seconds}: Prefect needs 30 or more; use 0 for no heartbeats"
+            )
+        )
     quiet_prefect_defaults()
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 

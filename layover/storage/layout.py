@@ -128,6 +128,10 @@ class StorageLayout:
                 if HEX64.fullmatch(hex_) and hex_[:2] == prefix:
                     yield Digest(hex_)
 
+    def layer_digests(self, name: str) -> list[Digest]:
+        """Every blob the repository has a `_layers` entry for (link file or not)."""
+        return self.digest_dirs(self.layers(name))
+
     def digest_dirs(self, parent: Path) -> list[Digest]:
         """The `<hex>` subdirectories of a `.../sha256` directory, as digests."""
         try:

@@ -212,6 +212,23 @@ def test_overlay_shows_lower_and_deletes_only_in_upper(mounted_overlay, tmp_path
     overlay.unmount(dirs.merged)  # unmounting twice is fine
 
 
+def test_reset_puts_the_old_upper_aside_and_deletes_it_off_the_critical_path(mounted_overlay, tmp_path):
+    import time
+
+    dirs = mounted_overlay()
+    for i in range(200):
+        (dirs.merged / f"f{i}").write_text("x")
+    dead = dirs.upper.with_name(f".{dirs.upper.name}.discarded-killedrun")  # a killed run's leftover
+    (dead / "deep").mkdir(parents=True)
+    overlay.reset(dirs.lower, dirs.upper, dirs.work, dirs.merged)
+    assert overlay.is_mounted(dirs.merged)
+    assert os.listdir(dirs.upper) == [] and os.listdir(dirs.merged) == []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and list(dirs.upper.parent.glob(".*.discarded-*")):
+        time.sleep(0.05)
+    assert list(dirs.upper.parent.glob(".*.discarded-*")) == []
+
+
 def _view(root) -> dict[str, tuple[int, int, int, bytes | None]]:
     """What a reader of the merged view sees: every path's mode, owner and file content."""
     out = {}

@@ -265,7 +265,10 @@ def test_the_cli_run_reaches_the_server_whole(site, baseline):
                for entry in logs), [entry["message"] for entry in logs][-5:]
     artifacts = httpx.post(f"{api}/artifacts/filter", json={
         "artifacts": {"flow_run_id": {"any_": [run["id"]]}}}).json()
-    assert [a["key"] for a in artifacts] == ["release-report"]
+    # the report, and a table of the images each archive-sync copier task copied (unkeyed)
+    assert [a["key"] for a in artifacts if a["key"]] == ["release-report"]
+    tables = [a for a in artifacts if not a["key"]]
+    assert tables and all(a["type"] == "table" and a["task_run_id"] for a in tables), tables
 
 
 def test_killed_during_archive_sync(site, baseline, docker_client):

@@ -17,7 +17,7 @@ import docker.errors
 import pytest
 
 from layover import imagelist
-from layover.errors import LayoverError
+from layover.errors import LayoverError, SourceUnreachableError
 from layover.settings import ListFromFile, ReleaseRequest
 from layover.storage.verify import verify_tarball
 from layover.testing.releases import Release
@@ -114,6 +114,28 @@ def test_one_image_always_failing_fails_bounded_naming_it_and_keeps_the_archive(
     after = tree_hash(site.work / "lower")
     assert {k: after.get(k) for k in before} == before, "the archive lost or changed history"
     assert not _mounted(site.work / "merged")
+
+
+@pytest.mark.parametrize("how", ["refused", "every-request-reset"])
+def test_a_source_that_is_down_stops_the_stage_with_one_line_naming_it(site, tmp_path, how):
+    """Not flaky but down: no request succeeds, so no image spends its retries; after
+    `source_down_seconds` the stage stops with one SourceUnreachableError (exit 4)."""
+    from flows.release import release as release_flow
+
+    out = tmp_path / "out" / "down.tar"
+    started = time.monotonic()
+    with FaultProxy(site.ci_host, rate=1.0, kinds=(Fault.RESET,)) as proxy:
+        source = "127.0.0.1:9" if how == "refused" else proxy.host  # port 9: nothing listens
+        with pytest.raises(SourceUnreachableError) as info:
+            release_flow(_request(source, site.images, tmp_path / "work", out, copy_retries=1,
+                                  source_down_seconds=6))
+    took = time.monotonic() - started
+    message = str(info.value)
+    assert "\n" not in message and source in message and "no request has succeeded" in message
+    assert info.value.exit_code == 4
+    assert took < 6 + 8 * 1.5 + 60, f"took {took:.0f} s"
+    _no_output_left(out)
+    assert not _mounted(tmp_path / "work" / "merged")
 
 
 def _mounted(path: Path) -> bool:

@@ -384,17 +384,16 @@ def test_archive_sync_skips_an_archived_image_with_credentials_from_registry_aut
     monkeypatch.setenv("REGISTRY_AUTH_FILE", str(site.authfile))
     (tmp_path / "archive").mkdir()
     archive = module_registries.start("archive", tmp_path / "archive")
+    route = Route(site.secure, archive.host, archive.storage, src_tls_verify=False)
+    ref = ImageRef.parse(f"{repo}:1")
     probes: list[SourceProbe] = []
 
-    def copier() -> SkopeoCopier:
-        # a new probe each time: credentials are looked up when it is made, as a run does
+    def copier() -> SkopeoCopier:  # a new probe finds credentials as the environment is now
         probes.append(SourceProbe(site.secure, tls_verify=False))
-        route = Route(site.secure, archive.host, archive.storage, src_tls_verify=False)
         return SkopeoCopier(route, probes[-1])
 
     try:
         skopeo.copy(f"{site.secure}/{repo}:1", f"{archive.host}/{repo}:1", src_tls_verify=False)
-        ref = ImageRef.parse(f"{repo}:1")
         skipped = copier().already_there(ref)
         assert skipped is not None and skipped.blobs_copied == 0 and skipped.blobs_reused == 2
         monkeypatch.delenv("REGISTRY_AUTH_FILE")

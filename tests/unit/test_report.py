@@ -44,3 +44,11 @@ def test_a_blob_two_copies_uploaded_counts_once():
     ]
     s = StageReport.from_copies("archive sync", 0.2, copies)
     assert (s.blobs_copied, s.bytes_moved) == (2, 105)
+
+
+def test_the_json_report_has_each_image_of_a_copying_stage():
+    doc = json.loads(_report().to_json())
+    sync = doc["stages"][0]
+    assert [(c["image"], c["attempts"]) for c in sync["copies"]] == [("a:1", 1), ("b:1", 2)]
+    assert all(c["copied"] == [] for c in sync["copies"])  # blob lists stay out of the report
+    assert doc["stages"][1]["copies"] == []
