@@ -23,17 +23,18 @@ from pathlib import Path
 import pytest
 
 from layover.adapters.credential_helper import resolver
-from layover.adapters.registry_api import RegistryAPI, push_release
+from layover.adapters.registry_api import RegistryAPI
 from layover.adapters.registry_client import DESTINATION, SOURCE, Endpoint, RegistryClient
 from layover.adapters.registry_copy import Landed
 from layover.adapters.source_probe import SourceProbe
 from layover.copy import NativeCopier, Route, SkopeoCopier
 from layover.manifest import DOCKER_CONFIG, DOCKER_LAYER, DOCKER_MANIFEST, parse_manifest
 from layover.reference import Digest, ImageRef
-from layover.samples import release
 from layover.storage.gc import KeepSet, plan_gc
 from layover.storage.layout import StorageLayout
 from layover.storage.vacuum import apply_gc
+from layover.testing.push import push_release
+from layover.testing.releases import release
 from tests.conftest import require
 from tests.integration.test_registry_client import make_certificates, write_authfile
 

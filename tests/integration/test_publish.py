@@ -24,8 +24,8 @@ def test_files_and_registry_give_the_same_package_on_every_history(
     prefect_harness, ci_site, module_registries
 ):
     from flows.release import release as release_flow
-    from layover.adapters.registry_api import push_release
-    from layover.samples import release
+    from layover.testing.push import push_release
+    from layover.testing.releases import release
 
     site = ci_site("publish", scale=0.3)
     rel2 = release(2, scale=0.3)
