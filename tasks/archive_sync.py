@@ -14,12 +14,15 @@ from dataclasses import dataclass
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from layover import progress
 from layover.copy import SkopeoCopier
 from layover.imagelist import ImageList
 from layover.reference import ImageRef
 from layover.report import ImageCopy, StageReport
 from tasks.fanout import fan_out
 from tasks.retry import COPY_RETRY
+
+STAGE = "archive sync"
 
 
 @dataclass(frozen=True)
@@ -51,11 +54,15 @@ def plan_archive_sync(images: ImageList, copier: SkopeoCopier, concurrency: int)
     **COPY_RETRY,
 )
 def copy_to_archive(ref: ImageRef, copier: SkopeoCopier) -> ImageCopy:
+    progress.current().image_started(STAGE, str(ref))
     return copier.copy(ref)
 
 
 def sync_archive(images: ImageList, copier: SkopeoCopier, *, concurrency: int, retries: int) -> StageReport:
     started = time.monotonic()
-    plan = plan_archive_sync(images, copier, concurrency)
-    copied = fan_out("archive sync", copy_to_archive.with_options(retries=retries), plan.todo, copier, concurrency)
-    return StageReport.from_copies("archive sync", time.monotonic() - started, [*plan.present, *copied])
+    with progress.stage(STAGE, images=len(images)) as sink:
+        plan = plan_archive_sync(images, copier, concurrency)
+        for present in plan.present:
+            sink.image_done(STAGE, present.image)
+        copied = fan_out(STAGE, copy_to_archive.with_options(retries=retries), plan.todo, copier, concurrency)
+    return StageReport.from_copies(STAGE, time.monotonic() - started, [*plan.present, *copied])

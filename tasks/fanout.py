@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from prefect import Task, get_run_logger
 from prefect.futures import PrefectFuture, as_completed
 
+from layover import progress
 from layover.errors import StageFailed
 from layover.reference import ImageRef
 from layover.report import ImageCopy
@@ -23,6 +24,7 @@ def fan_out(stage: str, copy: Task, refs: Sequence[ImageRef], copier: object, co
     """Run `copy(ref, copier)` for every ref, at most `concurrency` at a time; every failure is
     collected and named together in one StageFailed."""
     logger = get_run_logger()
+    sink = progress.current()
     started = time.monotonic()
     window = max(1, min(concurrency, MAX_CONCURRENCY))
     todo = list(refs)
@@ -39,8 +41,10 @@ def fan_out(stage: str, copy: Task, refs: Sequence[ImageRef], copier: object, co
         outcome = done.result(raise_on_failure=False)
         if isinstance(outcome, BaseException):
             failures.append((ref, outcome))
+            sink.image_done(stage, str(ref), ok=False)
         else:
             copies.append(outcome)
+            sink.image_done(stage, str(ref), bytes_copied=outcome.bytes_copied)
         now = time.monotonic()
         if now >= next_log or not (todo or pending):
             logger.info(
@@ -49,8 +53,6 @@ def fan_out(stage: str, copy: Task, refs: Sequence[ImageRef], copier: object, co
             )
             next_log = now + 5
     if failures:
-        named = "; ".join(f"{ref}: {err}" for ref, err in failures[:10])
-        more = f" (and {len(failures) - 10} more)" if len(failures) > 10 else ""
-        raise StageFailed(f"{stage}: {len(failures)} image(s) failed: {named}{more}",
+        raise StageFailed(f"{stage}: {len(failures)} of {len(refs)} image(s) failed",
                           [(str(r), e) for r, e in failures])
     return copies
