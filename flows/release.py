@@ -1,85 +1,226 @@
-"""The release flow: images.list + CI registry -> verified release tarball.
+"""The release flow: images.list + source registries -> verified release tarball.
 
 Composition only: every stage is a task in tasks/, every decision is in the library, and the
-registries the run owns live exactly as long as the `with registries(wd)` block.
+registries the run owns live exactly as long as the `with registries(wd)` block. A run that
+fails or is stopped (Ctrl-C, SIGTERM, a Prefect cancel) still ends with its report, saying the
+stage it stopped in: FILE.failed.json and the release-report artifact.
 """
 
 from __future__ import annotations
 
-from prefect import flow, runtime
+import signal
+import time
+from datetime import UTC, datetime
+
+from prefect import flow, get_run_logger, runtime
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from layover import progress, version
+from layover.adapters import run as commands
 from layover.adapters.lock import work_dir_lock
+from layover.adapters.runlog import write_failure_log
 from layover.copy import ManifestCopier, Route, SkopeoCopier
+from layover.errors import LayoverError, StageFailed, brief, signal_of
 from layover.registries import registries
-from layover.report import ReleaseReport
+from layover.report import ReleaseReport, StageReport
 from layover.settings import ReleaseRequest
 from layover.workdir import WorkDir
 from tasks.archive_sync import sync_archive
 from tasks.credentials import source_authfile
 from tasks.fanout import MAX_CONCURRENCY
 from tasks.gc import collect_garbage
-from tasks.load_list import load_images
+from tasks.load_list import LoadedList, load_images
 from tasks.overlay_reset import reset_overlay
 from tasks.package_sync import sync_package
+from tasks.preflight import check_request
+from tasks.progress import ArtifactProgress
 from tasks.prune import prune
 from tasks.registries import clear_stale, teardown
-from tasks.report import publish_report
+from tasks.report import publish, publish_report
 from tasks.tarball import write_release_tarball
 from tasks.verify import verify_package
 
 
+def _run_name() -> str:
+    request = runtime.flow_run.parameters.get("request")
+    if isinstance(request, dict):
+        request = ReleaseRequest.model_validate(request)
+    return request.run_name if isinstance(request, ReleaseRequest) else "layover release"
+
+
 @flow(
     name="layover-release",
+    flow_run_name=_run_name,
     description="Package a release's images.list into a verified registry-storage tarball.",
     task_runner=ThreadPoolTaskRunner(max_workers=MAX_CONCURRENCY),
     validate_parameters=True,
 )
 def release(request: ReleaseRequest) -> ReleaseReport:
+    started, clock = datetime.now(UTC), time.monotonic()
+    tracker = progress.StageTracker()
+    stages: list[StageReport] = []
+    listed: LoadedList | None = None
+    artifacts = ArtifactProgress()
+    with progress.reporting_to(progress.Tee(tracker, progress.current(), artifacts)):
+        try:
+            with progress.stage("preflight"):
+                listed = load_images(request.images)  # every bad line reported before anything is copied
+                check_request(request, listed.images)
+            sha256, size = _build(request, listed, stages)
+        except BaseException as e:
+            artifacts.close()
+            _publish_failure(request, listed, stages, tracker.current, e, started, clock)
+            raise
+        finally:
+            artifacts.close()
+    report = _report(request, listed, stages, started, clock, sha256=sha256, size=size)
+    publish_report(report)
+    return report
+
+
+def _build(request: ReleaseRequest, listed: LoadedList, stages: list[StageReport]) -> tuple[str, int]:
     wd = WorkDir.at(request.work_dir)
-    listed = load_images(request.images)  # every bad line reported before anything is copied
     holder = f"{runtime.flow_run.name or 'layover'} ({runtime.flow_run.id or 'no run id'})"
     with work_dir_lock(wd.lock, holder, wait_seconds=request.lock_wait_seconds), registries(wd) as regs:
         clear_stale(wd, request.output)
         try:
             authfile = source_authfile(wd, request)
             archive = regs.serve_archive()
-            to_archive = Route(request.source, archive.host, wd.lower, request.src_tls_verify, authfile,
-                               request.copy_timeout_seconds)
+            to_archive = Route(
+                request.source,
+                archive.host,
+                wd.lower,
+                request.src_tls_verify,
+                authfile,
+                request.copy_timeout_seconds,
+            )
             probe = regs.probe(request.source, tls_verify=request.src_tls_verify, authfile=authfile)
-            stages = [
+            stages.append(
                 sync_archive(
-                    listed.images, SkopeoCopier(to_archive, probe, regs.guard(archive, destination=archive)),
-                    concurrency=request.concurrency, retries=request.copy_retries,
+                    listed.images,
+                    SkopeoCopier(to_archive, probe, regs.guard(archive, destination=archive)),
+                    concurrency=request.concurrency,
+                    retries=request.copy_retries,
                 )
-            ]
+            )
             # From here on the archive is history: served read-only, never written.
             archive = regs.serve_archive(read_only=True)
-            stages.append(reset_overlay(wd))
-            stages.append(prune(wd))
+            with progress.stage("overlay reset"):
+                stages.append(reset_overlay(wd))
+            with progress.stage("manifest pruning"):
+                stages.append(prune(wd))
             package = regs.serve_package()
-            to_package = Route(archive.host, package.host, wd.merged, src_tls_verify=False,
-                               timeout=request.copy_timeout_seconds)
-            copier = ManifestCopier(to_package, regs.api(archive), regs.api(package),
-                                    regs.guard(archive, package, destination=package))
+            to_package = Route(
+                archive.host,
+                package.host,
+                wd.merged,
+                src_tls_verify=False,
+                timeout=request.copy_timeout_seconds,
+            )
+            copier = ManifestCopier(
+                to_package,
+                regs.api(archive),
+                regs.api(package),
+                regs.guard(archive, package, destination=package),
+            )
             stages.append(
-                sync_package(listed.images, copier, concurrency=request.concurrency, retries=request.copy_retries)
+                sync_package(
+                    listed.images, copier, concurrency=request.concurrency, retries=request.copy_retries
+                )
             )
             regs.stop(package)  # never delete under a running registry
-            stages.append(collect_garbage(wd, listed.images))
-            stages.append(verify_package(wd, listed.images))
-            tar_stage, sha256, size = write_release_tarball(wd, request.output)
+            with progress.stage("gc"):
+                stages.append(collect_garbage(wd, listed.images))
+            with progress.stage("verify"):
+                stages.append(verify_package(wd, listed.images))
+            with progress.stage("tarball"):
+                tar_stage, sha256, size = write_release_tarball(wd, request.output)
             stages.append(tar_stage)
+        except BaseException as e:
+            sig = signal_of(e)
+            if sig is not None:  # stopping: end every copy now, start none (before teardown)
+                commands.stop_all(sig)
+            raise
         finally:
             teardown(wd, regs)
-    report = ReleaseReport(
-        list_source=listed.source,
-        list_commit=listed.commit,
-        images=len(listed.images),
+    return sha256, size
+
+
+def _report(
+    request: ReleaseRequest,
+    listed: LoadedList | None,
+    stages: list[StageReport],
+    started: datetime,
+    clock: float,
+    *,
+    sha256: str = "",
+    size: int = 0,
+    status: str = "succeeded",
+    failed_stage: str | None = None,
+    error: str | None = None,
+    failures: tuple[str, ...] = (),
+) -> ReleaseReport:
+    return ReleaseReport(
+        list_source=listed.source if listed else str(getattr(request.images, "path", "")),
+        list_commit=listed.commit if listed else None,
+        images=len(listed.images) if listed else 0,
         output=str(request.output),
         sha256=sha256,
         tarball_bytes=size,
         stages=tuple(stages),
+        status=status,
+        source=", ".join([request.source, *request.registry_map]),
+        layover_version=version(),
+        started=started.isoformat(timespec="seconds"),
+        finished=datetime.now(UTC).isoformat(timespec="seconds"),
+        wall_seconds=round(time.monotonic() - clock, 3),
+        failed_stage=failed_stage,
+        error=error,
+        failures=failures,
     )
-    publish_report(report)
-    return report
+
+
+def _publish_failure(
+    request: ReleaseRequest,
+    listed: LoadedList | None,
+    stages: list[StageReport],
+    stage: str | None,
+    err: BaseException,
+    started: datetime,
+    clock: float,
+) -> None:
+    """The failed run's report and log, written whatever else is failing: they are how the
+    user learns where it stopped."""
+    sig = signal_of(err)
+    failures = tuple(err.lines()) if isinstance(err, StageFailed) else ()
+    message = f"interrupted by {_signame(sig)}" if sig is not None else brief(err, 500)
+    report = _report(
+        request,
+        listed,
+        stages,
+        started,
+        clock,
+        status="interrupted" if sig else "failed",
+        failed_stage=stage,
+        error=message,
+        failures=failures,
+    )
+    logger = get_run_logger()
+    try:
+        logger.error("stopped in %s: %s", stage or "preparation", message)
+        for line in failures:
+            logger.error(line)
+        for image, e in getattr(err, "failures", ()) or [("", err)]:
+            detail = getattr(e, "detail", "")
+            if detail:  # the long text the one-line messages leave out (skopeo's stderr)
+                logger.error("%s%s", f"{image}: " if image else "", detail)
+        log_file = write_failure_log(WorkDir.at(request.work_dir).logs, request.run_name, err)
+        if log_file is not None and isinstance(err, LayoverError):
+            err.log_file = str(log_file)
+        publish(report)
+    except Exception as e:  # noqa: BLE001 - reporting a failure must not replace it
+        logger.warning("could not publish the failure report: %s", brief(e))
+
+
+def _signame(sig: int) -> str:
+    return signal.Signals(sig).name

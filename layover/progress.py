@@ -101,10 +101,40 @@ def reporting_to(sink: Progress) -> Iterator[Progress]:
 def stage(name: str, *, images: int = 0, bytes_total: int | None = None) -> Iterator[Progress]:
     """Report a stage's start and its end (ok=False when the body raises)."""
     sink = current()
-    sink.stage_started(name, images=images, bytes_total=bytes_total)
     ok = False
-    try:
+    try:  # a Ctrl-C may land inside stage_started: the stage still ends, as failed
+        sink.stage_started(name, images=images, bytes_total=bytes_total)
         yield sink
         ok = True
     finally:
         sink.stage_finished(name, ok=ok)
+
+
+class StageTracker(NullProgress):
+    """Remembers which stage is running, so a run that stops can say where."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: list[str] = []
+        self._failed: str | None = None
+        self.finished: list[str] = []
+
+    def stage_started(self, stage: str, *, images: int = 0, bytes_total: int | None = None) -> None:
+        with self._lock:
+            self._running.append(stage)
+
+    def stage_finished(self, stage: str, *, ok: bool = True) -> None:
+        with self._lock:
+            if stage in self._running:
+                self._running.remove(stage)
+            if ok:
+                self.finished.append(stage)
+            elif self._failed is None:
+                self._failed = stage  # the first to fail is where the run stopped
+
+    @property
+    def current(self) -> str | None:
+        """Where the run is, or stopped: the stage that failed first, else the one started
+        last and not finished; None between stages."""
+        with self._lock:
+            return self._failed or (self._running[-1] if self._running else None)

@@ -40,5 +40,7 @@ def write_failure_log(logs: Path, run_name: str, err: BaseException) -> Path | N
 def _entries(err: BaseException) -> list[tuple[str, str, str]]:
     """(image or "", one line, detail) for the error, or for each image of a failed stage."""
     if isinstance(err, StageFailed):
-        return [(image, f"{cause(e)}: {brief(e, 1000)}", getattr(e, "detail", "")) for image, e in err.failures]
+        return [
+            (image, f"{cause(e)}: {brief(e, 1000)}", getattr(e, "detail", "")) for image, e in err.failures
+        ]
     return [("", brief(err, 1000), err.detail if isinstance(err, LayoverError) else "")]

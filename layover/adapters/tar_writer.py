@@ -443,9 +443,28 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it (os.umask would, for every thread)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
+def _partial(output: Path, name: str) -> tuple[int, str]:
+    """A temp file beside `output`, with the mode a plain create would give it (mkstemp makes
+    0600; a release tarball and its checksum are meant to be read by others, as the umask says)."""
+    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{name}.", suffix=".partial")
+    os.fchmod(fd, 0o666 & ~_umask())
+    return fd, tmp
+
+
 def _write_sidecar(output: Path, digest: str) -> None:
     side = output.with_name(output.name + ".sha256")
-    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{side.name}.", suffix=".partial")
+    fd, tmp = _partial(output, side.name)
     try:
         _pwrite_all(fd, f"{digest}  {output.name}\n".encode(), 0)
         os.fsync(fd)
@@ -496,7 +515,7 @@ def write_tarball(source: TarSource, output: Path, *, data_paths: Sequence[DataP
         raise StorageError(str(output.parent), "output directory does not exist; create it first")
     _preflight_space(source, output, tarplan.size)
 
-    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".partial")
+    fd, tmp = _partial(output, output.name)
     writer = _Writer(fd, data_paths, ops or DataOps())
     writer.hasher.start()
     try:

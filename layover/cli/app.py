@@ -26,8 +26,11 @@ class _App(typer.Typer):
         except Exception as e:  # noqa: BLE001 - the last line of defence: say it in one line
             if OPTIONS.debug:
                 traceback.print_exception(e, file=sys.stderr)
-            typer.echo(f"layover: error: {type(e).__name__}: {' '.join(str(e).split())[:300]} "
-                       "(a bug: run again with --debug for the traceback and report it)", err=True)
+            typer.echo(
+                f"layover: error: {type(e).__name__}: {' '.join(str(e).split())[:300]} "
+                "(a bug: run again with --debug for the traceback and report it)",
+                err=True,
+            )
             sys.exit(1)
 
 
@@ -67,8 +70,9 @@ def _global_options(
     ] = False,
     debug: Annotated[
         bool,
-        typer.Option("--debug", envvar="LAYOVER_DEBUG",
-                     help="Show tracebacks and Prefect's own log lines on stderr."),
+        typer.Option(
+            "--debug", envvar="LAYOVER_DEBUG", help="Show tracebacks and Prefect's own log lines on stderr."
+        ),
     ] = False,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print only errors and the result.")] = False,
     verbose: Annotated[

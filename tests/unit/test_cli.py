@@ -34,9 +34,37 @@ def test_run_rejects_a_scheme_in_source(tmp_path):
 def test_run_has_exactly_the_documented_options():
     r = _run("run", "--help")
     assert r.exit_code == 0
-    for opt in ("--images", "--source", "--work-dir", "--output", "--concurrency",
-                "--src-tls-verify", "--no-src-tls-verify", "--src-authfile", "--heartbeat-seconds"):
+    for opt in ("--images", "--images-git", "--images-ref", "--images-path", "--source", "--registry-map",
+                "--work-dir", "--output", "--concurrency", "--src-tls-verify", "--no-src-tls-verify",
+                "--src-authfile", "--src-cert-dir", "--src-credentials-block", "--lock-wait",
+                "--copy-timeout", "--copy-retries", "--heartbeat-seconds"):
         assert opt in r.output
+
+
+def test_help_renders_brackets_fits_80_columns_and_answers_to_h():
+    narrow = CliRunner(env={"COLUMNS": "80", "NO_COLOR": "1"})
+    for args in (["-h"], ["run", "-h"], ["gc", "--help"], ["verify", "-h"]):
+        r = narrow.invoke(app, args)
+        assert r.exit_code == 0, r.output
+        assert max(len(line) for line in r.output.splitlines()) <= 80, r.output
+    r = narrow.invoke(app, ["run", "-h"])
+    assert "[default: twice the CPUs, 2-8]" in " ".join(r.output.split())
+
+
+def test_version():
+    from layover import version
+
+    r = _run("--version")
+    assert r.exit_code == 0 and r.output == f"layover {version()}\n"
+
+
+def test_a_layover_variable_of_the_wrong_type_is_a_usage_error(tmp_path, monkeypatch):
+    lst = tmp_path / "images.list"
+    lst.write_text("a:1\n")
+    monkeypatch.setenv("LAYOVER_CONCURRENCY", "many")
+    r = _run("run", "--images", str(lst), "--source", "ci:5000", "--work-dir", str(tmp_path / "w"),
+             "--output", str(tmp_path / "r.tar"))
+    assert r.exit_code == 2 and "LAYOVER_CONCURRENCY: Input should be a valid integer" in r.output
 
 
 def test_run_rejects_a_heartbeat_prefect_would_refuse(tmp_path):

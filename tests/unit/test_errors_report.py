@@ -57,8 +57,9 @@ def test_a_failed_stage_says_one_line_per_image_and_each_hint_once():
     failures.append(("team/private:1", _skopeo_error("src_401_unauthorized")))
     err = StageFailed("archive sync: 4 of 12 image(s) failed", failures)
     lines = err.lines()
-    assert lines[0] == ("team/app0:1: not found: reading manifest v1 in 127.0.0.1:15501/lib/missing: "
-                        "manifest unknown")
+    assert lines[0] == (
+        "team/app0:1: not found: reading manifest v1 in 127.0.0.1:15501/lib/missing: manifest unknown"
+    )
     assert lines[3].startswith("team/private:1: unauthorized: reading manifest v1")
     hints = [line for line in lines if line.startswith("hint: ")]
     assert len(hints) == 2 and "check the reference in images.list" in hints[0]
@@ -118,10 +119,21 @@ def test_the_run_log_is_skipped_when_there_is_nothing_more_to_say_and_old_logs_g
 def test_a_failed_runs_report_says_where_it_stopped_and_goes_to_file_failed_json(status):
     from layover.report import ReleaseReport, StageReport
 
-    r = ReleaseReport("rel.list", None, 12, "/o/r.tar", "", 0, (StageReport("preflight", 0.2),),
-                      status=status, source="ci:5000", failed_stage="archive sync",
-                      error="archive sync: 1 of 12 image(s) failed", failures=("a:1: not found: x",),
-                      wall_seconds=16.3)
+    r = ReleaseReport(
+        "rel.list",
+        None,
+        12,
+        "/o/r.tar",
+        "",
+        0,
+        (StageReport("preflight", 0.2),),
+        status=status,
+        source="ci:5000",
+        failed_stage="archive sync",
+        error="archive sync: 1 of 12 image(s) failed",
+        failures=("a:1: not found: x",),
+        wall_seconds=16.3,
+    )
     text = r.to_text()
     assert f"status: {status} in archive sync, no tarball written (/o/r.tar)" in text
     assert "  a:1: not found: x" in text and "total: 16.30 s" in text and "sha256" not in text
