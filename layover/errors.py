@@ -187,10 +187,10 @@ class StorageError(LayoverError):
     exit_code = EXIT_VERIFY
     cause = "damaged archive"
 
-    def __init__(self, path: str, reason: str) -> None:
+    def __init__(self, path: str, reason: str, *, hint: str = "", detail: str = "") -> None:
         self.path = path
         self.reason = reason
-        super().__init__(f"{path}: {reason}")
+        super().__init__(f"{path}: {reason}", hint=hint, detail=detail)
 
 
 class GCError(LayoverError):
@@ -273,10 +273,13 @@ class StageFailed(LayoverError):
         super().__init__(message)
         self.failures = tuple(failures)  # (image, its error), in list order
 
+    def __str__(self) -> str:
+        return "\n".join([self.brief, *self.lines()])
+
     def lines(self, limit: int = 20) -> list[str]:
         """`<image>: <cause>: <detail>` for the first `limit` images, then what was left out,
         then each distinct hint once."""
-        out = [f"{image}: {cause(e)}: {brief(e)}" for image, e in self.failures[:limit]]
+        out = [f"{image}: {cause(e)}: {brief(e, 400)}" for image, e in self.failures[:limit]]
         if len(self.failures) > limit:
             out.append(f"... and {len(self.failures) - limit} more image(s)")
         hints: list[str] = []
@@ -300,6 +303,9 @@ class PreflightFailed(LayoverError):
     def __init__(self, problems: Sequence[LayoverError]) -> None:
         self.problems = tuple(problems)
         super().__init__(f"{len(self.problems)} problems found before starting; nothing was started")
+
+    def __str__(self) -> str:
+        return "\n".join([self.brief, *self.lines()])
 
     @property
     def exit_code(self) -> int:  # type: ignore[override]

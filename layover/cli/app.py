@@ -13,7 +13,6 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from layover import version
-from layover.errors import PreflightFailed, StageFailed
 
 
 class _App(typer.Typer):
@@ -91,12 +90,9 @@ def fail(err: BaseException, *, also: Sequence[str] = ()) -> NoReturn:
     where the run wrote the long diagnostics, if it did. The traceback only with --debug."""
     if OPTIONS.debug:
         traceback.print_exception(err, file=sys.stderr)
-    if isinstance(err, (StageFailed, PreflightFailed)):
-        first, rest = str(err), err.lines()
-    else:
-        text = str(err).strip()
-        first = text.splitlines()[0] if text else type(err).__name__
-        rest = text.splitlines()[1:51]
+    text = str(err).strip()
+    first = text.splitlines()[0] if text else type(err).__name__
+    rest = text.splitlines()[1:51]
     typer.echo(f"layover: error: {first}", err=True)
     for line in rest:
         typer.echo(f"  {line}", err=True)
