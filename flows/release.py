@@ -93,8 +93,12 @@ def _build(request: ReleaseRequest, listed: LoadedList, stages: list[StageReport
                 request.src_tls_verify,
                 authfile,
                 request.copy_timeout_seconds,
+                sources=request.sources,
+                src_cert_dir=request.src_cert_dir,
             )
-            probe = regs.probe(request.source, tls_verify=request.src_tls_verify, authfile=authfile)
+            probe = regs.probes(
+                request.sources, listed.images.refs, tls_verify=request.src_tls_verify, authfile=authfile
+            )
             stages.append(
                 sync_archive(
                     listed.images,

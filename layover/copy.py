@@ -23,17 +23,18 @@ from typing import Protocol
 from layover.adapters import skopeo
 from layover.adapters.manifest_copy import copy_manifests
 from layover.adapters.registry_api import RegistryAPI
-from layover.adapters.source_probe import SourceProbe
 from layover.errors import CommandError, CopyError, LayoverError, Transient
 from layover.reference import Digest, ImageRef
 from layover.report import ImageCopy
+from layover.sources import SourceMap
 from layover.storage.images import image_complete, resolve
 from layover.storage.layout import StorageLayout
 
 
 @dataclass(frozen=True)
 class Route:
-    """Where one stage copies from and to."""
+    """Where one stage copies from and to. `sources` picks each image's source registry (its
+    own host, --source, --registry-map: layover/sources.py); without it, `src_host` for all."""
 
     src_host: str
     dst_host: str
@@ -41,10 +42,22 @@ class Route:
     src_tls_verify: bool = True
     src_authfile: Path | None = None
     timeout: float = 900  # one attempt of one image, seconds
+    sources: SourceMap | None = None
+    src_cert_dir: Path | None = None
+
+    def src_for(self, ref: ImageRef) -> str:
+        return self.sources.host_for(ref) if self.sources is not None else self.src_host
 
     @property
     def destination(self) -> StorageLayout:
         return StorageLayout(self.dst_storage)
+
+
+class Probe(Protocol):
+    """Which digest a tag has at its source now (SourceProbe, or one per source registry)."""
+
+    def digest(self, ref: ImageRef) -> Digest | None:
+        """None when it cannot tell: the copy then runs for real."""
 
 
 class Guard(Protocol):
@@ -80,7 +93,7 @@ class _Copier:
 
 
 class SkopeoCopier(_Copier):
-    def __init__(self, route: Route, probe: SourceProbe, guard: Guard | None = None) -> None:
+    def __init__(self, route: Route, probe: Probe, guard: Guard | None = None) -> None:
         super().__init__(route, guard)
         self.probe = probe
 
@@ -101,11 +114,12 @@ class SkopeoCopier(_Copier):
         started = time.monotonic()
         route = self.route
         result = skopeo.copy(
-            f"docker://{ref.at(route.src_host)}",
+            f"docker://{ref.at(route.src_for(ref))}",
             f"docker://{route.dst_host}/{ref.destination_suffix}",
             src_tls_verify=route.src_tls_verify,
             dest_tls_verify=False,  # our registries listen on 127.0.0.1, plain HTTP
             src_authfile=route.src_authfile,
+            src_cert_dir=route.src_cert_dir,
             timeout=route.timeout,
         )
         layout = route.destination

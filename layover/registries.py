@@ -16,17 +16,19 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from layover.adapters.host import credentials_file
 from layover.adapters.registry import Registry, RegistryManager, docker_client
 from layover.adapters.registry_api import RegistryAPI
 from layover.adapters.registry_image import ensure_registry_image
 from layover.adapters.source_probe import SourceProbe
 from layover.diagnose import damaged_storage, disk_full
 from layover.errors import LayoverError
-from layover.reference import ImageRef
+from layover.reference import Digest, ImageRef
+from layover.sources import SourceMap
 from layover.workdir import WorkDir
 
 log = logging.getLogger(__name__)
@@ -100,6 +102,19 @@ class RunRegistries:
         self._probes.append(probe)
         return probe
 
+    def probes(self, sources: SourceMap, refs: Iterable[ImageRef], *, tls_verify: bool,
+               authfile: Path | None) -> SourceProbes:
+        """One probe per source registry the refs are read from, behind one `digest(ref)`.
+
+        Each probe gets the credentials skopeo will use for its host: without --src-authfile,
+        the file of skopeo's search that holds the host (REGISTRY_AUTH_FILE, containers, docker);
+        a probe without them sees 401s and every image is copied again."""
+        # SEAM(remote): SourceProbe searches like skopeo itself on the `remote` branch; then
+        # pass `authfile` through unchanged and drop credentials_file.
+        return SourceProbes(sources, {
+            h: self.probe(h, tls_verify=tls_verify, authfile=authfile or credentials_file(h))
+            for h in sources.hosts(refs)})
+
     def guard(self, *own: Registry, destination: Registry) -> StageGuard:
         return StageGuard(self, own, destination)
 
@@ -108,6 +123,18 @@ class RunRegistries:
             return self.manager.logs(reg)
         except LayoverError:
             return ""
+
+
+class SourceProbes:
+    """SourceProbe's `digest(ref)`, asked of the registry each ref is read from."""
+
+    def __init__(self, sources: SourceMap, probes: dict[str, SourceProbe]) -> None:
+        self.sources = sources
+        self.probes = probes
+
+    def digest(self, ref: ImageRef) -> Digest | None:
+        probe = self.probes.get(self.sources.host_for(ref))
+        return probe.digest(ref) if probe is not None else None
 
 
 class StageGuard:

@@ -148,8 +148,14 @@ def _answered(http: httpx.Client, resp: httpx.Response, creds: tuple[str, str] |
     except httpx.HTTPError as e:
         return Ping(Reach.UNREACHABLE, f"while logging in: {_reason(e)}")
     if again.status_code in (401, 403):
-        return Ping(Reach.REFUSED, f"HTTP {again.status_code}", where)
+        return Ping(Reach.REFUSED, f"HTTP {again.status_code} {again.reason_phrase}", where)
     return Ping(Reach.OK, f"HTTP {again.status_code}", where)
+
+
+def credentials_file(host: str, authfile: Path | None = None) -> Path | None:
+    """The auth file skopeo takes `host`'s credentials from, or None."""
+    _, where = _credentials(host, authfile)
+    return Path(where) if where else None
 
 
 def _credentials(host: str, authfile: Path | None) -> tuple[tuple[str, str] | None, str]:

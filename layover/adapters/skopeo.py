@@ -93,6 +93,7 @@ def copy(
     src_tls_verify: bool = True,
     dest_tls_verify: bool = False,
     src_authfile: Path | None = None,
+    src_cert_dir: Path | None = None,
     timeout: float = 600,
 ) -> CopyResult:
     """Copy src_ref to dst_ref: HOST/REPO[:TAG|@DIGEST], with or without "docker://"."""
@@ -106,6 +107,8 @@ def copy(
         ]
         if src_authfile is not None:
             argv += ["--src-authfile", str(src_authfile)]
+        if src_cert_dir is not None:
+            argv += ["--src-cert-dir", str(src_cert_dir)]
         argv += [_docker(src_ref), _docker(dst_ref)]
         result = run(argv, timeout=timeout, classify=classify)
         manifest_text = digestfile.read_text().strip() if digestfile.exists() else ""
