@@ -19,6 +19,7 @@ from layover import progress, version
 from layover.adapters import run as commands
 from layover.adapters.lock import work_dir_lock
 from layover.adapters.runlog import write_failure_log
+from layover.adapters.tar_writer import partial_files
 from layover.copy import ManifestCopier, Route, SkopeoCopier
 from layover.errors import LayoverError, StageFailed, brief, signal_of
 from layover.registries import registries
@@ -144,6 +145,8 @@ def _build(request: ReleaseRequest, listed: LoadedList, stages: list[StageReport
             sig = signal_of(e)
             if sig is not None:  # stopping: end every copy now, start none (before teardown)
                 commands.stop_all(sig)
+                for partial in partial_files(request.output):  # a signal may land anywhere
+                    partial.unlink(missing_ok=True)
             raise
         finally:
             teardown(wd, regs)

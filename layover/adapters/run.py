@@ -94,11 +94,14 @@ def run(
     secrets: Sequence[str] = (),
     classify: Classifier | None = None,
     check: bool = True,
+    cleanup: bool = False,
 ) -> Completed:
     """Run argv and return its output; raise a CommandError (subclass) if it fails.
 
     `env` replaces the environment entirely when given (pass `{**os.environ, ...}` to extend it).
     `check=False` returns non-zero results instead of raising (timeouts still raise).
+    `cleanup=True`: part of ending a run (an unmount), so it runs while the run is stopping and
+    `stop_all` leaves it alone.
     """
     if not argv:
         raise ValueError("run() needs a non-empty argv")
@@ -108,7 +111,7 @@ def run(
     started = time.monotonic()
     try:
         with _live_lock:
-            if _stopping is not None:
+            if _stopping is not None and not cleanup:
                 raise Interrupted(f"not starting {shown[0]}: the run is stopping", _stopping)
             proc = subprocess.Popen(
                 argv,
@@ -117,7 +120,8 @@ def run(
                 stderr=subprocess.PIPE,
                 env=dict(env) if env is not None else None,
             )
-            _live.add(proc)
+            if not cleanup:
+                _live.add(proc)
     except FileNotFoundError:
         raise CommandError(
             shown, 127, f"{argv[0]}: command not found",
@@ -137,7 +141,8 @@ def run(
     finally:
         with _live_lock:
             _live.discard(proc)
-    if proc.returncode in (-signal.SIGINT, -signal.SIGTERM) or (_stopping is not None and proc.returncode != 0):
+    stopped = proc.returncode in (-signal.SIGINT, -signal.SIGTERM) or (_stopping is not None and proc.returncode != 0)
+    if stopped and not cleanup:
         sig = _stopping or -proc.returncode
         raise Interrupted(f"{shown[0]} was stopped ({signal.Signals(sig).name})", sig)
     seconds = time.monotonic() - started
