@@ -53,6 +53,7 @@ def fan_out(stage: str, copy: Task, refs: Sequence[ImageRef], copier: object, co
             )
             next_log = now + 5
     if failures:
-        raise StageFailed(f"{stage}: {len(failures)} of {len(refs)} image(s) failed",
-                          [(str(r), e) for r, e in failures])
+        order = {ref: i for i, ref in enumerate(refs)}
+        failures.sort(key=lambda f: order[f[0]])  # in list order, not the order they ended in
+        raise StageFailed(f"{stage}: {len(failures)} image(s) failed", [(str(r), e) for r, e in failures])
     return copies

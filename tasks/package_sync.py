@@ -43,7 +43,7 @@ def copy_manifests_to_package(refs: tuple[ImageRef, ...], copier: ManifestCopier
         outcomes = list(pool.map(one, refs))
     failures = [(ref, o) for ref, o in zip(refs, outcomes, strict=True) if isinstance(o, BaseException)]
     if failures:
-        message = f"{STAGE}: {len(failures)} of {len(refs)} image(s) failed"
+        message = f"{STAGE}: {len(failures)} image(s) failed"
         if all(isinstance(e, Transient) for _, e in failures):
             # Prefect retries the stage; the last attempt's failures are named if it gives up
             raise TransientCopyError(f"{message}: {'; '.join(f'{r}: {brief(e)}' for r, e in failures[:3])}")

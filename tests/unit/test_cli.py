@@ -1,8 +1,16 @@
 """The CLI's contract for scripts: exact options, exit codes, reasons on stderr."""
 
+import pytest
 from typer.testing import CliRunner
 
+from layover import naming
 from layover.cli import app
+
+
+@pytest.fixture(autouse=True)
+def _names_back_to_prefect():
+    yield
+    naming.use("prefect")  # `layover run` switched this process to flag names
 
 runner = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1"})
 
@@ -84,3 +92,38 @@ def test_gc_and_verify_name_a_missing_storage_dir(tmp_path):
     lst.write_text("a:1\n")
     r = _run("verify", str(tmp_path / "nope"), "--images", str(lst))
     assert r.exit_code == 2 and "no such directory or tarball" in r.output
+
+
+def test_gc_dry_run_lists_what_would_go_and_json_gives_all_of_it(tmp_path):
+    import json
+
+    from tests.unit.storage_builder import StorageBuilder
+
+    sb = StorageBuilder(tmp_path)
+    kept = sb.image("app", layers=[b"kept"])
+    sb.tag("app", "1", kept)
+    for i in range(60):  # untagged: all of it goes
+        sb.image("app", layers=[f"gone-{i}".encode()])
+    before = sb.files()
+    r = _run("gc", str(tmp_path), "--dry-run")
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert lines[0].startswith("GC plan: ")
+    assert sum(line.startswith("  would delete ") for line in lines) == 50
+    assert lines[-1].startswith("  ... and ") and lines[-1].endswith("more (--json lists every one)")
+    r = _run("gc", str(tmp_path), "--dry-run", "--json")
+    plan = json.loads(r.output)
+    assert len(plan["deletions"]) > 50 and {"kind", "path", "repo", "size"} <= set(plan["deletions"][0])
+    assert sb.files() == before, "a dry run changes nothing"
+    assert _run("gc", str(tmp_path), "--json").exit_code == 2
+
+
+def test_verify_says_how_many_problems_it_did_not_print(tmp_path):
+    from tests.unit.storage_builder import StorageBuilder
+
+    sb = StorageBuilder(tmp_path)
+    lst = tmp_path / "images.list"
+    lst.write_text("".join(f"app{i}:1\n" for i in range(8)))  # none of them is there
+    r = _run("verify", str(sb.root), "--images", str(lst))
+    assert r.exit_code == 1
+    assert "... and 3 more problem(s) not shown (--json lists every one)" in r.output
