@@ -39,7 +39,10 @@ class ListFromGit(BaseModel):
     path: str = Field(default="images.list", description="Path of the list inside the repository.")
 
 
-ListLocation = Annotated[ListFromFile | ListFromGit, Field(discriminator="kind")]
+# A plain union, not a discriminated one: Prefect's UI draws `anyOf` as a choice between two
+# forms of plain fields, but `oneOf` + discriminator (pydantic's output with Field(discriminator))
+# as a raw JSON editor. `kind` still tells them apart: each model accepts only its own literal.
+ListLocation = ListFromFile | ListFromGit
 
 
 def default_concurrency() -> int:

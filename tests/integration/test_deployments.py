@@ -745,6 +745,27 @@ def test_ui_shows_the_run_and_its_report(stack: Stack, parallel_runs: ParallelRu
         assert shot.stat().st_size > 10_000, shot
 
 
+def test_the_manual_form_has_plain_fields_for_the_list(stack: Stack) -> None:
+    """The list's location is a choice of two small forms (a file; a git repo, ref and path),
+    not a raw JSON editor: a discriminated union (`oneOf`) renders as one, `anyOf` does not."""
+    require(shutil.which("chromium") is not None,
+            "Debian's chromium is not installed (apt-get install chromium)")
+    dep = stack.deployment("manual")
+    images = dep["parameter_openapi_schema"]["definitions"]["ReleaseRequest"]["properties"]["images"]
+    assert "anyOf" in images and "discriminator" not in images, images
+    url = f"{stack.ui}/deployments/deployment/{dep['id']}/run"
+    page = visible_text(chromium(url, stack.base / "chromium"))
+    form = page[page.index("Where the release's images.list comes from"):page.index("Registry to copy from")]
+    for label in ("images.list file", "images.list in git", "Repo", "Ref", "Path"):
+        assert label in form, f"{label!r} not in the list's form: {form}"
+    assert '"kind"' not in form, f"the list is a JSON editor: {form}"
+    shot = ARTIFACTS / "prefect-ui-manual-form.png"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot.unlink(missing_ok=True)
+    chromium(url, stack.base / "chromium", screenshot=shot)
+    assert shot.stat().st_size > 10_000, shot
+
+
 # --- the hook and the CI script on their own (fast: a stub HTTP server, no Prefect) -------------
 
 @pytest.fixture
