@@ -21,7 +21,7 @@ import time
 import traceback
 from pathlib import Path
 from types import FrameType
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -29,7 +29,9 @@ from layover import naming, progress
 from layover.cli import progress_view
 from layover.cli.app import OPTIONS, app, exit_fast, fail, quiet_prefect_defaults
 from layover.errors import Interrupted, LayoverError, UsageError, signal_of
-from layover.settings import ReleaseRequest
+
+if TYPE_CHECKING:
+    from layover.settings import ReleaseRequest
 
 _LIST = "The list"
 _SOURCE = "Where images come from"

@@ -46,8 +46,10 @@ def prefect_api(tmp_path_factory) -> Iterator[dict[str, str]]:
     """`prefect server start` on 127.0.0.1; yields the environment for CLI runs against it."""
     home = tmp_path_factory.mktemp("prefect-home")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    # the moments are read from Prefect's log lines, which `layover run` keeps off the console
+    # unless asked (it shows its own progress)
     env.update(PREFECT_HOME=str(home), DO_NOT_TRACK="1", PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PYTHONUNBUFFERED="1")
+               PYTHONUNBUFFERED="1", PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL="INFO")
     port = free_port()
     log = open(home / "server.log", "wb")  # noqa: SIM115 - closed below
     server = subprocess.Popen(
