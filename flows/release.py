@@ -43,9 +43,13 @@ from tasks.verify import verify_package
 
 
 def _run_name() -> str:
+    """`release-7.2.list from ci:5000`: what the run builds, not Prefect's random words."""
     request = runtime.flow_run.parameters.get("request")
-    if isinstance(request, dict):
-        request = ReleaseRequest.model_validate(request)
+    try:
+        if isinstance(request, dict):
+            request = ReleaseRequest.model_validate(request)
+    except ValueError:  # the run fails on its parameters in a moment, saying why
+        return "layover release (invalid parameters)"
     return request.run_name if isinstance(request, ReleaseRequest) else "layover release"
 
 
