@@ -8,9 +8,11 @@ stage it stopped in: FILE.failed.json and the release-report artifact.
 
 from __future__ import annotations
 
+import functools
 import signal
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 from prefect import flow, get_run_logger, runtime
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -43,7 +45,11 @@ from tasks.verify import verify_package
 
 
 def _run_name() -> str:
-    """`release-7.2.list from ci:5000`: what the run builds, not Prefect's random words."""
+    """`release-7.2.list from ci:5000`: what the run builds, not Prefect's random words. A name
+    someone gave the run (the UI's run form, the API) is kept."""
+    given = runtime.flow_run.name
+    if given and not _random_words(given):
+        return given
     request = runtime.flow_run.parameters.get("request")
     try:
         if isinstance(request, dict):
@@ -51,6 +57,25 @@ def _run_name() -> str:
     except ValueError:  # the run fails on its parameters in a moment, saying why
         return "layover release (invalid parameters)"
     return request.run_name if isinstance(request, ReleaseRequest) else "layover release"
+
+
+def _random_words(name: str) -> bool:
+    """Whether `name` is a slug Prefect made up (coolname's words, as in "crafty-cat")."""
+    words = name.split("-")
+    return len(words) == 2 and all(w in _slug_words() for w in words)
+
+
+@functools.cache
+def _slug_words() -> frozenset[str]:
+    import coolname
+    import coolname.loader
+
+    config = coolname.loader.load_config(Path(coolname.__file__).parent / "data")
+    words: set[str] = set()
+    for entry in config.values():
+        for item in [*(entry.get("words") or ()), *(entry.get("phrases") or ())]:  # type: ignore[misc]
+            words.update(item.split() if isinstance(item, str) else item)
+    return frozenset(words)
 
 
 @flow(
