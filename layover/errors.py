@@ -231,7 +231,8 @@ class RegistryHTTPError(RegistryError):
         self.url = url
         self.status = status
         self.codes = codes  # Distribution error codes, e.g. ("MANIFEST_BLOB_UNKNOWN",)
-        what = f"{method} {url} returned {status}"
+        # status 0: no answer at all (connection refused or reset, timeout)
+        what = f"{method} {url} returned {status}" if status else f"{method} {url} got no answer"
         if codes:
             what += f" {'/'.join(codes)}"
         if detail:

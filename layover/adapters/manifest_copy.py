@@ -14,30 +14,36 @@ from layover.adapters.registry_api import FetchedManifest, RegistryAPI
 from layover.errors import CopyError, RegistryError, RegistryHTTPError, TransientCopyError
 from layover.manifest import parse_manifest
 from layover.reference import Digest, ImageRef
+from layover.storage.walk import Refs, walk
 
 
 def copy_manifests(src: RegistryAPI, dst: RegistryAPI, ref: ImageRef) -> tuple[Digest, int]:
-    """Copy `ref`'s manifest tree; return the top digest and the number of manifests written."""
-    written = 0
+    """Copy `ref`'s manifest tree; return the top digest and the number of manifests written.
 
-    def put_tree(fetched: FetchedManifest, dest_ref: str | Digest, seen: frozenset[Digest]) -> None:
-        nonlocal written
-        if fetched.digest in seen:
-            raise CopyError(f"{ref}: manifest {fetched.digest} contains itself")
-        manifest = parse_manifest(fetched.data, f"{src.host}/{ref.repository}@{fetched.digest}")
-        for child in manifest.children:
-            put_tree(src.manifest(ref.repository, child), child, seen | {fetched.digest})
-        dst.put_manifest(ref.repository, dest_ref, fetched.data, fetched.media_type)
-        written += 1
+    The tree is the one reachability walk's (layover/storage/walk.py) over manifests fetched
+    from `src`; its post-order is the order a registry accepts: children before their index."""
+    fetched: dict[str, FetchedManifest] = {}
+
+    def load(hex_: str, _label: str) -> Refs:
+        got = fetched.get(hex_)
+        if got is None:
+            got = fetched[hex_] = src.manifest(ref.repository, Digest(hex_))
+        return Refs.of(parse_manifest(got.data, f"{src.host}/{ref.repository}@sha256:{hex_}"))
 
     try:
         top = src.manifest(ref.repository, ref.digest if ref.digest is not None else ref.tag)
         if ref.digest is not None and top.digest != ref.digest:
             raise CopyError(f"{ref}: the archive serves {top.digest}")
-        put_tree(top, ref.tag if ref.tag is not None else top.digest, frozenset())
+        fetched[top.digest.hex] = top
+        order = walk([(top.digest.hex, str(ref))], load).manifests
+        for hex_ in order:
+            m = fetched[hex_]
+            is_top = hex_ == top.digest.hex
+            dest_ref = ref.tag if is_top and ref.tag is not None else m.digest
+            dst.put_manifest(ref.repository, dest_ref, m.data, m.media_type)
     except RegistryHTTPError as e:
         kind = TransientCopyError if e.status >= 500 else CopyError
         raise kind(f"{ref}: {e}") from None
     except RegistryError as e:  # could not reach it: the container may have died
         raise TransientCopyError(f"{ref}: {e}") from None
-    return top.digest, written
+    return top.digest, len(order)

@@ -66,10 +66,11 @@ class Registry:
     storage: Path
     read_only: bool
     auth_htpasswd: Path | None = None  # basic auth (htpasswd, bcrypt) when set
+    tls: tuple[Path, Path] | None = None  # (certificate, key) PEM files: serves https
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}"
+        return f"{'https' if self.tls else 'http'}://{self.host}"
 
     @property
     def port(self) -> int:
@@ -84,11 +85,13 @@ def free_port() -> int:
 
 
 CONTAINER_HTPASSWD = "/etc/docker/registry/htpasswd"
+CONTAINER_TLS_CERT = "/etc/docker/registry/tls.crt"
+CONTAINER_TLS_KEY = "/etc/docker/registry/tls.key"
 
 
 def render_config(
     port: int, *, read_only: bool, validation_urls_allow: Sequence[str], blob_cache: bool = False,
-    auth_htpasswd: bool = False,
+    auth_htpasswd: bool = False, tls: bool = False,
 ) -> str:
     """The registry config.yml. JSON-quoted strings are valid YAML and need no yaml library.
 
@@ -103,6 +106,9 @@ def render_config(
     # basic auth for test registries that stand in for a CI registry with credentials
     auth = (f"auth:\n  htpasswd:\n    realm: layover\n    path: {CONTAINER_HTPASSWD}\n"
             if auth_htpasswd else "")
+    # TLS for test registries that stand in for a customer's HTTPS registry
+    tls_section = (f"\n  tls:\n    certificate: {CONTAINER_TLS_CERT}\n    key: {CONTAINER_TLS_KEY}"
+                   if tls else "")
     return f"""\
 version: 0.1
 log:
@@ -120,7 +126,7 @@ storage:
     readonly:
       enabled: {"true" if read_only else "false"}{cache}
 http:
-  addr: 127.0.0.1:{port}
+  addr: 127.0.0.1:{port}{tls_section}
 validation:
   manifests:
     urls:
@@ -156,12 +162,13 @@ class RegistryManager:
     # --- public API --------------------------------------------------------------------
     def start(
         self, role: str, storage: Path, *, read_only: bool = False, port: int | None = None,
-        auth_htpasswd: Path | None = None,
+        auth_htpasswd: Path | None = None, tls: tuple[Path, Path] | None = None,
     ) -> Registry:
         """Create and start a registry serving `storage`, and wait until it answers /v2/.
 
         A stale container of the same scope and role (a crashed run) is removed first.
-        `auth_htpasswd` (an htpasswd file with bcrypt entries) turns on basic auth.
+        `auth_htpasswd` (an htpasswd file with bcrypt entries) turns on basic auth; `tls`
+        (certificate, key) makes it serve https only.
         """
         storage = Path(storage).resolve()
         if not storage.is_dir():
@@ -173,7 +180,7 @@ class RegistryManager:
         last: RegistryError | None = None
         for _ in range(attempts):
             chosen = port if port is not None else free_port()
-            reg = self._create(role, name, storage, read_only, chosen, auth_htpasswd)
+            reg = self._create(role, name, storage, read_only, chosen, auth_htpasswd, tls)
             try:
                 self.wait_healthy(reg)
                 return reg
@@ -196,7 +203,7 @@ class RegistryManager:
         except docker.errors.NotFound:
             log.warning("registry %s vanished; recreating it", reg.name)
             new = self._create(reg.role, reg.name, reg.storage, reg.read_only, reg.port,
-                               reg.auth_htpasswd)
+                               reg.auth_htpasswd, reg.tls)
             self.wait_healthy(new, timeout=timeout)
             return new
         except docker.errors.APIError as e:
@@ -210,7 +217,7 @@ class RegistryManager:
         Looks the container up by name, not id: a recreated container keeps the name and port.
         """
         try:
-            if httpx.get(f"{reg.url}/v2/", timeout=2.0).status_code in _answering(reg):
+            if _get(reg).status_code in _answering(reg):
                 return False
         except httpx.HTTPError:
             pass
@@ -221,7 +228,7 @@ class RegistryManager:
             current = dataclasses.replace(reg, container_id=container.id)
         except docker.errors.NotFound:
             current = self._create(reg.role, reg.name, reg.storage, reg.read_only, reg.port,
-                                   reg.auth_htpasswd)
+                                   reg.auth_htpasswd, reg.tls)
         except docker.errors.APIError as e:
             raise RegistryError(f"cannot restart registry {reg.name}: {e}; {_SETUP_HINT}") from None
         self.wait_healthy(current, timeout=timeout)
@@ -264,7 +271,7 @@ class RegistryManager:
             status = self._status(reg)
             if status in ("exited", "dead"):
                 raise _Exited(status)
-            r = httpx.get(f"{reg.url}/v2/", timeout=2.0)
+            r = _get(reg)
             if r.status_code not in _answering(reg):
                 raise httpx.HTTPStatusError(f"{r.status_code}", request=r.request, response=r)
 
@@ -308,12 +315,12 @@ class RegistryManager:
         return self._config_dir / f"{_NAME_UNSAFE.sub('-', role)}.yml"
 
     def _create(self, role: str, name: str, storage: Path, read_only: bool, port: int,
-                auth_htpasswd: Path | None = None) -> Registry:
+                auth_htpasswd: Path | None = None, tls: tuple[Path, Path] | None = None) -> Registry:
         config = self._config_path(role)
         config.write_text(
             render_config(
                 port, read_only=read_only, validation_urls_allow=self.validation_urls_allow,
-                blob_cache=self.blob_cache, auth_htpasswd=auth_htpasswd is not None,
+                blob_cache=self.blob_cache, auth_htpasswd=auth_htpasswd is not None, tls=tls is not None,
             )
         )
         volumes = {
@@ -322,6 +329,10 @@ class RegistryManager:
         }
         if auth_htpasswd is not None:
             volumes[str(Path(auth_htpasswd).resolve())] = {"bind": CONTAINER_HTPASSWD, "mode": "ro"}
+        if tls is not None:
+            tls = (Path(tls[0]).resolve(), Path(tls[1]).resolve())
+            volumes[str(tls[0])] = {"bind": CONTAINER_TLS_CERT, "mode": "ro"}
+            volumes[str(tls[1])] = {"bind": CONTAINER_TLS_KEY, "mode": "ro"}
         try:
             container = self.client.containers.run(
                 self.image,
@@ -347,7 +358,7 @@ class RegistryManager:
         log.info("registry %s (%s) on 127.0.0.1:%d serving %s%s", name, role, port, storage,
                  " read-only" if read_only else "")
         return Registry(role, container.id, name, f"127.0.0.1:{port}", storage, read_only,
-                        auth_htpasswd)
+                        auth_htpasswd, tls)
 
     def _remove_by_name(self, name: str) -> None:
         try:
@@ -374,6 +385,12 @@ class RegistryManager:
         except docker.errors.APIError as e:
             raise RegistryError(f"cannot read logs of {reg.name}: {e}; {_SETUP_HINT}") from None
         return raw.decode("utf-8", "replace")
+
+
+def _get(reg: Registry) -> httpx.Response:
+    # A health check of our own loopback container: its certificate is the test's, not ours to
+    # verify here (the clients that use the registry verify it).
+    return httpx.get(f"{reg.url}/v2/", timeout=2.0, verify=False)
 
 
 def _answering(reg: Registry) -> tuple[int, ...]:

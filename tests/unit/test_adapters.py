@@ -209,6 +209,17 @@ def test_registry_config_has_no_stale_cache_and_no_upload_purging():
     assert "readonly:\n      enabled: true" in ro
 
 
+def test_registry_config_tls_and_auth_sections():
+    import yaml
+
+    cfg = yaml.safe_load(render_config(5001, read_only=False, validation_urls_allow=(), tls=True,
+                                       auth_htpasswd=True))
+    assert cfg["http"] == {"addr": "127.0.0.1:5001", "tls": {"certificate": "/etc/docker/registry/tls.crt",
+                                                             "key": "/etc/docker/registry/tls.key"}}
+    assert cfg["auth"]["htpasswd"]["path"] == "/etc/docker/registry/htpasswd"
+    assert "tls" not in yaml.safe_load(render_config(5001, read_only=False, validation_urls_allow=()))["http"]
+
+
 def test_mountinfo_parsing_unescapes_paths(tmp_path, monkeypatch):
     info = tmp_path / "mountinfo"
     info.write_text(
