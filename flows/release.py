@@ -127,7 +127,11 @@ def _build(request: ReleaseRequest, listed: LoadedList, stages: list[StageReport
                 src_cert_dir=request.src_cert_dir,
             )
             probe = regs.probes(
-                request.sources, listed.images.refs, tls_verify=request.src_tls_verify, authfile=authfile
+                request.sources,
+                listed.images.refs,
+                tls_verify=request.src_tls_verify,
+                authfile=authfile,
+                cert_dir=request.src_cert_dir,
             )
             stages.append(
                 sync_archive(

@@ -20,7 +20,6 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from layover.adapters.host import credentials_file
 from layover.adapters.registry import Registry, RegistryManager, docker_client
 from layover.adapters.registry_api import RegistryAPI
 from layover.adapters.registry_image import ensure_registry_image
@@ -97,22 +96,18 @@ class RunRegistries:
                 client = self._clients[reg.host] = RegistryAPI(reg.host)
             return client
 
-    def probe(self, host: str, *, tls_verify: bool, authfile: Path | None) -> SourceProbe:
-        probe = SourceProbe(host, tls_verify=tls_verify, authfile=authfile)
+    def probe(self, host: str, *, tls_verify: bool, authfile: Path | None,
+              cert_dir: Path | None = None) -> SourceProbe:
+        probe = SourceProbe(host, tls_verify=tls_verify, authfile=authfile, cert_dir=cert_dir)
         self._probes.append(probe)
         return probe
 
     def probes(self, sources: SourceMap, refs: Iterable[ImageRef], *, tls_verify: bool,
-               authfile: Path | None) -> SourceProbes:
-        """One probe per source registry the refs are read from, behind one `digest(ref)`.
-
-        Each probe gets the credentials skopeo will use for its host: without --src-authfile,
-        the file of skopeo's search that holds the host (REGISTRY_AUTH_FILE, containers, docker);
-        a probe without them sees 401s and every image is copied again."""
-        # SEAM(remote): SourceProbe searches like skopeo itself on the `remote` branch; then
-        # pass `authfile` through unchanged and drop credentials_file.
+               authfile: Path | None, cert_dir: Path | None = None) -> SourceProbes:
+        """One probe per source registry the refs are read from, behind one `digest(ref)`; each
+        finds its host's credentials where skopeo does."""
         return SourceProbes(sources, {
-            h: self.probe(h, tls_verify=tls_verify, authfile=authfile or credentials_file(h))
+            h: self.probe(h, tls_verify=tls_verify, authfile=authfile, cert_dir=cert_dir)
             for h in sources.hosts(refs)})
 
     def guard(self, *own: Registry, destination: Registry) -> StageGuard:

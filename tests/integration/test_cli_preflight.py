@@ -199,9 +199,9 @@ def test_wrong_credentials_are_refused_naming_the_file_and_no_secret(case):
         "wrong credentials",
         case.argv("--src-authfile", str(auth), source=case.site.auth_ci),
         3,
-        f"refused the credentials from {auth} (HTTP 401 Unauthorized)",
+        f"refused the credentials from {auth} (--src-authfile), entry",
     )
-    assert "--src-authfile" in out
+    assert "(HTTP 401 Unauthorized)" in out
     assert case.site.password not in out and wrong not in out
 
 
