@@ -207,6 +207,9 @@ def run(
         )
     except LayoverError as e:
         fail(e)
+    except KeyboardInterrupt:  # Ctrl-C during preflight: nothing was started, nothing to undo
+        typer.echo("\nlayover: interrupted by SIGINT before anything started", err=True)
+        raise typer.Exit(128 + signal.SIGINT) from None
     if OPTIONS.debug:
         typer.echo(f"layover: preflight passed in {time.monotonic() - checked:.2f} s", err=True)
     code = _run_flow(request, settings.heartbeat_seconds)
