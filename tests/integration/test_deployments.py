@@ -559,7 +559,9 @@ def test_tag_push_builds_the_list_as_it_was_at_the_tag(
 
 
 class SilentRegistry:
-    """Accepts connections on 127.0.0.1 and never answers, until `close()` resets them all.
+    """A registry that answers GET /v2/ (so a run's preflight finds it up) and nothing else:
+    every other request waits, until `close()` resets the connections. A TLS handshake is
+    dropped at once, so clients fall back to plain HTTP without waiting.
 
     A run copying from it sits inside the work-dir lock for as long as the test wants."""
 
@@ -568,17 +570,38 @@ class SilentRegistry:
 
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.host = f"127.0.0.1:{self.sock.getsockname()[1]}"
-        self.conns: list[socket.socket] = []
+        self.conns: list[socket.socket] = []  # the connections held silent
         self.thread = threading.Thread(target=self._accept, daemon=True)
         self.thread.start()
 
     def _accept(self) -> None:
+        import threading
+
         while True:
             try:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
-            self.conns.append(conn)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            while True:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    chunk = conn.recv(4096)
+                    head += chunk
+                    if not chunk or head.startswith(b"\x16"):  # closed, or a TLS ClientHello
+                        conn.close()
+                        return
+                if head.startswith(b"GET /v2/ "):
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                 b"Content-Length: 2\r\n\r\n{}")
+                    continue
+                self.conns.append(conn)  # anything else: never answered
+                return
+        except OSError:
+            return
 
     def close(self) -> None:
         # shutdown() first: close() alone leaves the socket listening while accept() blocks on
