@@ -46,17 +46,18 @@ from tasks.verify import verify_package
 
 def _run_name() -> str:
     """`release-7.2.list from ci:5000`: what the run builds, not Prefect's random words. A name
-    someone gave the run (the UI's run form, the API) is kept."""
-    given = runtime.flow_run.name
-    if given and not _random_words(given):
-        return given
+    someone gave the run (the API, the UI's run form) stays in front: `nightly-rerun: release...`."""
     request = runtime.flow_run.parameters.get("request")
     try:
         if isinstance(request, dict):
             request = ReleaseRequest.model_validate(request)
     except ValueError:  # the run fails on its parameters in a moment, saying why
         return "layover release (invalid parameters)"
-    return request.run_name if isinstance(request, ReleaseRequest) else "layover release"
+    release = request.run_name if isinstance(request, ReleaseRequest) else "layover release"
+    given = runtime.flow_run.name
+    if given and not _random_words(given) and not given.endswith(release):
+        return f"{given}: {release}"
+    return release
 
 
 def _random_words(name: str) -> bool:

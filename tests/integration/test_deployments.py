@@ -498,9 +498,11 @@ def test_ui_json_runs_on_two_hosts_at_once(stack: Stack, ci: CI, images_repo: Im
     (a0, a1), (b0, b1) = interval(parallel_runs.a), interval(parallel_runs.b)
     assert a0 < b1 and b0 < a1, "the two hosts' releases should have run at the same time"
     # each host's worker ran its own run
+    # named as created, then after the release (flows/release.py)
     workers = {fr["name"]: stack.flow_run(fr["id"])["work_queue_name"]
                for fr in (parallel_runs.a, parallel_runs.b)}
-    assert workers == {"ui-host-a": "host-a", "ui-host-b": "host-b"}
+    release = f"release:images.list from {ci.host}"
+    assert workers == {f"ui-host-a: {release}": "host-a", f"ui-host-b: {release}": "host-b"}
 
 
 # --- the tag trigger, and one work dir shared by three runs ---------------------------------
