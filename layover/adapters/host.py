@@ -126,8 +126,9 @@ def _docker_sdk_ping() -> str | None:
 
 
 # --- GET /v2/ -------------------------------------------------------------------------------
-def ping_registry(host: str, *, tls_verify: bool, cert_dir: Path | None, authfile: Path | None,
-                  timeout: float) -> Ping:
+def ping_registry(
+    host: str, *, tls_verify: bool, cert_dir: Path | None, authfile: Path | None, timeout: float
+) -> Ping:
     """Does a registry answer at `host`, and does it take the credentials skopeo would send?
     (RegistryClient speaks TLS and cert dirs as skopeo does; the resolver searches for
     credentials where skopeo searches.)"""
@@ -138,8 +139,9 @@ def ping_registry(host: str, *, tls_verify: bool, cert_dir: Path | None, authfil
         return Ping(Reach.REFUSED, brief(e))
     where = creds.source if creds is not None else ""
     try:
-        with RegistryClient(Endpoint(host, tls_verify=tls_verify, cert_dir=cert_dir, flags=SOURCE), found,
-                            timeout=timeout) as client:
+        with RegistryClient(
+            Endpoint(host, tls_verify=tls_verify, cert_dir=cert_dir, flags=SOURCE), found, timeout=timeout
+        ) as client:
             client.ping()
             if creds is None:
                 return Ping(Reach.OK, "answered", "")  # 200, or 401: up, and skopeo will go anonymous
@@ -158,7 +160,7 @@ def ping_registry(host: str, *, tls_verify: bool, cert_dir: Path | None, authfil
 
 
 def _status_of(e: AuthError) -> str:
-    """"HTTP 401 Unauthorized" out of RegistryClient's message."""
+    """ "HTTP 401 Unauthorized" out of RegistryClient's message."""
     m = re.search(r"\((40[13])[^)]*\)", str(e))
     if m is None:
         return brief(e)
