@@ -23,7 +23,7 @@ tell an attempt that made progress from one that did not.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -33,10 +33,10 @@ from layover.adapters.manifest_copy import copy_manifests
 from layover.adapters.registry_api import RegistryAPI
 from layover.adapters.registry_client import RegistryClient
 from layover.adapters.registry_copy import Landed, NeedsSkopeo, copy_image
-from layover.adapters.source_probe import SourceProbe
 from layover.errors import CommandError, CopyError, LayoverError, Transient
 from layover.reference import Digest, ImageRef
 from layover.report import ImageCopy
+from layover.sources import SourceMap
 from layover.storage.holders import BlobHolders
 from layover.storage.images import image_complete, resolve
 from layover.storage.layout import StorageLayout
@@ -44,7 +44,8 @@ from layover.storage.layout import StorageLayout
 
 @dataclass(frozen=True)
 class Route:
-    """Where one stage copies from and to."""
+    """Where one stage copies from and to. `sources` picks each image's source registry (its
+    own host, --source, --registry-map: layover/sources.py); without it, `src_host` for all."""
 
     src_host: str
     dst_host: str
@@ -52,10 +53,22 @@ class Route:
     src_tls_verify: bool = True
     src_authfile: Path | None = None
     timeout: float = 900  # one attempt of one image, seconds
+    sources: SourceMap | None = None
+    src_cert_dir: Path | None = None
+
+    def src_for(self, ref: ImageRef) -> str:
+        return self.sources.host_for(ref) if self.sources is not None else self.src_host
 
     @property
     def destination(self) -> StorageLayout:
         return StorageLayout(self.dst_storage)
+
+
+class Probe(Protocol):
+    """Which digest a tag has at its source now (SourceProbe, or one per source registry)."""
+
+    def digest(self, ref: ImageRef) -> Digest | None:
+        """None when it cannot tell: the copy then runs for real."""
 
 
 class Guard(Protocol):
@@ -95,7 +108,7 @@ class SkopeoCopier(_Copier):
     def __init__(
         self,
         route: Route,
-        probe: SourceProbe,
+        probe: Probe,
         guard: Guard | None = None,
         source_ok: Callable[[], None] = lambda: None,
     ) -> None:
@@ -123,11 +136,12 @@ class SkopeoCopier(_Copier):
         route = self.route
         try:
             result = skopeo.copy(
-                f"docker://{ref.at(route.src_host)}",
+                f"docker://{ref.at(route.src_for(ref))}",
                 f"docker://{route.dst_host}/{ref.destination_suffix}",
                 src_tls_verify=route.src_tls_verify,
                 dest_tls_verify=False,  # our registries listen on 127.0.0.1, plain HTTP
                 src_authfile=route.src_authfile,
+                src_cert_dir=route.src_cert_dir,
                 timeout=route.timeout,
             )
         except CommandError as e:
@@ -155,12 +169,13 @@ class NativeCopier(SkopeoCopier):
     def __init__(
         self,
         route: Route,
-        probe: SourceProbe,
-        src: RegistryClient,
+        probe: Probe,
+        src: RegistryClient | Mapping[str, RegistryClient],
         dst: RegistryClient,
         guard: Guard | None = None,
         source_ok: Callable[[], None] = lambda: None,
     ) -> None:
+        """`src`: the source's client, or one per source host (`route.src_for` picks)."""
         super().__init__(route, probe, guard, source_ok)
         self.src = src
         self.dst = dst
@@ -170,7 +185,7 @@ class NativeCopier(SkopeoCopier):
         started = time.monotonic()
         try:
             digest = copy_image(
-                self.src,
+                self.src if isinstance(self.src, RegistryClient) else self.src[self.route.src_for(ref)],
                 self.dst,
                 ref.repository,
                 ref.tag,

@@ -29,9 +29,9 @@ def disk_full(ref: ImageRef, storage: Path, registry_log: str) -> DiskFullError 
     inodes = f", {st.f_favail} inodes free" if st.f_files else ""
     return DiskFullError(
         f"{storage}: no space left on device while copying {ref} "
-        f"({st.f_bavail * st.f_frsize} bytes{inodes}; the image's new blobs and links need more): "
-        "free space (or inodes) or move the work dir to a bigger disk and run again. The archive "
-        "keeps everything already copied; nothing was shipped"
+        f"({st.f_bavail * st.f_frsize} bytes{inodes}; the image's new blobs and links need more)",
+        hint="free space (or inodes) or move the work dir to a bigger disk and run again; the archive "
+        "keeps everything already copied, nothing was shipped",
     )
 
 
@@ -47,8 +47,9 @@ def damaged_storage(ref: ImageRef, storages: list[Path], error: LayoverError, wo
         if damage:
             return StorageError(
                 str(damage[0].path),
-                f"{damage[0].reason} ({len(damage)} damaged file(s) for {ref.repository}, found "
-                f"after: {error}); nothing shipped. Run `layover repair-archive {work_dir}` and "
-                "run again: archive sync re-fetches the removed files from the source",
+                f"{damage[0].reason} ({len(damage)} damaged file(s) for {ref.repository}); nothing shipped",
+                hint=f"run `layover repair-archive {work_dir}` and run again: archive sync re-fetches "
+                "the removed files from the source",
+                detail=f"found after: {error}\n{error.detail}",
             )
     return None

@@ -30,14 +30,18 @@
     ├── MountError                  overlayfs could not be mounted or unmounted
     ├── LockedError                 another run holds the work dir
     ├── StageFailed                 one or more images failed; every one is named
+    ├── PreflightFailed             several problems before the start; every one is named
     └── Interrupted                 Ctrl-C or SIGTERM stopped the run              exit 130/143
 
 Every message is one line that says what happened and what to do next. Long diagnostic text
-(a tool's stderr) is kept in `detail` for logs, never in the message.
+(a tool's stderr) is kept in `detail` for logs, never in the message. `cause` names the class of
+failure in the one-line-per-image report (not found, unauthorized, TLS, network, disk, damaged
+archive); `brief` is the message without its hint, for lines that say the hint once for many.
 """
 
 from __future__ import annotations
 
+import signal as _signal
 from collections.abc import Sequence
 
 # Exit codes, documented in the README's command-line section.
@@ -55,26 +59,46 @@ class LayoverError(Exception):
     """Base class: catch this to catch every error Layover raises on purpose."""
 
     exit_code = EXIT_FAILURE
+    cause = "failed"
 
-    def __init__(self, message: str = "", *, detail: str = "") -> None:
-        super().__init__(message)
+    def __init__(self, message: str = "", *, detail: str = "", hint: str = "") -> None:
+        super().__init__(f"{message} ({hint})" if hint else message)
+        self.brief = message  # what happened, without the hint
+        self.hint = hint  # what to do about it
         self.detail = detail  # long diagnostic text for logs (a tool's stderr), never shown inline
+        self.log_file: str | None = None  # where the run wrote the detail, once it did
+
+
+def brief(err: BaseException, limit: int = 300) -> str:
+    """One line about `err`, hint left out, at most `limit` characters."""
+    text = err.brief if isinstance(err, LayoverError) else f"{type(err).__name__}: {err}"
+    line = " ".join(text.split()) or type(err).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def cause(err: BaseException) -> str:
+    """The failure class of `err` as the per-image report names it."""
+    return err.cause if isinstance(err, LayoverError) else "failed"
 
 
 class Transient(LayoverError):
     """A failure worth retrying: connection refused/reset, 5xx, 429, timeout."""
+
+    cause = "network"
 
 
 class UsageError(LayoverError):
     """A command-line flag or flow parameter is wrong."""
 
     exit_code = EXIT_USAGE
+    cause = "usage"
 
 
 class InputError(LayoverError):
     """Something the user handed in (list, credentials, package, reference) cannot be used."""
 
     exit_code = EXIT_INPUT
+    cause = "input"
 
 
 class ReferenceError_(InputError, ValueError):  # noqa: N801 - the builtin ReferenceError means something else
@@ -113,17 +137,25 @@ class GitSourceError(InputError):
 class CredentialsError(InputError):
     """An authfile or credentials block is missing, unreadable or not a containers-auth.json."""
 
+    cause = "credentials"
+
 
 class AuthError(InputError):
     """A registry refused the credentials (or demanded some we do not have)."""
+
+    cause = "unauthorized"
 
 
 class TLSError(InputError):
     """A registry's TLS certificate did not verify."""
 
+    cause = "TLS"
+
 
 class ImageNotFoundError(InputError):
     """The source registry has no such image (or tag, or digest): retrying will not help."""
+
+    cause = "not found"
 
 
 class MissingSignatureError(InputError):
@@ -150,49 +182,54 @@ class SourceUnreachableError(LayoverError):
     """The source registry does not answer at all (not a flaky request: a dead host)."""
 
     exit_code = EXIT_SOURCE_UNREACHABLE
+    cause = "network"
 
 
 class DiskFullError(LayoverError):
     """No space left on a device; the message names the path."""
 
     exit_code = EXIT_DISK
+    cause = "disk"
 
 
 class VerifyError(LayoverError):
     """The package cannot serve every listed image exactly."""
 
     exit_code = EXIT_VERIFY
+    cause = "verify"
 
 
 class StorageError(LayoverError):
     """A file in a registry storage tree is corrupt or unreadable."""
 
     exit_code = EXIT_VERIFY
+    cause = "damaged archive"
 
-    def __init__(self, path: str, reason: str) -> None:
+    def __init__(self, path: str, reason: str, *, hint: str = "", detail: str = "") -> None:
         self.path = path
         self.reason = reason
-        super().__init__(f"{path}: {reason}")
+        super().__init__(f"{path}: {reason}", hint=hint, detail=detail)
 
 
 class GCError(LayoverError):
     """Marking failed; GC deleted nothing. The message names the file."""
 
     exit_code = EXIT_VERIFY
+    cause = "damaged storage"
 
 
 class CommandError(LayoverError):
     """A subprocess exited non-zero. Keeps argv (secrets removed), exit code and stderr."""
 
-    def __init__(self, argv: Sequence[str], returncode: int, stderr: str, hint: str = "") -> None:
+    def __init__(self, argv: Sequence[str], returncode: int, stderr: str, hint: str = "",
+                 summary: str = "") -> None:
         self.argv = tuple(argv)
         self.returncode = returncode
         self.stderr = stderr
-        tail = stderr.strip().splitlines()[-1] if stderr.strip() else "(no output)"
-        msg = f"{argv[0]} exited {returncode}: {tail}"
-        if hint:
-            msg += f" ({hint})"
-        super().__init__(msg, detail=stderr)
+        # `summary`: what the tool said went wrong, when the caller can tell (skopeo's fatal
+        # message); otherwise the last line of stderr
+        tail = summary or (stderr.strip().splitlines()[-1] if stderr.strip() else "(no output)")
+        super().__init__(f"{argv[0]} exited {returncode}: {tail}", detail=stderr, hint=hint)
 
 
 class TransientCommandError(CommandError, Transient):
@@ -218,7 +255,7 @@ class RegistryHTTPError(RegistryError):
             what += f" {'/'.join(codes)}"
         if detail:
             what += f": {detail}"
-        super().__init__(f"{what} ({hint})" if hint else what)
+        super().__init__(what, hint=hint)
 
     @property
     def not_found(self) -> bool:
@@ -246,11 +283,30 @@ class LockedError(LayoverError):
 
 
 class StageFailed(LayoverError):
-    """One or more images could not be copied; every one is named."""
+    """One or more images could not be copied; every one is named.
+
+    The message says only how many; `lines()` gives one line per image (reference, cause,
+    essential detail) and the hints once each, which is how the CLI and the run's log show it."""
 
     def __init__(self, message: str, failures: Sequence[tuple[str, BaseException]] = ()) -> None:
         super().__init__(message)
         self.failures = tuple(failures)  # (image, its error), in list order
+
+    def __str__(self) -> str:
+        return "\n".join([self.brief, *self.lines()])
+
+    def lines(self, limit: int = 20) -> list[str]:
+        """`<image>: <cause>: <detail>` for the first `limit` images, then what was left out,
+        then each distinct hint once."""
+        out = [f"{image}: {cause(e)}: {brief(e, 400)}" for image, e in self.failures[:limit]]
+        if len(self.failures) > limit:
+            out.append(f"... and {len(self.failures) - limit} more image(s)")
+        hints: list[str] = []
+        for _, e in self.failures:
+            h = getattr(e, "hint", "")
+            if h and h not in hints:
+                hints.append(h)
+        return out + [f"hint: {h}" for h in hints]
 
     @property
     def exit_code(self) -> int:  # type: ignore[override]
@@ -259,8 +315,29 @@ class StageFailed(LayoverError):
         return codes.pop() if len(codes) == 1 else EXIT_FAILURE
 
 
+class PreflightFailed(LayoverError):
+    """Preflight found several problems (one alone is raised as itself); nothing was started.
+    The exit code is the first problem's: they are ordered flags, inputs, space, tools, source."""
+
+    def __init__(self, problems: Sequence[LayoverError]) -> None:
+        self.problems = tuple(problems)
+        super().__init__(f"{len(self.problems)} problems found before starting; nothing was started")
+
+    def __str__(self) -> str:
+        return "\n".join([self.brief, *self.lines()])
+
+    @property
+    def exit_code(self) -> int:  # type: ignore[override]
+        return self.problems[0].exit_code if self.problems else EXIT_FAILURE
+
+    def lines(self) -> list[str]:
+        return [str(p) for p in self.problems]
+
+
 class Interrupted(LayoverError):
     """Ctrl-C (SIGINT) or SIGTERM stopped the run; what was archived stays."""
+
+    cause = "interrupted"
 
     def __init__(self, message: str, signal_number: int) -> None:
         super().__init__(message)
@@ -269,3 +346,14 @@ class Interrupted(LayoverError):
     @property
     def exit_code(self) -> int:  # type: ignore[override]
         return 128 + self.signal_number
+
+
+def signal_of(err: BaseException) -> int | None:
+    """The signal that `err` means the run is stopping for: Ctrl-C's KeyboardInterrupt, our
+    Interrupted, Prefect's TerminationSignal (SIGTERM: systemd stop, a cancel); else None."""
+    if isinstance(err, KeyboardInterrupt):
+        return _signal.SIGINT
+    if isinstance(err, Interrupted):
+        return err.signal_number
+    sig = getattr(err, "signal", None)  # prefect.exceptions.TerminationSignal carries .signal
+    return sig if isinstance(sig, int) and type(err).__name__ == "TerminationSignal" else None

@@ -27,6 +27,7 @@ class Entry:
 class Duplicate:
     ref: ImageRef
     lines: tuple[int, ...]
+    refs: tuple[ImageRef, ...] = ()  # as written on each of `lines` (hosts may differ)
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,10 @@ class ImageList:
 def parse_text(text: str, source: str = "<images.list>") -> ImageList:
     problems: list[tuple[int, str, str]] = []
     first_line: dict[tuple, int] = {}
+    first_ref: dict[tuple, ImageRef] = {}
     tag_digest: dict[tuple[str, str], tuple[int, ImageRef]] = {}
     dup_lines: dict[tuple, list[int]] = {}
+    dup_refs: dict[tuple, list[ImageRef]] = {}
     entries: list[Entry] = []
     if text.startswith("\ufeff"):  # a BOM from Windows editors is not part of line 1
         text = text[1:]
@@ -66,6 +69,7 @@ def parse_text(text: str, source: str = "<images.list>") -> ImageList:
             continue
         if ref.key in first_line:
             dup_lines.setdefault(ref.key, [first_line[ref.key]]).append(number)
+            dup_refs.setdefault(ref.key, [first_ref[ref.key]]).append(ref)
             continue
         if ref.tag is not None:
             pin = (ref.repository, ref.tag)
@@ -78,11 +82,12 @@ def parse_text(text: str, source: str = "<images.list>") -> ImageList:
                 continue
             tag_digest.setdefault(pin, (number, ref))
         first_line[ref.key] = number
+        first_ref[ref.key] = ref
         entries.append(Entry(ref, number))
     if problems:
         raise ImageListError(source, problems)
     by_key = {e.ref.key: e.ref for e in entries}
-    duplicates = tuple(Duplicate(by_key[k], tuple(v)) for k, v in dup_lines.items())
+    duplicates = tuple(Duplicate(by_key[k], tuple(v), tuple(dup_refs[k])) for k, v in dup_lines.items())
     return ImageList(source, tuple(entries), duplicates)
 
 

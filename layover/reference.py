@@ -9,7 +9,8 @@ The grammar is Distribution's (github.com/distribution/reference):
     digest     := "sha256:" 64 lower-case hex
 
 As in Docker, the first component is a registry host only if it contains "." or ":" or is
-"localhost"; Layover drops the host because every image is copied from the one source registry.
+"localhost". The host says where an image is read from (layover/sources.py); the package serves
+it without the host, under its repository path.
 """
 
 from __future__ import annotations
@@ -58,8 +59,8 @@ class Digest:
 class ImageRef:
     """One image to copy: repository path plus a tag, a digest, or both.
 
-    `registry` records the host the list named (informational only): copies always read from
-    the configured source registry.
+    `registry` records the host the list named, if any: the image is read from there (or from
+    where --registry-map redirects it); otherwise from --source.
     """
 
     repository: str

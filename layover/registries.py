@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -28,7 +28,8 @@ from layover.adapters.registry_image import ensure_registry_image
 from layover.adapters.source_probe import SourceProbe
 from layover.diagnose import damaged_storage, disk_full
 from layover.errors import LayoverError
-from layover.reference import ImageRef
+from layover.reference import Digest, ImageRef
+from layover.sources import SourceMap
 from layover.workdir import WorkDir
 
 log = logging.getLogger(__name__)
@@ -101,11 +102,12 @@ class RunRegistries:
                 client = self._clients[reg.host] = RegistryAPI(reg.host)
             return client
 
-    def source(self, host: str, *, tls_verify: bool, authfile: Path | None, timeout: float) -> RegistryClient:
-        """A client for the source registry, finding credentials where skopeo would. `timeout`:
+    def source(self, host: str, *, tls_verify: bool, authfile: Path | None, timeout: float,
+               cert_dir: Path | None = None) -> RegistryClient:
+        """A client for a source registry, finding credentials where skopeo would. `timeout`:
         how long one request may stay silent."""
         client = RegistryClient(
-            Endpoint(host, tls_verify=tls_verify, flags=SOURCE),
+            Endpoint(host, tls_verify=tls_verify, cert_dir=cert_dir, flags=SOURCE),
             resolver(authfile, SOURCE.authfile),
             timeout=timeout,
         )
@@ -120,10 +122,19 @@ class RunRegistries:
         self._remote.append(client)
         return client
 
-    def probe(self, host: str, *, tls_verify: bool, authfile: Path | None) -> SourceProbe:
-        probe = SourceProbe(host, tls_verify=tls_verify, authfile=authfile)
+    def probe(self, host: str, *, tls_verify: bool, authfile: Path | None,
+              cert_dir: Path | None = None) -> SourceProbe:
+        probe = SourceProbe(host, tls_verify=tls_verify, authfile=authfile, cert_dir=cert_dir)
         self._probes.append(probe)
         return probe
+
+    def probes(self, sources: SourceMap, refs: Iterable[ImageRef], *, tls_verify: bool,
+               authfile: Path | None, cert_dir: Path | None = None) -> SourceProbes:
+        """One probe per source registry the refs are read from, behind one `digest(ref)`; each
+        finds its host's credentials where skopeo does."""
+        return SourceProbes(sources, {
+            h: self.probe(h, tls_verify=tls_verify, authfile=authfile, cert_dir=cert_dir)
+            for h in sources.hosts(refs)})
 
     def guard(self, *own: Registry, destination: Registry) -> StageGuard:
         return StageGuard(self, own, destination)
@@ -133,6 +144,18 @@ class RunRegistries:
             return self.manager.logs(reg)
         except LayoverError:
             return ""
+
+
+class SourceProbes:
+    """SourceProbe's `digest(ref)`, asked of the registry each ref is read from."""
+
+    def __init__(self, sources: SourceMap, probes: dict[str, SourceProbe]) -> None:
+        self.sources = sources
+        self.probes = probes
+
+    def digest(self, ref: ImageRef) -> Digest | None:
+        probe = self.probes.get(self.sources.host_for(ref))
+        return probe.digest(ref) if probe is not None else None
 
 
 class StageGuard:

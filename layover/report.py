@@ -68,6 +68,9 @@ def _copy_detail(copies: list[ImageCopy]) -> str:
 
 @dataclass(frozen=True)
 class ReleaseReport:
+    """What one run made, or how far it got. A failed run's report has `status` "failed" or
+    "interrupted", no tarball, the stages it finished, and the stage it stopped in."""
+
     list_source: str
     list_commit: str | None
     images: int
@@ -78,12 +81,27 @@ class ReleaseReport:
     contents: Contents | None = None  # what the package holds (layover/contents.py)
     attached: tuple[AttachedRow, ...] = ()  # per listed image, when attachments were looked up
 
+    status: str = "succeeded"  # "succeeded", "failed" or "interrupted"
+    source: str = ""  # the source registry, and every FROM=TO redirect
+    layover_version: str = ""
+    started: str = ""  # ISO 8601, UTC
+    finished: str = ""
+    wall_seconds: float | None = None  # start to end of the run, as a watch measures it
+    failed_stage: str | None = None
+    error: str | None = None  # one line
+    failures: tuple[str, ...] = ()  # one line per failed image, when a stage named them
+
     @property
     def seconds(self) -> float:
-        return sum(s.seconds for s in self.stages)
+        """Wall time when known (it includes what no stage counts: start-up, teardown)."""
+        return self.wall_seconds if self.wall_seconds is not None else sum(s.seconds for s in self.stages)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "succeeded"
 
     def _rows(self) -> list[tuple[str, ...]]:
-        rows = []
+        rows: list[tuple[str, ...]] = []
         for s in self.stages:
             rows.append(
                 (
@@ -102,13 +120,18 @@ class ReleaseReport:
 
     def header_lines(self) -> list[str]:
         src = self.list_source + (f" @ {self.list_commit}" if self.list_commit else "")
-        return [
-            f"images.list: {src}",
-            f"images: {self.images}",
-            f"tarball: {self.output} ({human_bytes(self.tarball_bytes)})",
-            f"sha256: {self.sha256}",
-            f"total: {self.seconds:.2f} s",
-        ]
+        lines = [f"images.list: {src}"]
+        if self.source:
+            lines.append(f"source: {self.source}")
+        lines.append(f"images: {self.images}")
+        if self.ok:
+            lines += [f"tarball: {self.output} ({human_bytes(self.tarball_bytes)})", f"sha256: {self.sha256}"]
+        else:
+            lines += [f"status: {self.status} in {self.failed_stage or 'preparation'}, no tarball written "
+                      f"({self.output})", f"error: {self.error}"]
+            lines += [f"  {f}" for f in self.failures]
+        lines.append(f"total: {self.seconds:.2f} s")
+        return lines
 
     def to_text(self) -> str:
         rows = [self._HEAD, *self._rows()]
@@ -125,7 +148,8 @@ class ReleaseReport:
         return json.dumps(doc, indent=2, sort_keys=True) + "\n"
 
     def to_markdown(self) -> str:
-        lines = ["# Layover release report", ""]
+        title = "Layover release report" if self.ok else f"Layover release {self.status}"
+        lines = [f"# {title}", ""]
         lines += [f"- {h}" for h in self.header_lines()]
         lines += ["", "| " + " | ".join(self._HEAD) + " |", "|" + "---|" * len(self._HEAD)]
         lines += ["| " + " | ".join(r) + " |" for r in self._rows()]
@@ -153,3 +177,9 @@ class ReleaseReport:
         rows = [("attached to", *self._ATTACHED_HEAD), *self._attached_rows()]
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         return ["", *("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)]
+
+    @property
+    def sidecar(self) -> str:
+        """Where the report is written: FILE.json beside a tarball, FILE.failed.json for a run
+        that made none (so FILE.json always describes the FILE that is there)."""
+        return self.output + (".json" if self.ok else ".failed.json")

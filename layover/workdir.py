@@ -6,6 +6,8 @@
       work/      overlayfs workdir (disposable; must share upper's filesystem)
       merged/    the package registry's storage: the overlay view (disposable)
       run/       registry configs, a decoded credentials file (0600) during a run (disposable)
+      releases/  one <package sha256>.json per package built: its run report (archive status)
+      logs/      one log per failed run: every failed image's full diagnostics (the newest 20)
       lock       fcntl lock + holder description: one run per work dir
 
 Keeping all of them in one directory keeps upper/work on lower's filesystem (docs/design.md §3).
@@ -58,6 +60,10 @@ class WorkDir:
         """One `<package sha256>.json` per package built (the sidecar's report with its contents):
         what retention reads, and where a delta finds the base a git tag names."""
         return self.root / "releases"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
 
     @property
     def lock(self) -> Path:

@@ -26,6 +26,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from layover import progress
 from layover.adapters.registry_copy import Landed
 from layover.converge import RetryPolicy, SourceWatch, converge
 from layover.copy import SkopeoCopier
@@ -35,6 +36,8 @@ from layover.reference import ImageRef
 from layover.report import ImageCopy, StageReport
 from layover.units import human_bytes
 from tasks.fanout import MAX_CONCURRENCY
+
+STAGE = "archive sync"
 
 
 @dataclass(frozen=True)
@@ -100,9 +103,11 @@ def copy_to_archive(
     """Copy images from the queue until it is empty; every failure is kept and raised at the end
     (so one bad image does not keep the others out of the archive)."""
     logger = get_run_logger()
+    sink = progress.current()
     copies: list[ImageCopy] = []
     failures: list[tuple[str, BaseException]] = []
     while (ref := queue.take()) is not None:
+        sink.image_started(STAGE, str(ref))
         try:
             done = converge(
                 str(ref),
@@ -112,12 +117,15 @@ def copy_to_archive(
                 stage_started=stage_started,
             )
         except SourceUnreachableError:
+            sink.image_done(STAGE, str(ref), ok=False)
             queue.drain()  # the others stop taking images too
             raise
         except LayoverError as e:
+            sink.image_done(STAGE, str(ref), ok=False)
             logger.warning("%s: failed: %s", ref, e)
             failures.append((str(ref), e))
             continue
+        sink.image_done(STAGE, str(ref), bytes_copied=done.bytes_copied)
         copies.append(done)
         logger.info(
             "%s: %d blob(s) copied (%s), %d reused, %d attempt(s), %.2f s",
@@ -153,33 +161,42 @@ def sync_archive(
     images: ImageList, copier: SkopeoCopier, watch: SourceWatch, *, concurrency: int, policy: RetryPolicy
 ) -> StageReport:
     started = time.monotonic()
-    plan = plan_archive_sync(images, copier, concurrency)
+    with progress.stage(STAGE, images=len(images)) as sink:
+        plan = plan_archive_sync(images, copier, concurrency)
+        for present in plan.present:
+            sink.image_done(STAGE, present.image)
+        copied = _copy_all(plan.todo, copier, watch, policy, concurrency, started)
+    return StageReport.from_copies(STAGE, time.monotonic() - started, [*plan.present, *copied])
+
+
+def _copy_all(todo: tuple[ImageRef, ...], copier: SkopeoCopier, watch: SourceWatch, policy: RetryPolicy,
+              concurrency: int, started: float) -> list[ImageCopy]:
+    """At most `concurrency` copier tasks drain one queue; failures are named in list order."""
+    if not todo:
+        return []
+    queue = WorkQueue(todo)
+    workers = max(1, min(concurrency, MAX_CONCURRENCY, len(todo)))
+    futures = [
+        copy_to_archive.submit(queue, copier, policy, watch, started, n, workers)
+        for n in range(1, workers + 1)
+    ]
     copied: list[ImageCopy] = []
-    if plan.todo:
-        queue = WorkQueue(plan.todo)
-        workers = max(1, min(concurrency, MAX_CONCURRENCY, len(plan.todo)))
-        futures = [
-            copy_to_archive.submit(queue, copier, policy, watch, started, n, workers)
-            for n in range(1, workers + 1)
-        ]
-        failures: list[tuple[str, BaseException]] = []
-        down: SourceUnreachableError | None = None
-        for future in futures:
-            outcome = future.result(raise_on_failure=False)
-            if isinstance(outcome, SourceUnreachableError):
-                down = down or outcome
-            elif isinstance(outcome, StageFailed):
-                failures += outcome.failures
-            elif isinstance(outcome, BaseException):
-                failures.append((f"copier {futures.index(future) + 1}", outcome))
-            else:
-                copied += outcome.copies
-        if down is not None:
-            raise down  # one line naming the source, not one per image
-        if failures:
-            order = {str(r): i for i, r in enumerate(plan.todo)}
-            failures.sort(key=lambda f: order.get(f[0], len(order)))
-            named = "; ".join(f"{ref}: {err}" for ref, err in failures[:10])
-            more = f" (and {len(failures) - 10} more)" if len(failures) > 10 else ""
-            raise StageFailed(f"archive sync: {len(failures)} image(s) failed: {named}{more}", failures)
-    return StageReport.from_copies("archive sync", time.monotonic() - started, [*plan.present, *copied])
+    failures: list[tuple[str, BaseException]] = []
+    down: SourceUnreachableError | None = None
+    for future in futures:
+        outcome = future.result(raise_on_failure=False)
+        if isinstance(outcome, SourceUnreachableError):
+            down = down or outcome
+        elif isinstance(outcome, StageFailed):
+            failures += outcome.failures
+        elif isinstance(outcome, BaseException):
+            failures.append((f"copier {futures.index(future) + 1}", outcome))
+        else:
+            copied += outcome.copies
+    if down is not None:
+        raise down  # one line naming the source, not one per image
+    if failures:
+        order = {str(r): i for i, r in enumerate(todo)}
+        failures.sort(key=lambda f: order.get(f[0], len(order)))
+        raise StageFailed(f"archive sync: {len(failures)} image(s) failed", failures)
+    return copied

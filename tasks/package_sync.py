@@ -21,8 +21,9 @@ from concurrent.futures import ThreadPoolExecutor
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from layover import progress
 from layover.copy import ManifestCopier
-from layover.errors import LayoverError, StageFailed, Transient, TransientCopyError
+from layover.errors import LayoverError, StageFailed, Transient, TransientCopyError, brief
 from layover.imagelist import ImageList
 from layover.reference import ImageRef
 from layover.report import ImageCopy, StageReport
@@ -30,28 +31,32 @@ from layover.storage.publish import publish
 from layover.workdir import WorkDir
 from tasks.retry import COPY_RETRY
 
+STAGE = "package sync"
+
 
 @task(name="package-sync", cache_policy=NO_CACHE, **COPY_RETRY)
-def copy_manifests_to_package(
-    refs: tuple[ImageRef, ...], copier: ManifestCopier, concurrency: int
-) -> list[ImageCopy]:
+def copy_manifests_to_package(refs: tuple[ImageRef, ...], copier: ManifestCopier, concurrency: int) -> list[ImageCopy]:
+    sink = progress.current()
+
     def one(ref: ImageRef) -> ImageCopy | BaseException:
         try:
-            return copier.copy(ref)
+            done = copier.copy(ref)
         except Exception as e:  # noqa: BLE001 - collected, then reported together below
+            sink.image_done(STAGE, str(ref), ok=False)
             return e
+        sink.image_done(STAGE, str(ref))
+        return done
 
     with ThreadPoolExecutor(max(1, concurrency)) as pool:
         outcomes = list(pool.map(one, refs))
     failures = [(ref, o) for ref, o in zip(refs, outcomes, strict=True) if isinstance(o, BaseException)]
     if failures:
-        named = "; ".join(f"{ref}: {err}" for ref, err in failures[:10])
-        more = f" (and {len(failures) - 10} more)" if len(failures) > 10 else ""
-        message = f"package sync: {len(failures)} image(s) failed: {named}{more}"
+        message = f"{STAGE}: {len(failures)} image(s) failed"
         if all(isinstance(e, Transient) for _, e in failures):
-            raise TransientCopyError(message)  # Prefect retries the stage
+            # Prefect retries the stage; the last attempt's failures are named if it gives up
+            raise TransientCopyError(f"{message}: {'; '.join(f'{r}: {brief(e)}' for r, e in failures[:3])}")
         raise StageFailed(message, [(str(r), e) for r, e in failures])
-    get_run_logger().info("package sync: %d images written", len(refs))
+    get_run_logger().info("%s: %d images written", STAGE, len(refs))
     return [o for o in outcomes if isinstance(o, ImageCopy)]
 
 
@@ -60,28 +65,30 @@ def link_package(wd: WorkDir, images: ImageList) -> StageReport:
     started = time.monotonic()
     copies: list[ImageCopy] = []
     failures: list[tuple[str, BaseException]] = []
-    for ref in images.refs:
-        t = time.monotonic()
-        try:
-            done = publish(wd.archive, wd.package, ref)
-        except LayoverError as e:  # every image checked, then all reported together
-            failures.append((str(ref), e))
-            continue
-        copies.append(ImageCopy(str(ref), str(done.digest), 0, done.blobs, 0, time.monotonic() - t))
-    if failures:
-        named = "; ".join(f"{ref}: {err}" for ref, err in failures[:10])
-        more = f" (and {len(failures) - 10} more)" if len(failures) > 10 else ""
-        raise StageFailed(
-            f"package sync: {len(failures)} image(s) failed: {named}{more}; the archive does not hold "
-            f"them whole: `layover repair-archive {wd.root}` removes damaged files so that the next "
-            "run fetches them again",
-            failures,
-        )
-    get_run_logger().info("package sync: %d images written", len(copies))
-    return StageReport.from_copies("package sync", time.monotonic() - started, copies)
+    with progress.stage(STAGE, images=len(images)) as sink:
+        for ref in images.refs:
+            t = time.monotonic()
+            try:
+                done = publish(wd.archive, wd.package, ref)
+            except LayoverError as e:  # every image checked, then all reported together
+                sink.image_done(STAGE, str(ref), ok=False)
+                failures.append((str(ref), e))
+                continue
+            sink.image_done(STAGE, str(ref))
+            copies.append(ImageCopy(str(ref), str(done.digest), 0, done.blobs, 0, time.monotonic() - t))
+        if failures:
+            raise StageFailed(
+                f"{STAGE}: {len(failures)} image(s) failed; the archive does not hold them whole: "
+                f"`layover repair-archive {wd.root}` removes damaged files so that the next run "
+                "fetches them again",
+                failures,
+            )
+    get_run_logger().info("%s: %d images written", STAGE, len(copies))
+    return StageReport.from_copies(STAGE, time.monotonic() - started, copies)
 
 
 def sync_package(images: ImageList, copier: ManifestCopier, *, concurrency: int, retries: int) -> StageReport:
     started = time.monotonic()
-    copies = copy_manifests_to_package.with_options(retries=retries)(images.refs, copier, concurrency)
-    return StageReport.from_copies("package sync", time.monotonic() - started, copies)
+    with progress.stage(STAGE, images=len(images)):
+        copies = copy_manifests_to_package.with_options(retries=retries)(images.refs, copier, concurrency)
+    return StageReport.from_copies(STAGE, time.monotonic() - started, copies)

@@ -12,6 +12,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from layover.adapters import overlay
+from layover.adapters.tar_writer import partial_files
 from layover.registries import RunRegistries
 from layover.workdir import WorkDir
 
@@ -25,9 +26,7 @@ def clear_stale(wd: WorkDir, output: Path) -> None:
     mounted = overlay.is_mounted(wd.merged)
     if mounted:
         overlay.unmount(wd.merged)
-    # the tarball's, and its deltas' (<stem>.from-<base>.tar)
-    patterns = (f".{output.name}.*.partial", f".{output.name.removesuffix('.tar')}.from-*.partial")
-    partial = sorted(p for pat in patterns for p in output.parent.glob(pat)) if output.parent.is_dir() else []
+    partial = partial_files(output)
     for p in partial:
         p.unlink(missing_ok=True)
     wd.src_auth.unlink(missing_ok=True)

@@ -59,3 +59,18 @@ def work_dir_lock(path: Path, holder: str, *, wait_seconds: float = 0.0) -> Iter
         yield
     finally:
         os.close(fd)  # closing drops the flock
+
+
+def holder(path: Path) -> str | None:
+    """Who holds the lock now, or None if nobody does (a missing file: nobody)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _describe(path)
+    finally:
+        os.close(fd)  # closing drops a lock we got
+    return None

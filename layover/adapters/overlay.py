@@ -104,7 +104,7 @@ def unmount(merged: Path, *, attempts: int = 5, delay: float = 0.5) -> None:
     last: CommandError | None = None
     for i in range(attempts):
         try:
-            run(argv, timeout=60)
+            run(argv, timeout=60, cleanup=True)
             log.info("unmounted %s", entry.mount_point)
             return
         except CommandError as e:
@@ -116,7 +116,7 @@ def unmount(merged: Path, *, attempts: int = 5, delay: float = 0.5) -> None:
     log.warning("%s stays busy (%s); detaching it lazily: it disappears when the last user closes "
                 "it. Find holders with: fuser -vm %s", entry.mount_point, last, entry.mount_point)
     try:
-        run(_unmount_argv(entry.mount_point, fuse, lazy=True), timeout=60)
+        run(_unmount_argv(entry.mount_point, fuse, lazy=True), timeout=60, cleanup=True)
     except CommandError as e:
         raise MountError(f"cannot unmount {entry.mount_point}: {e}; find its users with "
                          f"`fuser -vm {entry.mount_point}` and stop them") from None

@@ -327,6 +327,11 @@ class RegistryClient:
             return False
         return True
 
+    def login(self) -> None:
+        """GET /v2/ with the credentials (for Bearer, a token without a scope, as `docker login`
+        asks for one): AuthError if the registry refuses them."""
+        self._request("GET", "/v2/", None, [], what="GET /v2/")
+
     def _detect(self) -> tuple[str, Challenge | None]:
         schemes = ("https",) if self.endpoint.tls_verify else ("https", "http")
         failure: LayoverError | None = None

@@ -32,6 +32,7 @@ from layover.errors import (
     TLSError,
     TransientCommandError,
 )
+from layover.naming import name
 from layover.reference import Digest
 
 SKOPEO = "skopeo"
@@ -64,10 +65,17 @@ _DEST_SIDE = re.compile(r"^(?:writing (?:blob|manifest)|trying to reuse blob|upl
 HINT_TRANSIENT = "network or registry hiccup: retrying may help"
 HINT_NOT_FOUND = "the source registry has no such image: check the reference in images.list"
 HINT_READ_ONLY = "the destination registry refused the write (405): is it in read-only mode?"
-HINT_AUTH = ("the registry refused access: check the credentials (src_authfile / credentials "
-             "block) and that the repository exists")
-HINT_TLS = ("the registry's TLS certificate did not verify (or it speaks plain HTTP): give its CA "
-            "(src_cert_dir) or turn verification off for it (src_tls_verify=false)")
+
+
+def hint_auth() -> str:
+    """What to check when a registry refuses access, named as the user gave the setting."""
+    return (f"the registry refused access: check the credentials ({name('src_authfile')}, or "
+            f"{name('src_credentials_block')}) and that the repository exists")
+
+
+def hint_tls() -> str:
+    return (f"the registry's TLS certificate did not verify (or it speaks plain HTTP): give its CA "
+            f"with {name('src_cert_dir')} or turn verification off for it ({name('src_tls_verify')})")
 
 
 @dataclass(frozen=True)
@@ -85,6 +93,7 @@ def copy(
     src_tls_verify: bool = True,
     dest_tls_verify: bool = False,
     src_authfile: Path | None = None,
+    src_cert_dir: Path | None = None,
     timeout: float = 600,
 ) -> CopyResult:
     """Copy src_ref to dst_ref: HOST/REPO[:TAG|@DIGEST], with or without "docker://"."""
@@ -98,6 +107,8 @@ def copy(
         ]
         if src_authfile is not None:
             argv += ["--src-authfile", str(src_authfile)]
+        if src_cert_dir is not None:
+            argv += ["--src-cert-dir", str(src_cert_dir)]
         argv += [_docker(src_ref), _docker(dst_ref)]
         result = run(argv, timeout=timeout, classify=classify)
         manifest_text = digestfile.read_text().strip() if digestfile.exists() else ""
@@ -136,22 +147,34 @@ def fatal_message(stderr: str) -> str:
     return lines[-1] if lines else ""
 
 
+def essential(message: str) -> str:
+    """skopeo's fatal message without what the per-image line already says: the leading
+    "initializing source docker://<ref>: " and a repeated "X: X" tail."""
+    text = re.sub(r"^initializing source docker://\S+: ", "", message.strip().removesuffix("\\n"))
+    head, sep, last = text.rpartition(": ")
+    if (sep and head.endswith(": " + last)) or (sep and head.rpartition(": ")[2] == last):
+        text = head
+    return text
+
+
 def classify(argv: Sequence[str], returncode: int, stderr: str) -> LayoverError:
     """Map a failed skopeo run to the error tree by its final fatal line: Transient, TLS, auth,
-    not found, or a plain CommandError. skopeo's whole stderr stays in `detail` for the logs."""
+    not found, or a plain CommandError. skopeo's whole stderr stays in `detail` for the logs;
+    the message carries only the essential part of the fatal line."""
     message = fatal_message(stderr)
+    short = essential(message)
     dest_side = bool(_DEST_SIDE.search(message))
     if _TRANSIENT.search(message):
-        return TransientCommandError(argv, returncode, stderr, hint=HINT_TRANSIENT)
+        return TransientCommandError(argv, returncode, stderr, hint=HINT_TRANSIENT, summary=short)
     if _TLS.search(message):
-        return TLSError(f"{argv[0]}: {message} ({HINT_TLS})", detail=stderr)
+        return TLSError(short, detail=stderr, hint=hint_tls())
     if _AUTH.search(message):
-        return AuthError(f"{argv[0]}: {message} ({HINT_AUTH})", detail=stderr)
+        return AuthError(short, detail=stderr, hint=hint_auth())
     if _NOT_FOUND.search(message) and not dest_side:
-        return ImageNotFoundError(f"{argv[0]}: {message} ({HINT_NOT_FOUND})", detail=stderr)
+        return ImageNotFoundError(short, detail=stderr, hint=HINT_NOT_FOUND)
     if "Method not allowed" in message:
-        return CommandError(argv, returncode, stderr, hint=HINT_READ_ONLY)
-    return CommandError(argv, returncode, stderr)
+        return CommandError(argv, returncode, stderr, hint=HINT_READ_ONLY, summary=short)
+    return CommandError(argv, returncode, stderr, summary=short)
 
 
 def _docker(ref: str) -> str:

@@ -34,6 +34,7 @@ class SourceProbe:
         *,
         tls_verify: bool = True,
         authfile: Path | None = None,
+        cert_dir: Path | None = None,
         timeout: float = 10.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
@@ -42,7 +43,7 @@ class SourceProbe:
         self._client: RegistryClient | None = None
         try:
             self._client = RegistryClient(
-                Endpoint(host, tls_verify=tls_verify, flags=SOURCE),
+                Endpoint(host, tls_verify=tls_verify, cert_dir=cert_dir, flags=SOURCE),
                 resolver(authfile, SOURCE.authfile),
                 timeout=timeout,
                 transport=transport,  # a test seam

@@ -493,9 +493,38 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it (os.umask would, for every thread)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
+def partial_files(output: Path) -> list[Path]:
+    """Temp files a write of `output` (its .sha256, its deltas `<stem>.from-<base>.tar`) left: a
+    run killed while writing."""
+    if not output.parent.is_dir():
+        return []
+    return sorted({*output.parent.glob(f".{output.name}.*.partial"),
+                   *output.parent.glob(f".{output.name}.sha256.*.partial"),
+                   *output.parent.glob(f".{output.name.removesuffix('.tar')}.from-*.partial")})
+
+
+def _partial(output: Path, name: str) -> tuple[int, str]:
+    """A temp file beside `output`, with the mode a plain create would give it (mkstemp makes
+    0600; a release tarball and its checksum are meant to be read by others, as the umask says)."""
+    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{name}.", suffix=".partial")
+    os.fchmod(fd, 0o666 & ~_umask())
+    return fd, tmp
+
+
 def _write_sidecar(output: Path, digest: str) -> None:
     side = output.with_name(output.name + ".sha256")
-    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{side.name}.", suffix=".partial")
+    fd, tmp = _partial(output, side.name)
     try:
         _pwrite_all(fd, f"{digest}  {output.name}\n".encode(), 0)
         os.fsync(fd)
@@ -556,10 +585,11 @@ def write_tarball(source: TarSource, output: Path, *, data_paths: Sequence[DataP
         raise StorageError(str(output.parent), "output directory does not exist; create it first")
     _preflight_space(source, output, tarplan.size)
 
-    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".partial")
-    writer = _Writer(fd, data_paths, ops or DataOps())
-    writer.hasher.start()
-    try:
+    fd, tmp, writer = -1, "", None
+    try:  # from the temp file's creation on: a Ctrl-C anywhere below leaves no partial file
+        fd, tmp = _partial(output, output.name)
+        writer = _Writer(fd, data_paths, ops or DataOps())
+        writer.hasher.start()
         for pm in tarplan.members:
             writer.member(pm, real[pm.entry.name])
         _pwrite_all(fd, tarplan.trailer, tarplan.trailer_offset)
@@ -577,7 +607,7 @@ def write_tarball(source: TarSource, output: Path, *, data_paths: Sequence[DataP
         _write_sidecar(output, digest)
         _fsync_dir(output.parent)
     except OSError as e:
-        if writer.hasher.is_alive():
+        if writer is not None and writer.hasher.is_alive():
             writer.hasher.abort()
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise DiskFullError(
@@ -587,14 +617,16 @@ def write_tarball(source: TarSource, output: Path, *, data_paths: Sequence[DataP
                 "file was removed") from e
         raise
     except BaseException:
-        if writer.hasher.is_alive():
+        if writer is not None and writer.hasher.is_alive():
             writer.hasher.abort()
         raise
     finally:
         if fd >= 0:
             os.close(fd)
-        Path(tmp).unlink(missing_ok=True)
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
 
+    assert writer is not None  # the try above either made it or raised
     st = writer.stats
     return TarResult(
         path=output, sha256=digest, size=tarplan.size, members=len(tarplan.members),

@@ -117,6 +117,9 @@ class VerifyReport:
             lines.append(f"  {len(self.problems)} problem(s): "
                          + ", ".join(f"{k} {n}" for k, n in sorted(by_kind.items())))
             lines += [f"  - {p}" for p in self.problems[:limit]]
+            if len(self.problems) > limit:
+                lines.append(f"  ... and {len(self.problems) - limit} more problem(s) not shown "
+                             "(--json lists every one)")
         return "\n".join(lines)
 
     def raise_for_problems(self, limit: int = 20) -> None:

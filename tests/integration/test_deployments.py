@@ -511,9 +511,11 @@ def test_ui_json_runs_on_two_hosts_at_once(stack: Stack, ci: CI, images_repo: Im
     (a0, a1), (b0, b1) = interval(parallel_runs.a), interval(parallel_runs.b)
     assert a0 < b1 and b0 < a1, "the two hosts' releases should have run at the same time"
     # each host's worker ran its own run
+    # named as created, then after the release (flows/release.py)
     workers = {fr["name"]: stack.flow_run(fr["id"])["work_queue_name"]
                for fr in (parallel_runs.a, parallel_runs.b)}
-    assert workers == {"ui-host-a": "host-a", "ui-host-b": "host-b"}
+    release = f"release:images.list from {ci.host}"
+    assert workers == {f"ui-host-a: {release}": "host-a", f"ui-host-b: {release}": "host-b"}
 
 
 # --- the tag trigger, and one work dir shared by three runs ---------------------------------
@@ -572,7 +574,9 @@ def test_tag_push_builds_the_list_as_it_was_at_the_tag(
 
 
 class SilentRegistry:
-    """Accepts connections on 127.0.0.1 and never answers, until `close()` resets them all.
+    """A registry that answers GET /v2/ (so a run's preflight finds it up) and nothing else:
+    every other request waits, until `close()` resets the connections. A TLS handshake is
+    dropped at once, so clients fall back to plain HTTP without waiting.
 
     A run copying from it sits inside the work-dir lock for as long as the test wants."""
 
@@ -581,17 +585,38 @@ class SilentRegistry:
 
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.host = f"127.0.0.1:{self.sock.getsockname()[1]}"
-        self.conns: list[socket.socket] = []
+        self.conns: list[socket.socket] = []  # the connections held silent
         self.thread = threading.Thread(target=self._accept, daemon=True)
         self.thread.start()
 
     def _accept(self) -> None:
+        import threading
+
         while True:
             try:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
-            self.conns.append(conn)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            while True:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    chunk = conn.recv(4096)
+                    head += chunk
+                    if not chunk or head.startswith(b"\x16"):  # closed, or a TLS ClientHello
+                        conn.close()
+                        return
+                if head.startswith(b"GET /v2/ "):
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                 b"Content-Length: 2\r\n\r\n{}")
+                    continue
+                self.conns.append(conn)  # anything else: never answered
+                return
+        except OSError:
+            return
 
     def close(self) -> None:
         # shutdown() first: close() alone leaves the socket listening while accept() blocks on
@@ -756,6 +781,27 @@ def test_ui_shows_the_run_and_its_report(stack: Stack, parallel_runs: ParallelRu
         shot.unlink(missing_ok=True)
         chromium(url, profile, screenshot=shot)
         assert shot.stat().st_size > 10_000, shot
+
+
+def test_the_manual_form_has_plain_fields_for_the_list(stack: Stack) -> None:
+    """The list's location is a choice of two small forms (a file; a git repo, ref and path),
+    not a raw JSON editor: a discriminated union (`oneOf`) renders as one, `anyOf` does not."""
+    require(shutil.which("chromium") is not None,
+            "Debian's chromium is not installed (apt-get install chromium)")
+    dep = stack.deployment("manual")
+    images = dep["parameter_openapi_schema"]["definitions"]["ReleaseRequest"]["properties"]["images"]
+    assert "anyOf" in images and "discriminator" not in images, images
+    url = f"{stack.ui}/deployments/deployment/{dep['id']}/run"
+    page = visible_text(chromium(url, stack.base / "chromium"))
+    form = page[page.index("Where the release's images.list comes from"):page.index("Registry to copy from")]
+    for label in ("images.list file", "images.list in git", "Repo", "Ref", "Path"):
+        assert label in form, f"{label!r} not in the list's form: {form}"
+    assert '"kind"' not in form, f"the list is a JSON editor: {form}"
+    shot = ARTIFACTS / "prefect-ui-manual-form.png"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot.unlink(missing_ok=True)
+    chromium(url, stack.base / "chromium", screenshot=shot)
+    assert shot.stat().st_size > 10_000, shot
 
 
 # --- the hook and the CI script on their own (fast: a stub HTTP server, no Prefect) -------------

@@ -46,8 +46,10 @@ def prefect_api(tmp_path_factory) -> Iterator[dict[str, str]]:
     """`prefect server start` on 127.0.0.1; yields the environment for CLI runs against it."""
     home = tmp_path_factory.mktemp("prefect-home")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    # the moments are read from Prefect's log lines, which `layover run` keeps off the console
+    # unless asked (it shows its own progress)
     env.update(PREFECT_HOME=str(home), DO_NOT_TRACK="1", PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PYTHONUNBUFFERED="1")
+               PYTHONUNBUFFERED="1", PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL="INFO")
     port = free_port()
     log = open(home / "server.log", "wb")  # noqa: SIM115 - closed below
     server = subprocess.Popen(
@@ -265,8 +267,10 @@ def test_the_cli_run_reaches_the_server_whole(site, baseline):
                for entry in logs), [entry["message"] for entry in logs][-5:]
     artifacts = httpx.post(f"{api}/artifacts/filter", json={
         "artifacts": {"flow_run_id": {"any_": [run["id"]]}}}).json()
-    # the report, and a table of the images each archive-sync copier task copied (unkeyed)
-    assert [a["key"] for a in artifacts if a["key"]] == ["release-report"]
+    # the report, the copy stages' progress, and a table of the images each archive-sync copier
+    # task copied (unkeyed)
+    assert sorted(a["key"] for a in artifacts if a["key"]) == [
+        "archive-sync-progress", "package-sync-progress", "release-report"]
     tables = [a for a in artifacts if not a["key"]]
     assert tables and all(a["type"] == "table" and a["task_run_id"] for a in tables), tables
 

@@ -8,6 +8,7 @@ and each test checks one promise against what it left.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -201,7 +202,9 @@ def test_missing_image_fails_naming_it_and_keeps_the_archive(scenario, prefect_h
     with pytest.raises(LayoverError) as info:
         release_flow(_request(scenario.ci_host, lst, scenario.work, out))
     assert "no/such-image:1" in str(info.value)
-    assert not out.exists() and not list(tmp_path.glob("*never*"))
+    assert not out.exists() and not list(tmp_path.glob(".never.tar*"))  # no tarball, no partial
+    failed = json.loads(out.with_name("never.tar.failed.json").read_text())
+    assert (failed["status"], failed["failed_stage"]) == ("failed", "archive sync")
     after = tree_hash(scenario.work / "lower")
     assert {k: after[k] for k in before} == before
     shutil.rmtree(tmp_path / "never.tar", ignore_errors=True)

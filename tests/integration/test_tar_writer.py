@@ -247,6 +247,17 @@ def test_gnu_tar_bsdtar_and_tarfile_extract_exactly_the_source(scratch):
     assert " 0/0 " in listing and "1970-01-01 00:00" in listing
 
 
+def test_the_tarball_and_its_checksum_get_the_umasks_mode(tmp_path):
+    build_registry(tmp_path / "src")
+    old = os.umask(0o027)
+    try:
+        res = write_tarball(PlainTree(tmp_path / "src"), tmp_path / "release.tar")
+    finally:
+        os.umask(old)
+    side = res.path.with_name(res.path.name + ".sha256")
+    assert (stat.S_IMODE(res.path.stat().st_mode), stat.S_IMODE(side.stat().st_mode)) == (0o640, 0o640)
+
+
 @pytest.mark.parametrize("scratch", ["xfs", "btrfs"], indirect=True)
 def test_cloned_members_share_extents_and_cost_no_space(scratch):
     src = scratch / "src"

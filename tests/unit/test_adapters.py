@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from layover import naming
 from layover.adapters import overlay, skopeo
 from layover.adapters.registry import render_config
 from layover.adapters.registry_image import parse_ldd
 from layover.adapters.run import run
-from layover.errors import AuthError, CommandError, ImageNotFoundError, TransientCommandError
+from layover.errors import AuthError, CommandError, ImageNotFoundError, TransientCommandError, brief
 from layover.reference import Digest
 
 SAMPLES = Path(__file__).parent / "data" / "skopeo"
@@ -115,8 +116,8 @@ def test_parse_cross_repo_mount_counts_as_skipped():
         ("src_manifest_unknown_tag", ImageNotFoundError, skopeo.HINT_NOT_FOUND),
         ("src_manifest_unknown_digest", ImageNotFoundError, skopeo.HINT_NOT_FOUND),
         ("src_name_unknown", ImageNotFoundError, skopeo.HINT_NOT_FOUND),
-        ("src_401_unauthorized", AuthError, skopeo.HINT_AUTH),
-        ("src_403_denied", AuthError, skopeo.HINT_AUTH),
+        ("src_401_unauthorized", AuthError, skopeo.hint_auth()),
+        ("src_403_denied", AuthError, skopeo.hint_auth()),
         ("dest_read_only_blob", CommandError, skopeo.HINT_READ_ONLY),
         ("dest_read_only_manifest", CommandError, skopeo.HINT_READ_ONLY),
     ],
@@ -125,6 +126,35 @@ def test_classify_real_failures(name, error, hint):
     e = skopeo.classify(("skopeo", "copy"), 1, sample(name))
     assert type(e) is error
     assert hint in str(e)
+
+
+@pytest.mark.parametrize(
+    ("name", "line"),
+    [
+        ("src_manifest_unknown_repo", "reading manifest v1 in 127.0.0.1:15501/lib/missing: manifest unknown"),
+        ("src_401_unauthorized", "reading manifest v1 in 127.0.0.1:15511/r401/img: unauthorized"),
+        ("dest_read_only_blob", "skopeo exited 1: writing blob: initiating layer upload to "
+                                "/v2/new/hello/blobs/uploads/ in 127.0.0.1:15502: StatusCode: 405, "
+                                "Method not allowed"),
+    ],
+)
+def test_a_failed_copy_says_one_short_line_and_keeps_skopeos_text_for_the_log(name, line):
+    e = skopeo.classify(("skopeo", "copy"), 1, sample(name))
+    assert brief(e) == line
+    assert "level=fatal" not in str(e) and "\n" not in str(e)
+    assert e.detail == sample(name)
+
+
+def test_hints_name_the_flag_on_the_cli_and_the_parameter_in_prefect():
+    naming.use("prefect")
+    e = skopeo.classify(("skopeo", "copy"), 1, sample("src_401_unauthorized"))
+    assert "request.src_authfile" in e.hint
+    naming.use("cli")
+    try:
+        e = skopeo.classify(("skopeo", "copy"), 1, sample("src_401_unauthorized"))
+        assert "--src-authfile" in e.hint and "request." not in e.hint
+    finally:
+        naming.use("prefect")
 
 
 def test_classify_ignores_debug_noise_before_the_fatal_line():
