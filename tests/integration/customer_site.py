@@ -57,8 +57,7 @@ def build_packages(registries, base: Path, skopeo: str) -> Packages:
         push_release(ci.host, rel)
         lists[n] = base / f"release-{n}.list"
         lists[n].write_text(rel.list_text())
-    pusher = SampleImages(base / "oci", skopeo)
-    (base / "oci").mkdir()
+    pusher = SampleImages()
     pusher.push(ci, "apps/team-a/web:1.2.0", layers=2, seed="release-3 web")
     pusher.push(ci, "platform/edge:1.0.0", layers=1, platforms=2, seed="release-3 edge")
     lists[3] = base / "release-3.list"

@@ -11,6 +11,10 @@ lines.
 
 from __future__ import annotations
 
+import hashlib
+import tarfile
+from pathlib import Path
+
 import pytest
 
 from layover import imagelist
@@ -38,6 +42,7 @@ def test_files_and_registry_give_the_same_package_on_every_history(
     lists["digests"] = site.base / "digests.list"
     lists["digests"].write_text("".join(f"{img.repository}@{img.digest}\n" for img in rel2.images[::3]))
     sums: dict[str, dict[str, str]] = {"files": {}, "registry": {}}
+    trees: dict[str, str] = {}
     for mode in sums:
         work = site.base / f"work-{mode}"
         for name, lst in lists.items():
@@ -55,7 +60,22 @@ def test_files_and_registry_give_the_same_package_on_every_history(
             )
             assert verify_tarball(out, imagelist.load(lst)).ok, (mode, name)
             sums[mode][name] = report.sha256
+            trees[f"{mode}/{name}"] = _storage_digest(out)
     assert sums["files"] == sums["registry"]
-    # pinning changes nothing in the package: release 2 by tag and by tag@digest are one package
-    assert sums["files"]["r2"] == sums["files"]["r2-pinned"]
+    # pinning changes nothing in the registry storage: release 2 by tag and by tag@digest serve
+    # one set of files (the contents member differs: it records the list's lines and its name)
+    assert trees["files/r2"] == trees["files/r2-pinned"]
     assert len({sums["files"][n] for n in ("r1", "r2", "digests")}) == 3
+
+
+def _storage_digest(tar: Path) -> str:
+    """sha256 over the names and bytes of every member under docker/ (the registry's storage)."""
+    h = hashlib.sha256()
+    with tarfile.open(tar) as tf:
+        for member in tf:
+            if not member.name.startswith("docker/"):
+                continue
+            h.update(member.name.encode() + b"\0")
+            f = tf.extractfile(member) if member.isfile() else None
+            h.update(f.read() if f is not None else b"dir")
+    return h.hexdigest()
