@@ -19,11 +19,11 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from layover.testing.push import push_release
 from layover.contents import Contents
 from layover.package import read_contents
-from layover.testing.releases import release
 from layover.settings import ListFromFile, ReleaseRequest
+from layover.testing.push import push_release
+from layover.testing.releases import release
 from tests.conftest import SampleImages
 
 REPO = Path(__file__).resolve().parents[2]

@@ -33,8 +33,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from layover.adapters.registry_api import push_release
-from layover.samples import release
+from layover.testing.push import push_release
+from layover.testing.releases import release
 from layover.workdir import WorkDir
 from tests.cli_runs import (
     Cli,

@@ -27,9 +27,9 @@ from pathlib import Path
 import pytest
 
 from layover import imagelist
-from layover.adapters.registry_api import push_release
-from layover.samples import Release, release
 from layover.storage.verify import verify_tarball
+from layover.testing.push import push_release
+from layover.testing.releases import Release, release
 from layover.workdir import WorkDir
 from tests.cli_runs import Cli, layover, mounted_under, standing_prefect
 from tests.conftest import require

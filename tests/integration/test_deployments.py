@@ -313,8 +313,8 @@ def stack(postgres: Postgres, project: Path, ci: CI) -> Iterator[Stack]:
 def _release_work_dirs(hosts: Path) -> None:
     """Containers and overlay mounts a killed run may have left: never leak them."""
     from layover.adapters import overlay
-    from layover.workdir import WorkDir
     from layover.registries import remove_stale_containers
+    from layover.workdir import WorkDir
 
     for work in sorted(hosts.glob("*/work")):
         wd = WorkDir.at(work)

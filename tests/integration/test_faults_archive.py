@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from layover.errors import LayoverError
-from layover.storage.layout import StorageLayout
 from layover.reference import Digest
 from layover.settings import ListFromFile, ReleaseRequest
+from layover.storage.layout import StorageLayout
 from layover.testing.push import push_release
 from layover.testing.releases import release
 

@@ -13,10 +13,9 @@ import shutil
 import pytest
 
 from layover.storage.gc import plan_gc
-
-from layover.storage.vacuum import apply_gc
 from layover.storage.layout import StorageLayout
 from layover.storage.prune import prune_manifests
+from layover.storage.vacuum import apply_gc
 from tests.unit.storage_builder import StorageBuilder
 
 pytestmark = pytest.mark.integration

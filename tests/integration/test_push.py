@@ -28,7 +28,6 @@ from pathlib import Path
 
 import pytest
 
-from layover.testing.push import push_release
 from layover.adapters.registry_client import Endpoint, RegistryClient
 from layover.adapters.tar_writer import MemoryFile, PlainTree, write_tarball
 from layover.contents import CONTENTS_MEMBER
@@ -36,8 +35,9 @@ from layover.contents import build as build_contents
 from layover.imagelist import parse_text
 from layover.push import Destination, Options, open_package, push
 from layover.reference import Digest
-from layover.testing.releases import Release, release
 from layover.storage.layout import StorageLayout
+from layover.testing.push import push_release
+from layover.testing.releases import Release, release
 from tests.conftest import require
 from tests.faultproxy import Fault, FaultProxy
 from tests.tls import make_certificates, write_authfile

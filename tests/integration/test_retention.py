@@ -26,11 +26,11 @@ from pathlib import Path
 
 import pytest
 
-from layover.testing.push import push_release
 from layover.report import ReleaseReport
-from layover.testing.releases import Release, release
 from layover.settings import ListFromFile, ReleaseRequest
 from layover.storage.layout import StorageLayout
+from layover.testing.push import push_release
+from layover.testing.releases import Release, release
 from layover.workdir import WorkDir
 from tests.conftest import require
 

@@ -20,8 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require
-
 from layover.adapters.tar_writer import (
     ALL_PATHS,
     DataOps,
@@ -39,6 +37,7 @@ from layover.adapters.tar_writer import (
 )
 from layover.errors import DiskFullError, StorageError
 from layover.tarball import Entry, Kind
+from tests.conftest import require
 
 pytestmark = pytest.mark.integration
 

@@ -12,8 +12,8 @@ import json
 import os
 from pathlib import Path
 
-from layover.storage.layout import StorageLayout, write_link
 from layover.reference import Digest
+from layover.storage.layout import StorageLayout, write_link
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"

@@ -7,13 +7,17 @@ import os
 import pytest
 
 from layover.errors import GCError
+from layover.reference import Digest
 from layover.storage.gc import DeletionKind, KeepSet, plan_gc
 from layover.storage.vacuum import apply_gc
-from layover.reference import Digest
-
 from tests.unit.storage_builder import (
-        StorageBuilder, blob_path, digest_of, layer_path, revision_path, tag_paths,
-    )
+    StorageBuilder,
+    blob_path,
+    digest_of,
+    layer_path,
+    revision_path,
+    tag_paths,
+)
 
 
 @pytest.fixture

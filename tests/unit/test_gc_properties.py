@@ -16,9 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from layover.storage.gc import plan_gc
-
 from layover.storage.vacuum import apply_gc
-
 from tests.unit.storage_builder import StorageBuilder
 
 REPOS = ["a", "a/b", "a/b/c", "d", "d/e", "f"]

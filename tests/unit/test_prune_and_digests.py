@@ -1,8 +1,8 @@
 from layover import imagelist
+from layover.reference import Digest, ImageRef
 from layover.storage.images import mismatches, pinned_roots, resolve
 from layover.storage.layout import StorageLayout, write_link
 from layover.storage.prune import prune_manifests
-from layover.reference import Digest, ImageRef
 
 D1, D2 = Digest("1" * 64), Digest("2" * 64)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 
-from layover.storage.layout import StorageLayout, write_link
 from layover.reference import Digest
+from layover.storage.layout import StorageLayout, write_link
 from layover.storage.repair import Damage, apply_repair, scan, scan_repository
 
 

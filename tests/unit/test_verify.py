@@ -7,12 +7,11 @@ import tarfile
 import pytest
 
 from layover.errors import VerifyError
-from layover.storage.gc import plan_gc
-from layover.storage.vacuum import apply_gc
 from layover.imagelist import parse_text
 from layover.reference import Digest
+from layover.storage.gc import plan_gc
+from layover.storage.vacuum import apply_gc
 from layover.storage.verify import ProblemKind, verify_storage, verify_tarball
-
 from tests.unit.storage_builder import StorageBuilder, digest_of
 
 
