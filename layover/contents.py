@@ -43,13 +43,11 @@ from layover.reference import ImageRef
 from layover.storage.images import resolve
 from layover.storage.layout import LINK_SIZE, StorageLayout, StrPaths
 from layover.storage.walk import Refs, walk
+from layover.tarball import CONTENTS_MEMBER, DELTA_ROOT  # the package format's paths, re-exported
 from layover.units import human_bytes
 
 SCHEMA: Final = "layover.contents/1"
-CONTENTS_MEMBER = "layover/contents.json"
-# A delta's storage tree lives below this directory, so that a plain `tar -xf` of a delta into
-# a registry's root adds nothing the registry reads (docs/customer.md, "Deltas").
-DELTA_ROOT = "layover/delta"
+
 DELTA_README = "layover/README.txt"
 MAX_CONTENTS_BYTES = 64 << 20  # a 100,000-blob package's contents file is about 20 MB
 

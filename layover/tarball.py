@@ -43,6 +43,13 @@ from dataclasses import dataclass
 
 from layover.errors import StorageError
 
+# The contents document (layover/contents.py) is the package's first member, beside docker/: a
+# path the registry never reads, found before any blob by a reader that streams the tarball once.
+CONTENTS_MEMBER = "layover/contents.json"
+# A delta's storage tree lives below this directory, so that a plain `tar -xf` of a delta into
+# a registry's root adds nothing the registry reads (docs/customer.md, "Deltas").
+DELTA_ROOT = "layover/delta"
+
 BLOCK = 512
 ALIGN = 4096  # the page / filesystem block size reflinks work in (XFS and btrfs default)
 DIR_MODE = 0o755

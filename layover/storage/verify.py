@@ -38,7 +38,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from layover.contents import CONTENTS_MEMBER
 from layover.errors import StorageError, VerifyError
 from layover.imagelist import ImageList
 from layover.manifest import parse_manifest
@@ -46,6 +45,8 @@ from layover.reference import HEX64
 from layover.storage.hashing import CHUNK, sha256_file
 from layover.storage.layout import V2, StorageLayout, parse_link
 from layover.storage.walk import Refs, walk
+from layover.tarball import CONTENTS_MEMBER
+
 _MAX_MANIFEST = 4 << 20  # the registry refuses bigger manifests
 _MAX_SMALL = 4096  # link files are 71 bytes
 
