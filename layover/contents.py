@@ -43,7 +43,7 @@ from layover.reference import ImageRef
 from layover.storage.images import resolve
 from layover.storage.layout import LINK_SIZE, StorageLayout, StrPaths
 from layover.storage.walk import Refs, walk
-from layover.tarball import CONTENTS_MEMBER, DELTA_ROOT  # the package format's paths, re-exported
+from layover.tarball import CONTENTS_MEMBER, DELTA_ROOT  # noqa: F401 - the package format's paths, re-exported
 from layover.units import human_bytes
 
 SCHEMA: Final = "layover.contents/1"
