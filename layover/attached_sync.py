@@ -43,6 +43,7 @@ from layover.attached import (
     discover,
     package_list,
 )
+from layover.attached_storage import StorageAttachmentReader
 from layover.copy import Route
 from layover.errors import (
     CopyError,
@@ -57,7 +58,6 @@ from layover.imagelist import ImageList
 from layover.manifest import OCI_INDEX, OCI_MANIFEST, Descriptor, ManifestKind, parse_manifest
 from layover.reference import Digest, ImageRef
 from layover.report import StageReport
-from layover.storage.attached import StorageAttachmentReader
 from layover.storage.images import resolve
 from layover.storage.layout import StorageLayout
 from layover.storage.walk import Refs, walk

@@ -11,11 +11,11 @@ import time
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from layover.storage.images import pinned_roots
-from layover.storage.gc import plan_gc
-from layover.storage.vacuum import apply_gc, remove_empty_dirs
 from layover.imagelist import ImageList
 from layover.report import StageReport
+from layover.storage.gc import plan_gc
+from layover.storage.images import pinned_roots
+from layover.storage.vacuum import apply_gc, remove_empty_dirs
 from layover.workdir import WorkDir
 
 

@@ -12,10 +12,10 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from layover.attached import AttachedRecord
+from layover.attached_storage import attached_differences
 from layover.errors import VerifyError
 from layover.imagelist import ImageList
 from layover.report import StageReport
-from layover.storage.attached import attached_differences
 from layover.storage.images import mismatches
 from layover.storage.verify import verify_storage
 from layover.workdir import WorkDir

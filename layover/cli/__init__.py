@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import sys
 
-from layover.cli import archive  # noqa: F401 - registers its verb
-from layover.cli import contents  # noqa: F401 - registers its verb
-from layover.cli import delta  # noqa: F401 - registers its verb
-from layover.cli import diff  # noqa: F401 - registers its verb
-from layover.cli import gc  # noqa: F401 - registers its verb
-from layover.cli import install  # noqa: F401 - registers its verb
-from layover.cli import push  # noqa: F401 - registers its verb
-from layover.cli import registry_image  # noqa: F401 - registers its verb
-from layover.cli import repair  # noqa: F401 - registers its verb
-from layover.cli import run  # noqa: F401 - registers its verb
-from layover.cli import verify  # noqa: F401 - registers its verb
+from layover.cli import (
+    archive,  # noqa: F401 - registers its verb
+    contents,  # noqa: F401 - registers its verb
+    delta,  # noqa: F401 - registers its verb
+    diff,  # noqa: F401 - registers its verb
+    gc,  # noqa: F401 - registers its verb
+    install,  # noqa: F401 - registers its verb
+    push,  # noqa: F401 - registers its verb
+    registry_image,  # noqa: F401 - registers its verb
+    repair,  # noqa: F401 - registers its verb
+    run,  # noqa: F401 - registers its verb
+    verify,  # noqa: F401 - registers its verb
+)
 from layover.cli.app import app
 
 __all__ = ["app", "main"]

@@ -1,5 +1,5 @@
 """Attachment discovery over a storage tree, verify's comparison with the run's record
-(layover.storage.attached), and the source reader over RegistryClient (scripted HTTP answers).
+(layover.attached_storage), and the source reader over RegistryClient (scripted HTTP answers).
 
 Storage trees are laid out as docker-registry 2.8 writes them (tests/unit/storage_builder.py);
 the artifacts are the fixture's real formats (layover.testing.attached).
@@ -17,9 +17,9 @@ import pytest
 from layover.adapters.attachment_reader import SourceAttachmentReader
 from layover.adapters.registry_client import SOURCE, Endpoint, RegistryClient
 from layover.attached import AttachedRecord, ListedAttachments, discover
+from layover.attached_storage import StorageAttachmentReader, attached_differences
 from layover.manifest import OCI_INDEX, OCI_MANIFEST
 from layover.reference import Digest, ImageRef
-from layover.storage.attached import StorageAttachmentReader, attached_differences
 from layover.testing.attached import (
     Artifact,
     Signer,
