@@ -13,6 +13,7 @@ from layover.adapters.lock import work_dir_lock
 from layover.attached import report_rows
 from layover.converge import RetryPolicy, SourceWatch
 from layover.copy import ManifestCopier, NativeCopier, Route, SkopeoCopier
+from layover.errors import ArchiveDamagedError
 from layover.registries import registries
 from layover.report import ReleaseReport
 from layover.settings import ReleaseRequest
@@ -23,6 +24,7 @@ from tasks.credentials import source_authfile
 from tasks.delta import write_deltas
 from tasks.fanout import MAX_CONCURRENCY
 from tasks.gc import collect_garbage
+from tasks.heal import heal_archive
 from tasks.load_list import load_images
 from tasks.overlay_reset import reset_overlay
 from tasks.package_sync import link_package, sync_package
@@ -88,26 +90,37 @@ def release(request: ReleaseRequest) -> ReleaseReport:
             # From here on the archive is history, never written: no registry serves it, or (to
             # PUT manifests through a package registry) one serves it read-only.
             regs.stop(archive)
-            stages.append(reset_overlay(wd))
-            stages.append(prune(wd))
-            if request.package_sync == "files":
-                stages.append(link_package(wd, package_images))
-            else:
-                archive = regs.serve_archive(read_only=True)
-                package = regs.serve_package()
-                to_package = Route(archive.host, package.host, wd.merged, src_tls_verify=False,
-                                   timeout=request.copy_timeout_seconds)
-                to_package_copier = ManifestCopier(
-                    to_package, regs.api(archive), regs.api(package),
-                    regs.guard(archive, package, destination=package),
-                )
-                stages.append(
-                    sync_package(package_images, to_package_copier, concurrency=request.concurrency,
-                                 retries=request.copy_retries)
-                )
-                regs.stop(package)  # never delete under a running registry
-            stages.append(collect_garbage(wd, package_images))
-            stages.append(verify_package(wd, package_images, attached.record))
+
+            def build_package() -> None:  # stages 2-6
+                stages.append(reset_overlay(wd))
+                stages.append(prune(wd))
+                if request.package_sync == "files":
+                    stages.append(link_package(wd, package_images))
+                else:
+                    archive = regs.serve_archive(read_only=True)
+                    package = regs.serve_package()
+                    to_package = Route(archive.host, package.host, wd.merged, src_tls_verify=False,
+                                       timeout=request.copy_timeout_seconds)
+                    to_package_copier = ManifestCopier(
+                        to_package, regs.api(archive), regs.api(package),
+                        regs.guard(archive, package, destination=package),
+                    )
+                    stages.append(
+                        sync_package(package_images, to_package_copier, concurrency=request.concurrency,
+                                     retries=request.copy_retries)
+                    )
+                    regs.stop(package)  # never delete under a running registry
+                stages.append(collect_garbage(wd, package_images))
+                stages.append(verify_package(wd, package_images, attached.record))
+
+            try:
+                build_package()
+            except ArchiveDamagedError as damage:
+                # Archive blobs that do not hash to their names: archive sync's heal puts them
+                # back from the source with the overlay unmounted, then the package is built
+                # again, once (docs/design.md §1, stage 1c).
+                stages.append(heal_archive(wd, package_images, damage, regs, source))
+                build_package()
             tar_stage, sha256, size, contents = write_release_tarball(
                 wd, request.output, listed, package_images, attached.record
             )

@@ -6,6 +6,7 @@
       work/      overlayfs workdir (disposable; must share upper's filesystem)
       merged/    the package registry's storage: the overlay view (disposable)
       run/       registry configs, a decoded credentials file (0600) during a run (disposable)
+      quarantine/<UTC time>/   damaged archive files moved out of lower/ (evidence, kept)
       lock       fcntl lock + holder description: one run per work dir
 
 Keeping all of them in one directory keeps upper/work on lower's filesystem (docs/design.md §3).
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from layover.storage.layout import StorageLayout
@@ -52,6 +54,21 @@ class WorkDir:
     def src_auth(self) -> Path:
         """Credentials from a Prefect Secret block, written for skopeo only while a run needs them."""
         return self.run / "src-auth.json"
+
+    @property
+    def quarantine(self) -> Path:
+        """Damaged archive files, moved out of lower/ by a heal or `layover repair-archive`, one
+        directory per repair: nothing found damaged is ever deleted."""
+        return self.root / "quarantine"
+
+    def quarantine_for(self, when: datetime) -> Path:
+        """This repair's own directory below `quarantine` (a new one if the second is taken)."""
+        stamp = when.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+        path, n = self.quarantine / stamp, 1
+        while path.exists():
+            n += 1
+            path = self.quarantine / f"{stamp}-{n}"
+        return path
 
     @property
     def releases(self) -> Path:

@@ -22,7 +22,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from layover.copy import ManifestCopier
-from layover.errors import LayoverError, StageFailed, Transient, TransientCopyError
+from layover.errors import ArchiveDamagedError, LayoverError, StageFailed, Transient, TransientCopyError
 from layover.imagelist import ImageList
 from layover.reference import ImageRef
 from layover.report import ImageCopy, StageReport
@@ -68,6 +68,14 @@ def link_package(wd: WorkDir, images: ImageList) -> StageReport:
             failures.append((str(ref), e))
             continue
         copies.append(ImageCopy(str(ref), str(done.digest), 0, done.blobs, 0, time.monotonic() - t))
+    damaged = [e for _, e in failures if isinstance(e, ArchiveDamagedError)]
+    if damaged:  # the flow heals the archive and builds the package again (tasks/heal.py)
+        blobs = list(dict.fromkeys(d for e in damaged for d in e.blobs))
+        raise ArchiveDamagedError(
+            damaged[0].path,
+            f"package sync: {len(blobs)} damaged manifest(s) in the archive; first: {damaged[0].reason}",
+            blobs,
+        )
     if failures:
         named = "; ".join(f"{ref}: {err}" for ref, err in failures[:10])
         more = f" (and {len(failures) - 10} more)" if len(failures) > 10 else ""
