@@ -22,6 +22,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from layover.copy import ManifestCopier
+from layover.diagnose import full_disk_named
 from layover.errors import ArchiveDamagedError, LayoverError, StageFailed, Transient, TransientCopyError
 from layover.imagelist import ImageList
 from layover.reference import ImageRef
@@ -60,14 +61,15 @@ def link_package(wd: WorkDir, images: ImageList) -> StageReport:
     started = time.monotonic()
     copies: list[ImageCopy] = []
     failures: list[tuple[str, BaseException]] = []
-    for ref in images.refs:
-        t = time.monotonic()
-        try:
-            done = publish(wd.archive, wd.package, ref)
-        except LayoverError as e:  # every image checked, then all reported together
-            failures.append((str(ref), e))
-            continue
-        copies.append(ImageCopy(str(ref), str(done.digest), 0, done.blobs, 0, time.monotonic() - t))
+    with full_disk_named(wd.upper, "package sync"):  # the links land in the overlay's upper dir
+        for ref in images.refs:
+            t = time.monotonic()
+            try:
+                done = publish(wd.archive, wd.package, ref)
+            except LayoverError as e:  # every image checked, then all reported together
+                failures.append((str(ref), e))
+                continue
+            copies.append(ImageCopy(str(ref), str(done.digest), 0, done.blobs, 0, time.monotonic() - t))
     damaged = [e for _, e in failures if isinstance(e, ArchiveDamagedError)]
     if damaged:  # the flow heals the archive and builds the package again (tasks/heal.py)
         blobs = list(dict.fromkeys(d for e in damaged for d in e.blobs))

@@ -100,7 +100,7 @@ def test_a_truncated_layer_alone_heals_in_the_run_that_finds_it(site, docker_cli
 def test_a_damaged_blob_the_source_lost_fails_naming_it_and_ships_nothing(site, docker_client):
     from flows.release import release as release_flow
 
-    ci, ci_storage, rel, images, work, out, good = site
+    ci, ci_storage, rel, images, work, out, _ = site
     archive = StorageLayout(work / "lower")
     debian = rel.image("base/debian")
     layer = Digest.parse(json.loads(debian.manifest)["layers"][-1]["digest"])
