@@ -27,7 +27,7 @@ from layover.attached import AttachedRow, report_rows
 from layover.contents import Contents
 from layover.converge import RetryPolicy, SourceWatch
 from layover.copy import ManifestCopier, NativeCopier, Route, SkopeoCopier
-from layover.errors import LayoverError, StageFailed, brief, signal_of
+from layover.errors import ArchiveDamagedError, LayoverError, StageFailed, brief, signal_of
 from layover.registries import registries
 from layover.report import ReleaseReport, StageReport
 from layover.settings import ReleaseRequest
@@ -38,6 +38,7 @@ from tasks.credentials import source_authfile
 from tasks.delta import write_deltas
 from tasks.fanout import MAX_CONCURRENCY
 from tasks.gc import collect_garbage
+from tasks.heal import heal_archive
 from tasks.load_list import LoadedList, load_images
 from tasks.overlay_reset import reset_overlay
 from tasks.package_sync import link_package, sync_package
@@ -187,30 +188,42 @@ def _build(request: ReleaseRequest, listed: LoadedList, stages: list[StageReport
             # From here on the archive is history, never written: no registry serves it, or (to
             # PUT manifests through a package registry) one serves it read-only.
             regs.stop(archive)
-            with progress.stage("overlay reset"):
-                stages.append(reset_overlay(wd))
-            with progress.stage("manifest pruning"):
-                stages.append(prune(wd))
-            if request.package_sync == "files":
-                stages.append(link_package(wd, package_images))
-            else:
-                archive = regs.serve_archive(read_only=True)
-                package = regs.serve_package()
-                to_package = Route(archive.host, package.host, wd.merged, src_tls_verify=False,
-                                   timeout=request.copy_timeout_seconds)
-                to_package_copier = ManifestCopier(
-                    to_package, regs.api(archive), regs.api(package),
-                    regs.guard(archive, package, destination=package),
-                )
-                stages.append(
-                    sync_package(package_images, to_package_copier, concurrency=request.concurrency,
-                                 retries=request.copy_retries)
-                )
-                regs.stop(package)  # never delete under a running registry
-            with progress.stage("gc"):
-                stages.append(collect_garbage(wd, package_images))
-            with progress.stage("verify"):
-                stages.append(verify_package(wd, package_images, attached.record))
+
+            def build_package() -> None:  # stages 2-6
+                with progress.stage("overlay reset"):
+                    stages.append(reset_overlay(wd))
+                with progress.stage("manifest pruning"):
+                    stages.append(prune(wd))
+                if request.package_sync == "files":
+                    stages.append(link_package(wd, package_images))
+                else:
+                    archive = regs.serve_archive(read_only=True)
+                    package = regs.serve_package()
+                    to_package = Route(archive.host, package.host, wd.merged, src_tls_verify=False,
+                                       timeout=request.copy_timeout_seconds)
+                    to_package_copier = ManifestCopier(
+                        to_package, regs.api(archive), regs.api(package),
+                        regs.guard(archive, package, destination=package),
+                    )
+                    stages.append(
+                        sync_package(package_images, to_package_copier, concurrency=request.concurrency,
+                                     retries=request.copy_retries)
+                    )
+                    regs.stop(package)  # never delete under a running registry
+                with progress.stage("gc"):
+                    stages.append(collect_garbage(wd, package_images))
+                with progress.stage("verify"):
+                    stages.append(verify_package(wd, package_images, attached.record))
+
+            try:
+                build_package()
+            except ArchiveDamagedError as damage:
+                # Archive blobs that do not hash to their names: archive sync's heal puts them
+                # back from the source with the overlay unmounted, then the package is built
+                # again, once (docs/design.md §1, stage 1c). The main source is asked for them.
+                with progress.stage("archive heal"):
+                    stages.append(heal_archive(wd, package_images, damage, regs, clients[main_source]))
+                build_package()
             with progress.stage("tarball"):
                 tar_stage, sha256, size, contents = write_release_tarball(
                     wd, request.output, listed, package_images, attached.record

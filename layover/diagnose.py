@@ -8,7 +8,10 @@ a `Transient` error: neither clears itself.
 
 from __future__ import annotations
 
+import errno
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from layover.errors import DiskFullError, LayoverError, StorageError
@@ -33,6 +36,24 @@ def disk_full(ref: ImageRef, storage: Path, registry_log: str) -> DiskFullError 
         hint="free space (or inodes) or move the work dir to a bigger disk and run again; the archive "
         "keeps everything already copied, nothing was shipped",
     )
+
+
+@contextmanager
+def full_disk_named(directory: Path, doing: str) -> Iterator[None]:
+    """ENOSPC (or EDQUOT) while a stage writes `directory` (the overlay's upper dir): a
+    DiskFullError naming it, what is free and what to do, instead of a bare OSError."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        st = os.statvfs(directory)
+        inodes = f", {st.f_favail} inodes free" if st.f_files else ""
+        raise DiskFullError(
+            f"{directory}: no space left on device during {doing} ({st.f_bavail * st.f_frsize} bytes"
+            f"{inodes}): free space (or inodes) on that filesystem or move the work dir to a bigger "
+            "disk, and run again; the archive is untouched and nothing shipped"
+        ) from None
 
 
 def damaged_storage(ref: ImageRef, storages: list[Path], error: LayoverError, work_dir: Path) -> StorageError | None:

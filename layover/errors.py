@@ -22,6 +22,7 @@
     ├── DiskFullError               no space left; names the path and the space needed   exit 5
     ├── VerifyError                 the package does not serve exactly the listed images exit 6
     ├── StorageError                a registry storage file is corrupt (names the file)  exit 6
+    │   └── ArchiveDamagedError     archive blobs do not hash to their names: the run heals them
     ├── GCError                     marking failed: nothing was deleted                  exit 6
     ├── CommandError                a subprocess failed (argv, exit code, stderr kept)
     ├── RegistryError               a registry container or endpoint cannot be used
@@ -43,6 +44,10 @@ from __future__ import annotations
 
 import signal as _signal
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from layover.reference import Digest
 
 # Exit codes, documented in the README's command-line section.
 EXIT_FAILURE = 1
@@ -209,6 +214,16 @@ class StorageError(LayoverError):
         self.path = path
         self.reason = reason
         super().__init__(f"{path}: {reason}", hint=hint, detail=detail)
+
+
+class ArchiveDamagedError(StorageError):
+    """Blobs of the archive (seen through the package) do not hash to their names. The release
+    flow catches it and heals the archive once (tasks/heal.py); it reaches the user only if the
+    damage is still there after that."""
+
+    def __init__(self, path: str, reason: str, blobs: Sequence[Digest]) -> None:
+        super().__init__(path, reason)
+        self.blobs = tuple(blobs)
 
 
 class GCError(LayoverError):

@@ -8,6 +8,7 @@
       run/       registry configs, a decoded credentials file (0600) during a run (disposable)
       releases/  one <package sha256>.json per package built: its run report (archive status)
       logs/      one log per failed run: every failed image's full diagnostics (the newest 20)
+      quarantine/<UTC time>/   damaged archive files moved out of lower/ (evidence, kept)
       lock       fcntl lock + holder description: one run per work dir
 
 Keeping all of them in one directory keeps upper/work on lower's filesystem (docs/design.md §3).
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from layover.storage.layout import StorageLayout
@@ -54,6 +56,21 @@ class WorkDir:
     def src_auth(self) -> Path:
         """Credentials from a Prefect Secret block, written for skopeo only while a run needs them."""
         return self.run / "src-auth.json"
+
+    @property
+    def quarantine(self) -> Path:
+        """Damaged archive files, moved out of lower/ by a heal or `layover repair-archive`, one
+        directory per repair: nothing found damaged is ever deleted."""
+        return self.root / "quarantine"
+
+    def quarantine_for(self, when: datetime) -> Path:
+        """This repair's own directory below `quarantine` (a new one if the second is taken)."""
+        stamp = when.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+        path, n = self.quarantine / stamp, 1
+        while path.exists():
+            n += 1
+            path = self.quarantine / f"{stamp}-{n}"
+        return path
 
     @property
     def releases(self) -> Path:

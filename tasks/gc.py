@@ -11,6 +11,7 @@ import time
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from layover.diagnose import full_disk_named
 from layover.imagelist import ImageList
 from layover.report import StageReport
 from layover.storage.gc import plan_gc
@@ -24,7 +25,8 @@ def collect_garbage(wd: WorkDir, images: ImageList) -> StageReport:
     started = time.monotonic()
     plan = plan_gc(wd.package, extra_roots=pinned_roots(images))
     get_run_logger().info("gc plan: %s", plan.summary())
-    apply_gc(plan)
-    # Empty dirs a killed archive prune left in lower would otherwise be packaged (docs/retention.md).
-    remove_empty_dirs(wd.package)
+    with full_disk_named(wd.upper, "GC"):  # whiteouts land in the overlay's upper dir
+        apply_gc(plan)
+        # Empty dirs a killed archive prune left in lower would otherwise be packaged (docs/retention.md).
+        remove_empty_dirs(wd.package)
     return StageReport("gc", time.monotonic() - started, detail=plan.summary())

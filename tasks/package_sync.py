@@ -23,7 +23,8 @@ from prefect.cache_policies import NO_CACHE
 
 from layover import progress
 from layover.copy import ManifestCopier
-from layover.errors import LayoverError, StageFailed, Transient, TransientCopyError, brief
+from layover.diagnose import full_disk_named
+from layover.errors import ArchiveDamagedError, LayoverError, StageFailed, Transient, TransientCopyError, brief
 from layover.imagelist import ImageList
 from layover.reference import ImageRef
 from layover.report import ImageCopy, StageReport
@@ -66,16 +67,25 @@ def link_package(wd: WorkDir, images: ImageList) -> StageReport:
     copies: list[ImageCopy] = []
     failures: list[tuple[str, BaseException]] = []
     with progress.stage(STAGE, images=len(images)) as sink:
-        for ref in images.refs:
-            t = time.monotonic()
-            try:
-                done = publish(wd.archive, wd.package, ref)
-            except LayoverError as e:  # every image checked, then all reported together
-                sink.image_done(STAGE, str(ref), ok=False)
-                failures.append((str(ref), e))
-                continue
-            sink.image_done(STAGE, str(ref))
-            copies.append(ImageCopy(str(ref), str(done.digest), 0, done.blobs, 0, time.monotonic() - t))
+        with full_disk_named(wd.upper, STAGE):  # the links land in the overlay's upper dir
+            for ref in images.refs:
+                t = time.monotonic()
+                try:
+                    done = publish(wd.archive, wd.package, ref)
+                except LayoverError as e:  # every image checked, then all reported together
+                    sink.image_done(STAGE, str(ref), ok=False)
+                    failures.append((str(ref), e))
+                    continue
+                sink.image_done(STAGE, str(ref))
+                copies.append(ImageCopy(str(ref), str(done.digest), 0, done.blobs, 0, time.monotonic() - t))
+        damaged = [e for _, e in failures if isinstance(e, ArchiveDamagedError)]
+        if damaged:  # the flow heals the archive and builds the package again (tasks/heal.py)
+            blobs = list(dict.fromkeys(d for e in damaged for d in e.blobs))
+            raise ArchiveDamagedError(
+                damaged[0].path,
+                f"{STAGE}: {len(blobs)} damaged manifest(s) in the archive; first: {damaged[0].reason}",
+                blobs,
+            )
         if failures:
             raise StageFailed(
                 f"{STAGE}: {len(failures)} image(s) failed; the archive does not hold them whole: "

@@ -8,6 +8,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from layover.adapters import overlay
+from layover.diagnose import full_disk_named
 from layover.report import StageReport
 from layover.storage.prune import prune_manifests
 from layover.workdir import WorkDir
@@ -17,7 +18,8 @@ from layover.workdir import WorkDir
 def prune(wd: WorkDir) -> StageReport:
     started = time.monotonic()
     hide = overlay.whiteout_hider(wd.lower, wd.upper, wd.work, wd.merged)
-    result = prune_manifests(wd.archive, wd.package, hide)
+    with full_disk_named(wd.upper, "manifest pruning"):  # whiteouts land in the overlay's upper dir
+        result = prune_manifests(wd.archive, wd.package, hide)
     return StageReport(
         "manifest pruning",
         time.monotonic() - started,

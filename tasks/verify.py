@@ -13,8 +13,9 @@ from prefect.cache_policies import NO_CACHE
 
 from layover.attached import AttachedRecord
 from layover.attached_storage import attached_differences
-from layover.errors import VerifyError
+from layover.errors import ArchiveDamagedError, VerifyError
 from layover.imagelist import ImageList
+from layover.reference import Digest
 from layover.report import StageReport
 from layover.storage.images import mismatches
 from layover.storage.verify import verify_storage
@@ -26,6 +27,13 @@ def verify_package(wd: WorkDir, images: ImageList, attached: AttachedRecord | No
     started = time.monotonic()
     report = verify_storage(wd.package, images)
     get_run_logger().info("verify: %s", report.summary())
+    if report.damaged_blobs:  # the flow heals the archive and builds the package again (tasks/heal.py)
+        first = next(p for p in report.problems if p.blob is not None)
+        raise ArchiveDamagedError(
+            first.path,
+            f"verify: {len(report.damaged_blobs)} blob(s) do not hash to their names; first: {first.message}",
+            [Digest(h) for h in report.damaged_blobs],
+        )
     report.raise_for_problems()
     wrong = mismatches(wd.archive, wd.package, images)
     if wrong:

@@ -32,6 +32,7 @@ import httpx
 from layover.adapters.registry_client import FetchedManifest, RegistryClient
 from layover.errors import (
     CopyError,
+    ImageNotFoundError,
     InputError,
     LayoverError,
     RegistryError,
@@ -238,3 +239,92 @@ def _media_type(fetched: FetchedManifest, declared: str | None) -> str:
     if fetched.media_type in MANIFEST_MEDIA_TYPES:
         return fetched.media_type
     return declared or fetched.media_type
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """One blob to put back into the destination: where the source may have it."""
+
+    digest: Digest
+    repositories: tuple[str, ...]  # asked in this order; the first that has it serves it
+    manifest: bool  # PUT as a manifest by digest, not uploaded as a blob
+
+
+def refetch(
+    src: RegistryClient,
+    dst: RegistryClient,
+    wanted: list[Wanted],
+    *,
+    sleep: Callable[[float], object] = time.sleep,
+) -> list[Digest]:
+    """Copy single blobs source -> destination again (the heal of a damaged archive blob,
+    docs/reliability.md); returns those no listed repository at the source serves any more.
+
+    Configs and layers first, streamed and hashed on the way as in `copy_image`; then manifests,
+    fetched by digest (the bytes must hash to it) and PUT by digest, image manifests before
+    indexes, because a registry accepts an index only once its children are stored. Reads are
+    retried where they failed as in a copy; what still fails raises."""
+    again = functools.partial(_again, sleep=sleep)
+    lost: list[Digest] = []
+
+    def blob(w: Wanted) -> bool:
+        for repo in w.repositories:
+            size = again(functools.partial(src.blob_size, repo, w.digest))
+            if size is None:
+                continue
+
+            def upload(repo: str = repo, size: int = size) -> object:
+                return dst.upload_blob(
+                    repo, w.digest, src.iter_blob(repo, w.digest), size=size, check_present=False
+                )
+
+            again(upload)
+            return True
+        return False
+
+    def fetch_manifest(w: Wanted) -> tuple[str, FetchedManifest] | None:
+        for repo in w.repositories:
+            try:
+                return repo, again(functools.partial(src.get_manifest, repo, w.digest))
+            except ImageNotFoundError:
+                continue
+        return None
+
+    try:
+        for w in wanted:
+            if not w.manifest and not blob(w):
+                lost.append(w.digest)
+        fetched: list[tuple[str, FetchedManifest, bool]] = []
+        for w in wanted:
+            if not w.manifest:
+                continue
+            got = fetch_manifest(w)
+            if got is None:
+                lost.append(w.digest)
+                continue
+            repo, m = got
+            parsed = parse_manifest(m.data, f"{src.host}/{repo}@{w.digest}")
+            fetched.append((repo, m, parsed.kind is ManifestKind.INDEX))
+        # image manifests, then indexes; an index of indexes waits for a later round
+        todo = sorted(fetched, key=lambda f: f[2])
+        while todo:
+            failed: list[tuple[str, FetchedManifest, bool]] = []
+            error: BaseException | None = None
+            for repo, m, is_index in todo:
+                try:
+                    declared = parse_manifest(m.data, f"{src.host}/{repo}@{m.digest}").media_type
+                    dst.put_manifest(repo, m.digest, m.data, _media_type(m, declared))
+                except RegistryError as e:
+                    failed.append((repo, m, is_index))
+                    error = e
+            if len(failed) == len(todo):
+                assert error is not None
+                raise error
+            todo = failed
+    except Transient as e:
+        raise TransientCopyError(f"{src.host}: putting damaged archive blobs back: {e}") from None
+    except httpx.TransportError as e:
+        raise TransientCopyError(
+            f"{src.host}: putting damaged archive blobs back: {type(e).__name__}: {e}"
+        ) from None
+    return lost

@@ -16,11 +16,14 @@ def repair_archive(
     work_dir: Annotated[Path, typer.Argument(help="The work dir whose archive (lower/) to repair.")],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Report damage; change nothing.")] = False,
 ) -> None:
-    """Remove damaged archive files (bad blob digests, garbage links) so the next `layover run`
-    fetches them again from the source. Exits 1 if damage was found in a dry run."""
+    """Move damaged archive files (bad blob digests, garbage links) out of the archive, into
+    WORK_DIR/quarantine/, so the next `layover run` fetches them again from the source. Exits 1
+    if damage was found in a dry run."""
+    from datetime import datetime
+
     from layover.adapters import overlay
     from layover.adapters.served import refuse_if_served
-    from layover.storage.repair import apply_repair, scan
+    from layover.storage.repair import repair, scan
     from layover.workdir import WorkDir
 
     try:
@@ -28,8 +31,10 @@ def repair_archive(
         if not wd.archive.v2.is_dir():
             raise UsageError(f"{wd.lower}: no archive here (no docker/registry/v2); check --work-dir")
         if overlay.is_mounted(wd.merged):
-            raise LayoverError(f"{wd.merged} is mounted over the archive: is a run in progress? "
-                               "wait for it, or run `layover run` once to clean up a killed run")
+            raise LayoverError(
+                f"{wd.merged} is mounted over the archive: is a run in progress? "
+                "wait for it, or run `layover run` once to clean up a killed run"
+            )
         refuse_if_served(wd.lower)
         plan = scan(wd.archive)
         typer.echo(plan.summary())
@@ -37,8 +42,11 @@ def repair_archive(
             return
         if dry_run:
             raise typer.Exit(1)
-        n = apply_repair(plan)
-        typer.echo(f"removed {n} damaged entries; run `layover run` for each affected release: "
-                   "archive sync fetches them again from the source")
+        done = repair(plan, wd.quarantine_for(datetime.now()))
+        typer.echo(
+            f"moved {len(done.moved)} damaged entries out of the archive into {done.quarantine}; "
+            "run `layover run` for each affected release: archive sync fetches them again "
+            "from the source"
+        )
     except LayoverError as e:
         fail(e)

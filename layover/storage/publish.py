@@ -17,10 +17,11 @@ PUT costs milliseconds of HTTP and a registry container's start and stop.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 
-from layover.errors import CopyError, StorageError
+from layover.errors import ArchiveDamagedError, CopyError, StorageError
 from layover.manifest import ManifestKind, parse_manifest
 from layover.reference import Digest, ImageRef
 from layover.storage.images import resolve
@@ -36,7 +37,8 @@ class Published:
 
 def publish(archive: StorageLayout, package: StorageLayout, ref: ImageRef) -> Published:
     """Link `ref`'s manifest tree in `package` as the archive has it. CopyError names what is
-    missing (the archive does not hold the image whole); StorageError names a corrupt file.
+    missing (the archive does not hold the image whole); StorageError names a corrupt file,
+    ArchiveDamagedError a manifest whose bytes do not hash to its digest.
 
     Paths are plain strings (StrPaths) and files are probed with os calls: this runs for every
     image of every release, and pathlib objects cost more than the syscalls themselves."""
@@ -60,6 +62,17 @@ def publish(archive: StorageLayout, package: StorageLayout, ref: ImageRef) -> Pu
             raise CopyError(
                 f"{ref}: manifest sha256:{hex_} has no data in the package ({data_path})"
             ) from None
+        # Manifests are small and read anyway: hashing them here finds a damaged one before its
+        # links are written (the run heals it, tasks/heal.py), where parsing alone would miss a
+        # truncation that is still JSON.
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != hex_:
+            raise ArchiveDamagedError(
+                data_path,
+                f"{ref}: manifest sha256:{hex_} holds {len(data)} bytes hashing to sha256:{actual[:12]}...; "
+                "the archive's copy is damaged",
+                [Digest(hex_)],
+            )
         manifest = parse_manifest(data, data_path)
         if manifest.kind is ManifestKind.INDEX:
             for child in manifest.children:

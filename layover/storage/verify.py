@@ -77,6 +77,7 @@ class Problem:
     path: str  # the file or directory concerned ("" if none)
     repo: str | None
     message: str
+    blob: str | None = None  # DIGEST_MISMATCH: the hex of the blob whose data is damaged
 
     def __str__(self) -> str:
         return f"{self.kind.value}: {self.message}" + (f" ({self.path})" if self.path else "")
@@ -95,6 +96,11 @@ class VerifyReport:
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    @property
+    def damaged_blobs(self) -> tuple[str, ...]:
+        """Blobs whose data does not hash to their name (hex), in report order."""
+        return tuple(dict.fromkeys(p.blob for p in self.problems if p.blob is not None))
 
     def to_json(self) -> str:
         return json.dumps({
@@ -406,7 +412,7 @@ def _hash_slice(paths: list[tuple[str, str]]) -> tuple[list[Problem], int]:
         total += n
         if got != hex_:
             problems.append(Problem(ProblemKind.DIGEST_MISMATCH, path, None,
-                                    f"content hashes to sha256:{got}, not its name; the blob is corrupt"))
+                                    f"content hashes to sha256:{got}, not its name; the blob is corrupt", hex_))
     return problems, total
 
 
@@ -491,7 +497,8 @@ class _TarView(_View):
             self.json_blobs[hex_] = b"".join(keep)
         if h.hexdigest() != hex_:
             self.problems.append(Problem(ProblemKind.DIGEST_MISMATCH, name, None,
-                                         f"content hashes to sha256:{h.hexdigest()}, not its name; the blob is corrupt"))
+                                         f"content hashes to sha256:{h.hexdigest()}, not its name; the blob is corrupt",
+                                         hex_))
 
     def read_small(self, path: str) -> bytes | None:
         return self.files.get(path)

@@ -1,6 +1,8 @@
 """Fixtures for flow-level integration tests: one Prefect engine per session, registries per module.
 
     prefect_harness    (session) a temporary Prefect server
+    prefect_api        (module) a standing `prefect server start` on 127.0.0.1; yields the
+                       environment for CLI runs and workers against it (tests/integration/cli_runs.py)
     module_registries  (module) RegistryManager with a unique label scope; containers removed at
                        module end
     ci_site            (module) factory(name, *, scale, number=1) -> CiSite: a CI registry (from
@@ -70,3 +72,16 @@ def ci_site(module_registries, tmp_path_factory) -> Callable[..., CiSite]:
         return CiSite(ci.host, rel, images, base)
 
     return make
+
+
+@pytest.fixture(scope="module")
+def prefect_api(tmp_path_factory):
+    """`prefect server start` on 127.0.0.1; yields the environment for CLI runs against it."""
+    from tests.integration.cli_runs import PrefectServer
+
+    server = PrefectServer(tmp_path_factory.mktemp("prefect-home"))
+    try:
+        server.start()
+        yield server.env
+    finally:
+        server.stop()

@@ -1,26 +1,36 @@
 """Disks that fill up: the work dir or the output on a small loop-mounted ext4 made by the test.
 
-A full disk must end the run with a DiskFullError naming the path and the space, leave no
-partial output and an intact archive, and the next run on a bigger disk must succeed.
+A full disk must end the run with a DiskFullError naming the path and the space, in one attempt,
+leave no partial output, nothing mounted and an intact archive (content and metadata), and the
+next run with space must succeed. The moments: the output disk before the tarball (preflight),
+the work dir's disk during archive sync, during package sync (filled while the run is frozen
+right after pruning), and one disk holding work dir and output, full during the tarball write.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import os
+import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from layover import imagelist
+from layover.adapters import overlay
 from layover.errors import DiskFullError, LayoverError
 from layover.settings import ListFromFile, ReleaseRequest
 from layover.storage.verify import verify_tarball
 from layover.workdir import WorkDir
 from tests.conftest import require
+from tests.integration.cli_runs import BIN, finished, resume, start_cli, stop_when
 from tests.integration.conftest import CiSite
 from tests.integration.test_release_flow import tree_hash
+from tests.snapshot import assert_unchanged, snapshot
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -156,3 +166,141 @@ def test_work_dir_disk_full_fails_clearly_and_the_grown_disk_works(site, disks, 
     # what the failed sync stored stays (the archive is additive); uploads it left may be purged
     kept = {k: v for k, v in before.items() if "/_uploads/" not in k}
     assert {k: after.get(k) for k in kept} == kept
+
+
+def _fill(mnt: Path) -> Path:
+    """Take every free block of the filesystem at `mnt` (fallocate, smaller and smaller)."""
+    filler = mnt / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        offset, chunk = 0, max(4096, os.statvfs(mnt).f_bavail * os.statvfs(mnt).f_frsize)
+        while chunk >= 1024:
+            try:
+                os.posix_fallocate(fd, offset, chunk)
+                offset += chunk
+            except OSError as e:
+                if e.errno != errno.ENOSPC:
+                    raise
+                chunk //= 2
+    finally:
+        os.close(fd)
+    return filler
+
+
+def _shrink_to(mnt: Path, free: int) -> Path:
+    """Leave about `free` bytes free on the filesystem at `mnt`, with one filler file."""
+    filler = mnt / "filler"
+    have = os.statvfs(mnt).f_bavail * os.statvfs(mnt).f_frsize
+    assert have > free, (have, free)
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        os.posix_fallocate(fd, 0, have - free)
+    finally:
+        os.close(fd)
+    return filler
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _du(path: Path) -> int:
+    return sum(os.lstat(os.path.join(d, n)).st_blocks * 512 for d, ds, fs in os.walk(path) for n in ds + fs)
+
+
+def _nothing_left(wd: WorkDir, docker_client) -> None:
+    assert not overlay.is_mounted(wd.merged), "the overlay was left mounted"
+    assert not docker_client.containers.list(all=True, filters={"label": [f"layover.scope={wd.scope}"]})
+
+
+def _task_runs(flow_run_id, name: str) -> list:
+    """The task runs of `name` in a flow run (rows reach the server a moment after the run:
+    wait until the failed one is there)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter
+
+    deadline = time.monotonic() + 30
+    while True:
+        with get_client(sync_client=True) as client:
+            runs = [t for t in client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [flow_run_id]}))
+                    if t.name.startswith(name)]
+        if (runs and all(t.state is not None and t.state.is_final() for t in runs)) or time.monotonic() > deadline:
+            return runs
+        time.sleep(0.5)
+
+
+def test_one_disk_for_work_dir_and_output_full_during_the_tarball_write(site, disks, docker_client):
+    """The tarball fits no more once the package is built: DiskFullError by type, after one
+    attempt of the tarball task, no partial file, an untouched archive; with space it works."""
+    from flows.release import release as release_flow
+
+    disk = disks.make("one-disk", 16 * 1024)
+    wd = WorkDir.at(disk / "work")
+    first = release_flow(_request(site, wd.root, disk / "first.tar"))
+    size = (disk / "first.tar").stat().st_size
+    for p in disk.glob("first.tar*"):
+        p.unlink()
+    upper = _du(wd.upper) + _du(wd.work)
+    for d in (wd.upper, wd.work):  # the next reset would delete them off the critical path
+        shutil.rmtree(d)
+    before = snapshot(wd.lower)
+    # room for the overlay's links and whiteouts (half as much again as the last run's took),
+    # not for the tarball: ext4 cannot reflink, so the tarball needs its full size again
+    free = upper * 3 // 2 + size // 4
+    assert free < size - upper, (upper, size)
+    filler = _shrink_to(disk, free)
+
+    out = disk / "release.tar"
+    state = release_flow(_request(site, wd.root, out), return_state=True)
+    assert state.is_failed()
+    with pytest.raises(DiskFullError) as info:
+        state.result()
+    message = str(info.value)
+    print(f"\n{message}")
+    assert "\n" not in message and str(disk) in message and "no space left" in message
+    tar_runs = _task_runs(state.state_details.flow_run_id, "write-tarball")
+    assert [(t.run_count, t.state.type.value) for t in tar_runs] == [(1, "FAILED")], tar_runs
+    assert _leftovers(out) == []
+    assert_unchanged(before, snapshot(wd.lower))
+    _nothing_left(wd, docker_client)
+
+    filler.unlink()
+    again = release_flow(_request(site, wd.root, out))
+    assert again.sha256 == first.sha256 == _sha256(out)
+
+
+def test_work_dir_disk_full_during_package_sync_is_one_line_and_leaves_nothing(
+    site, disks, prefect_api, docker_client, tmp_path
+):
+    """`layover run` frozen right after pruning, its work dir's disk filled, then let go: the
+    links package sync writes into the overlay's upper dir find no space."""
+    disk = disks.make("work-pkg", 16 * 1024)
+    wd = WorkDir.at(disk / "work")
+    out = tmp_path / "out" / "release.tar"
+    argv = [str(BIN / "layover"), "run", "--images", str(site.images), "--source", site.ci_host,
+            "--no-src-tls-verify", "--work-dir", str(wd.root), "--output", str(out), "--concurrency", "4"]
+    first = start_cli(argv, prefect_api)
+    assert first.wait(timeout=240) == 0, first.text()[-3000:]
+    want = _sha256(out)
+    for p in out.parent.glob(f"{out.name}*"):
+        p.unlink()
+    before = snapshot(wd.lower)
+
+    run = start_cli(argv, prefect_api)
+    stop_when(run, lambda: run.saw(finished("prune-manifests")))
+    assert not run.saw(r"package sync: \d+ images written")
+    filler = _fill(disk)
+    resume(run)
+    assert run.wait(timeout=240) == 5, run.text()[-3000:]
+    errors = [line for line in run.text().splitlines() if line.startswith("layover: error:")]
+    print(f"\n{errors}")
+    assert len(errors) == 1, run.text()[-3000:]
+    assert "no space left on device during package sync" in errors[0] and str(wd.upper) in errors[0]
+    assert not out.exists() and _leftovers(out) == []
+    assert_unchanged(before, snapshot(wd.lower))
+    _nothing_left(wd, docker_client)
+
+    filler.unlink()
+    again = start_cli(argv, prefect_api)
+    assert again.wait(timeout=240) == 0, again.text()[-3000:]
+    assert _sha256(out) == want

@@ -14,87 +14,29 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import shutil
-import signal
 import subprocess
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
 
-from layover.adapters.registry import free_port
 from layover.testing.push import push_release
 from layover.testing.releases import Release, release
 from layover.workdir import WorkDir
+from tests.integration.cli_runs import BIN, Run, finished, kill_group, start_cli, stop_when
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[2]
-BIN = REPO / ".venv" / "bin"
 SCALE = 0.3
 
 
-# --- a standing Prefect server and a CLI runner ----------------------------------------------
-@pytest.fixture(scope="module")
-def prefect_api(tmp_path_factory) -> Iterator[dict[str, str]]:
-    """`prefect server start` on 127.0.0.1; yields the environment for CLI runs against it."""
-    home = tmp_path_factory.mktemp("prefect-home")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    # the moments are read from Prefect's log lines, which `layover run` keeps off the console
-    # unless asked (it shows its own progress)
-    env.update(PREFECT_HOME=str(home), DO_NOT_TRACK="1", PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PYTHONUNBUFFERED="1", PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL="INFO")
-    port = free_port()
-    log = open(home / "server.log", "wb")  # noqa: SIM115 - closed below
-    server = subprocess.Popen(
-        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    api = f"http://127.0.0.1:{port}/api"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if httpx.get(f"{api}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert server.poll() is None, (home / "server.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "prefect server did not answer within 180 s"
-            time.sleep(0.5)
-        yield {**env, "PREFECT_API_URL": api}
-    finally:
-        _kill_group(server)
-        log.close()
-
-
-def _kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
-    try:
-        os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
-    if sig == signal.SIGKILL:
-        proc.wait(timeout=30)
-
-
-@dataclass
-class Run:
-    proc: subprocess.Popen
-    lines: list[str] = field(default_factory=list)
-    reader: threading.Thread | None = None
-
-    def text(self) -> str:
-        return "".join(self.lines)
-
-    def saw(self, pattern: str) -> bool:
-        return re.search(pattern, self.text(), re.MULTILINE) is not None
+# --- a standing Prefect server and a CLI runner (tests/integration/cli_runs.py) --------------
+_kill_group = kill_group
 
 
 @dataclass
@@ -110,12 +52,7 @@ class Site:
         argv = [str(BIN / "layover"), "run", "--images", str(self.images), "--source", self.ci_host,
                 "--no-src-tls-verify", "--work-dir", str(work), "--output", str(output),
                 "--concurrency", "4"]
-        proc = subprocess.Popen(argv, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True, text=True)
-        run = Run(proc)
-        run.reader = threading.Thread(target=lambda: run.lines.extend(iter(proc.stdout.readline, "")),
-                                      daemon=True)
-        run.reader.start()
+        run = start_cli(argv, self.env)
         self.runs.append(run)
         return run
 
@@ -196,18 +133,7 @@ def baseline(site) -> tuple[str, Path]:
 
 
 # --- the kill ----------------------------------------------------------------------------------
-def _stop_when(run: Run, moment: Callable[[], bool], timeout: float = 180) -> None:
-    """Poll tightly until `moment()` holds, then freeze the whole run with SIGSTOP."""
-    deadline = time.monotonic() + timeout
-    while not moment():
-        if run.proc.poll() is not None:
-            pytest.fail(f"the run ended before the moment came:\n{run.text()[-4000:]}")
-        if time.monotonic() > deadline:
-            _kill_group(run.proc)
-            pytest.fail(f"the moment never came within {timeout:g} s:\n{run.text()[-4000:]}")
-        time.sleep(0.002)
-    os.killpg(run.proc.pid, signal.SIGSTOP)
-    time.sleep(0.3)  # let the reader thread drain what was printed before the freeze
+_stop_when = stop_when
 
 
 def _finish_kill(run: Run) -> None:
@@ -224,8 +150,7 @@ def _partials(out: Path) -> list[Path]:
     return sorted(out.parent.glob(f".{out.name}.*.partial")) if out.parent.exists() else []
 
 
-def _finished(task: str) -> str:
-    return rf"Task run '{task}[^']*' - Finished in state Completed"
+_finished = finished
 
 
 def _assert_recovered(site: Site, docker_client, wd: WorkDir, out: Path, want_sha: str) -> Run:
