@@ -51,6 +51,9 @@ class RunRegistries:
         self._probes: list[SourceProbe] = []
         self._remote: list[RegistryClient] = []  # source clients, closed at the end
         self._lock = threading.Lock()
+        # Starting, stopping and reviving take turns: a copy thread must never revive a
+        # registry that the run's teardown (or an interrupt) has just removed.
+        self._life = threading.RLock()
 
     # --- lifecycle -----------------------------------------------------------------------
     def serve_archive(self, *, read_only: bool = False) -> Registry:
@@ -62,28 +65,39 @@ class RunRegistries:
         return self._serve("package", self.wd.merged, False)
 
     def _serve(self, role: str, storage: Path, read_only: bool) -> Registry:
-        running = self._serving.get(role)
-        if running is not None:
-            self.stop(running)
-        storage.mkdir(parents=True, exist_ok=True)
-        reg = self._serving[role] = self.manager.start(role, storage, read_only=read_only)
-        return reg
+        with self._life:
+            running = self._serving.get(role)
+            if running is not None:
+                self.stop(running)
+            storage.mkdir(parents=True, exist_ok=True)
+            reg = self._serving[role] = self.manager.start(role, storage, read_only=read_only)
+            return reg
 
     def stop(self, reg: Registry) -> None:
-        client = self._clients.pop(reg.host, None)
-        if client is not None:
-            client.close()
-        self.manager.stop(reg)
-        if self._serving.get(reg.role) == reg:
-            del self._serving[reg.role]
+        with self._life:
+            if self._serving.get(reg.role) == reg:
+                del self._serving[reg.role]
+            client = self._clients.pop(reg.host, None)
+            if client is not None:
+                client.close()
+            self.manager.stop(reg)
 
     def stop_all(self) -> int:
         """Remove every container of this work dir, ours or a killed run's; how many there were."""
-        for client in self._clients.values():
-            client.close()
-        self._clients.clear()
-        self._serving.clear()
-        return len(self.manager.remove_scope())
+        with self._life:
+            self._serving.clear()
+            for client in self._clients.values():
+                client.close()
+            self._clients.clear()
+            return len(self.manager.remove_scope())
+
+    def revive(self, regs: Iterable[Registry]) -> None:
+        """Restart those of `regs` that stopped answering, if the run still means them to serve
+        (a registry stopped on purpose, or removed by teardown, stays down)."""
+        with self._life:
+            for reg in regs:
+                if self._serving.get(reg.role) == reg and self.manager.ensure_serving(reg):
+                    log.warning("registry %s stopped answering and was restarted", reg.name)
 
     def close(self) -> None:
         self.stop_all()
@@ -175,13 +189,7 @@ class StageGuard:
         return damaged_storage(ref, [reg.storage for reg in self.own], error, self.regs.wd.root)
 
     def revive(self) -> None:
-        with _revive_lock:  # one copy thread restarts it; the others find it answering
-            for reg in self.own:
-                if self.regs.manager.ensure_serving(reg):
-                    log.warning("registry %s stopped answering and was restarted", reg.name)
-
-
-_revive_lock = threading.Lock()
+        self.regs.revive(self.own)  # one copy thread restarts it; the others find it answering
 
 
 @contextmanager

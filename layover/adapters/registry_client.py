@@ -945,9 +945,9 @@ class RegistryClient:
         url = str(resp.request.url.copy_with(query=None))
         if status == 404 and not_found and (set(codes) & _NOT_FOUND_CODES or not codes):
             return ImageNotFoundError(
-                f"{self.host}/{what}: not found ({'/'.join(codes) or '404'}); check the "
-                f"name and tag (and that {self.endpoint.flags.authfile}'s credentials may "
-                "see it)"
+                f"{self.host}/{what}: not found ({'/'.join(codes) or '404'})",
+                hint="the source registry has no such image: check the reference in images.list "
+                f"(and that {self.endpoint.flags.authfile}'s credentials may see it)",
             )
         if status == 429 or status >= 500:
             return TransientHTTPError(resp.request.method, url, status, codes, detail, "retrying may help")

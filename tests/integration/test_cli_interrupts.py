@@ -62,10 +62,12 @@ class Site:
     docker: object
     runs: list[Cli] = field(default_factory=list)
 
-    def argv(self, work: Path, out: Path, *extra: str) -> list[str]:
+    def argv(self, work: Path, out: Path, *extra: str, copier: str = "native") -> list[str]:
         return layover(
             *extra,
             "run",
+            "--copier",
+            copier,
             "--images",
             str(self.images),
             "--source",
@@ -80,11 +82,13 @@ class Site:
         )
 
     def start(self, work: Path, out: Path, *, tty: bool = False, embedded: bool = False) -> Cli:
+        """Ctrl-C (tty) runs copy with skopeo: the terminal signals its processes too; SIGTERM
+        runs copy in-process (the default): the CLI alone must stop its own copies."""
         env = dict(self.env)
         if embedded:  # Prefect's temporary server, in a home of its own
             home = Path(tempfile.mkdtemp(prefix="prefect-home-", dir=self.base))
             env = base_env(home)
-        cli = Cli(self.argv(work, out), env, tty=tty, embedded=embedded)
+        cli = Cli(self.argv(work, out, copier="skopeo" if tty else "native"), env, tty=tty, embedded=embedded)
         self.runs.append(cli)
         return cli
 
@@ -147,19 +151,34 @@ def baseline(site) -> str:
 
 def _moment(site: Site, stage: str, cli: Cli, wd: WorkDir, out: Path) -> Callable[[], bool]:
     upper_tags = wd.upper / "docker/registry/v2/repositories"
-    if stage == "archive sync":
+    if stage == "archive sync" and cli.tty:
         return lambda: any("skopeo" in cmd and " copy " in cmd for _, cmd in descendants(cli.pid))
+    if stage == "archive sync":  # in-process copies: the archive registry up, a first blob landed
+        blobs = wd.lower / "docker/registry/v2/blobs"
+
+        def copying() -> bool:
+            try:
+                if not any(True for _ in blobs.glob("sha256/*/*/data")):
+                    return False
+            except OSError:
+                return False
+            labels = [f"layover.scope={wd.scope}", "layover.role=archive"]
+            return bool(site.docker.containers.list(filters={"label": labels}))  # type: ignore[attr-defined]
+
+        return copying
     if stage == "package sync":
-        # the package registry runs only around package sync, and the overlay reset before it
-        # emptied upper: a tag there is this run's first manifest written
+        # pruning leaves only whiteouts in upper: a tag's current/link written there since this
+        # run started (a stopped run leaves its own) is this run's package sync at work
+        since = time.time()
+
         def package_sync() -> bool:
             try:
-                if not any(True for _ in upper_tags.glob("**/_manifests/tags/*")):
-                    return False
+                return any(
+                    link.stat().st_mtime >= since
+                    for link in upper_tags.glob("**/_manifests/tags/*/current/link")
+                )
             except OSError:  # dirs come and go under the glob while the run writes them
                 return False
-            labels = [f"layover.scope={wd.scope}", "layover.role=package"]
-            return bool(site.docker.containers.list(filters={"label": labels}))  # type: ignore[attr-defined]
 
         return package_sync
     return lambda: any(out.parent.glob(f".{out.name}.*.partial"))

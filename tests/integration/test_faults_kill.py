@@ -192,10 +192,10 @@ def test_the_cli_run_reaches_the_server_whole(site, baseline):
                for entry in logs), [entry["message"] for entry in logs][-5:]
     artifacts = httpx.post(f"{api}/artifacts/filter", json={
         "artifacts": {"flow_run_id": {"any_": [run["id"]]}}}).json()
-    # the report, the copy stages' progress, and a table of the images each archive-sync copier
+    # the report, the copy stages' progress (attached sync's too), and a table of the images each archive-sync copier
     # task copied (unkeyed)
     assert sorted(a["key"] for a in artifacts if a["key"]) == [
-        "archive-sync-progress", "package-sync-progress", "release-report"]
+        "archive-sync-progress", "attached-sync-progress", "package-sync-progress", "release-report"]
     tables = [a for a in artifacts if not a["key"]]
     assert tables and all(a["type"] == "table" and a["task_run_id"] for a in tables), tables
 

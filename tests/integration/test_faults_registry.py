@@ -116,24 +116,44 @@ def test_one_image_always_failing_fails_bounded_naming_it_and_keeps_the_archive(
     assert not _mounted(site.work / "merged")
 
 
-@pytest.mark.parametrize("how", ["refused", "every-request-reset"])
-def test_a_source_that_is_down_stops_the_stage_with_one_line_naming_it(site, tmp_path, how):
-    """Not flaky but down: no request succeeds, so no image spends its retries; after
-    `source_down_seconds` the stage stops with one SourceUnreachableError (exit 4)."""
+@pytest.mark.parametrize("how", ["refused-at-start", "down-after-the-first-manifest"])
+def test_a_source_that_is_down_stops_the_run_with_one_line_naming_it(site, tmp_path, how):
+    """Not flaky but down. Down from the start: preflight says so before any stage starts.
+    Down mid-run (every request reset from the first manifest GET on): no image spends its
+    retries; after `source_down_seconds` the stage stops with one SourceUnreachableError."""
     from flows.release import release as release_flow
 
     out = tmp_path / "out" / "down.tar"
     started = time.monotonic()
-    with FaultProxy(site.ci_host, rate=1.0, kinds=(Fault.RESET,)) as proxy:
-        source = "127.0.0.1:9" if how == "refused" else proxy.host  # port 9: nothing listens
-        with pytest.raises(SourceUnreachableError) as info:
-            release_flow(_request(source, site.images, tmp_path / "work", out, copy_retries=1,
-                                  source_down_seconds=6))
+    stop = threading.Event()
+
+    def down_after_first_manifest(proxy: FaultProxy) -> None:
+        while not stop.is_set():
+            if any("/manifests/" in e.path for e in list(proxy.events)):
+                proxy.set_rate(1.0)
+                return
+            time.sleep(0.005)
+
+    with FaultProxy(site.ci_host, rate=0.0, kinds=(Fault.RESET,)) as proxy:
+        source = "127.0.0.1:9" if how == "refused-at-start" else proxy.host  # port 9: nothing listens
+        watcher = threading.Thread(target=down_after_first_manifest, args=(proxy,), daemon=True)
+        watcher.start()
+        try:
+            with pytest.raises(SourceUnreachableError) as info:
+                release_flow(_request(source, site.images, tmp_path / "work", out, copy_retries=1,
+                                      source_down_seconds=6))
+        finally:
+            stop.set()
+            watcher.join(timeout=5)
     took = time.monotonic() - started
     message = str(info.value)
-    assert "\n" not in message and source in message and "no request has succeeded" in message
+    assert "\n" not in message and source in message, message
     assert info.value.exit_code == 4
-    assert took < 6 + 8 * 1.5 + 60, f"took {took:.0f} s"
+    if how == "refused-at-start":
+        assert "no registry answers" in message and took < 30, (message, took)
+    else:
+        assert "no request has succeeded" in message, message
+        assert took < 6 + 8 * 1.5 + 60, f"took {took:.0f} s"
     _no_output_left(out)
     assert not _mounted(tmp_path / "work" / "merged")
 
