@@ -43,8 +43,16 @@ def tar(storage: Path, output: Path) -> None:
 
 
 def skopeo_copy(src: str, dst: str) -> None:
-    sh("skopeo", "copy", "--all", "--preserve-digests", "--src-tls-verify=false",
-       "--dest-tls-verify=false", f"docker://{src}", f"docker://{dst}")
+    sh(
+        "skopeo",
+        "copy",
+        "--all",
+        "--preserve-digests",
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+        f"docker://{src}",
+        f"docker://{dst}",
+    )
 
 
 def fresh(path: Path) -> Path:
@@ -55,8 +63,7 @@ def fresh(path: Path) -> Path:
 
 def is_mounted(path: Path) -> bool:
     target = str(path.resolve())
-    return any(line.split()[4] == target
-               for line in Path("/proc/self/mountinfo").read_text().splitlines())
+    return any(line.split()[4] == target for line in Path("/proc/self/mountinfo").read_text().splitlines())
 
 
 def run_docker(refs, source, work, output, mgr) -> None:
@@ -98,27 +105,34 @@ def run_blog_overlay(refs, source, work, output, mgr) -> None:
         sh("umount", str(merged))
     for d in (upper, wdir, merged):
         fresh(d)
-    sh("mount", "-t", "overlay", "overlay", "-o",
-       f"lowerdir={lower},upperdir={upper},workdir={wdir}", str(merged))
+    sh(
+        "mount",
+        "-t",
+        "overlay",
+        "overlay",
+        "-o",
+        f"lowerdir={lower},upperdir={upper},workdir={wdir}",
+        str(merged),
+    )
     try:
         # 3. prune every _manifests so only blobs and _layers links remain
         repos = merged / "docker/registry/v2/repositories"
-        sh("find", str(repos), "-type", "d", "-name", "_manifests", "-prune",
-           "-exec", "rm", "-rf", "{}", "+")
+        sh("find", str(repos), "-type", "d", "-name", "_manifests", "-prune", "-exec", "rm", "-rf", "{}", "+")
         # 4. package sync from the archive (read-only on lower) into merged
         archive = mgr.start("archive", lower, read_only=True)
         package = mgr.start("package", merged)
         try:
             for r in refs:
-                skopeo_copy(f"{archive.host}/{r.destination_suffix}",
-                            f"{package.host}/{r.destination_suffix}")
+                skopeo_copy(
+                    f"{archive.host}/{r.destination_suffix}", f"{package.host}/{r.destination_suffix}"
+                )
         finally:
             mgr.stop(package)
             mgr.stop(archive)
         # 5. GC with the registry stopped (a correct one; see the module docstring)
         from layover.storage.gc import plan_gc
-        from layover.storage.vacuum import apply_gc
         from layover.storage.layout import StorageLayout
+        from layover.storage.vacuum import apply_gc
 
         t = time.monotonic()
         result = apply_gc(plan_gc(StorageLayout(merged)))

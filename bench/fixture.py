@@ -192,8 +192,12 @@ def deb_pool(deb_dir: Path, cache: Path) -> list[tuple[str, int]]:
         return [(str(deb_dir / n), s) for n, s in json.loads(index.read_text())]
     sizes = []
     for name in debs:
-        out = subprocess.run(["dpkg-deb", "-f", str(deb_dir / name), "Installed-Size"],
-                             capture_output=True, text=True, check=False).stdout.strip()
+        out = subprocess.run(
+            ["dpkg-deb", "-f", str(deb_dir / name), "Installed-Size"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
         kib = int(out) if out.isdigit() else 0
         if kib > 16:  # skip empty transitional packages
             sizes.append((name, kib * 1024))
@@ -208,8 +212,9 @@ def deb_pool(deb_dir: Path, cache: Path) -> list[tuple[str, int]]:
 
 def _members(deb: str) -> Iterator[tuple[tarfile.TarInfo, tarfile.TarFile]]:
     # stderr is dropped: closing the pipe early makes dpkg-deb complain about SIGPIPE.
-    proc = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", deb], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        ["dpkg-deb", "--fsys-tarfile", deb], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
     assert proc.stdout is not None
     try:
         with tarfile.open(fileobj=proc.stdout, mode="r|") as tf:
@@ -273,11 +278,36 @@ def build_layer(spec: LayerSpec, blob_dir: Path) -> FileLayer:
 # --- the release plan --------------------------------------------------------------------
 
 _NAMESPACES = (
-    ("platform", 12), ("apps/team-a", 14), ("apps/team-b", 14), ("data", 10), ("tools", 8),
+    ("platform", 12),
+    ("apps/team-a", 14),
+    ("apps/team-b", 14),
+    ("data", 10),
+    ("tools", 8),
 )
-_WORDS = ("api", "auth", "billing", "cache", "catalog", "gateway", "ingest", "indexer", "mailer",
-          "metrics", "notify", "orders", "payments", "proxy", "reports", "scheduler", "search",
-          "session", "storage", "sync", "web", "worker")
+_WORDS = (
+    "api",
+    "auth",
+    "billing",
+    "cache",
+    "catalog",
+    "gateway",
+    "ingest",
+    "indexer",
+    "mailer",
+    "metrics",
+    "notify",
+    "orders",
+    "payments",
+    "proxy",
+    "reports",
+    "scheduler",
+    "search",
+    "session",
+    "storage",
+    "sync",
+    "web",
+    "worker",
+)
 
 
 @dataclass(frozen=True)
@@ -297,7 +327,7 @@ def _plan_apps() -> tuple[list[_AppPlan], list[_AppPlan]]:
     for ns, count in _NAMESPACES:
         for i in range(count):
             names.append(f"{ns}/{_WORDS[(i * 7 + len(ns)) % len(_WORDS)]}-{i}")
-    names = names[:60] + ["apps/team-a/newcomer", "platform/fresh-start"]
+    names = [*names[:60], "apps/team-a/newcomer", "platform/fresh-start"]
     plans: list[_AppPlan] = []
     for i, name in enumerate(names):
         base = ("os", "python", "java", "node")[i % 4]
@@ -308,17 +338,28 @@ def _plan_apps() -> tuple[list[_AppPlan], list[_AppPlan]]:
             kind, arches = "oci-index", ("amd64", "arm64")
         else:
             kind, arches = ("oci" if i % 5 == 0 else "docker"), ("amd64",)
-        plans.append(_AppPlan(name, base, arches, kind,
-                              int(APP_DEPS_MEAN * rng.uniform(0.3, 1.7)),
-                              int(APP_TOP_MEAN * rng.uniform(0.3, 1.7))))
+        plans.append(
+            _AppPlan(
+                name,
+                base,
+                arches,
+                kind,
+                int(APP_DEPS_MEAN * rng.uniform(0.3, 1.7)),
+                int(APP_TOP_MEAN * rng.uniform(0.3, 1.7)),
+            )
+        )
     return plans[:60], plans[60:]
 
 
 def _config(arch: str, layers: list[FileLayer], name: str) -> bytes:
     return image_config(
-        Platform(arch), [Digest.parse(layer.diff_id) for layer in layers],
-        cmd=[f"/usr/local/bin/{name.rsplit('/', 1)[-1]}"], labels={"org.example.image": name},
-        history=[f"layer {i}" for i in range(len(layers))], created=CREATED, sort_keys=True,
+        Platform(arch),
+        [Digest.parse(layer.diff_id) for layer in layers],
+        cmd=[f"/usr/local/bin/{name.rsplit('/', 1)[-1]}"],
+        labels={"org.example.image": name},
+        history=[f"layer {i}" for i in range(len(layers))],
+        created=CREATED,
+        sort_keys=True,
     )
 
 
@@ -357,15 +398,17 @@ def build(scale: float, cache: Path, deb_dir: Path = DEFAULT_DEB_DIR, jobs: int 
 
     with ProcessPoolExecutor(max_workers=jobs) as ex:
         names = sorted(specs, key=lambda n: -specs[n].budget)  # big first: better packing
-        built = dict(zip(names, ex.map(build_layer, [specs[n] for n in names],
-                                       [blob_dir] * len(names))))
+        built = dict(
+            zip(names, ex.map(build_layer, [specs[n] for n in names], [blob_dir] * len(names)), strict=False)
+        )
 
     def base_layers(base: str, arch: str) -> list[FileLayer]:
         os_layer = built["base/os@arm64" if arch == "arm64" else "base/os"]
         return [os_layer] if base == "os" else [os_layer, built[f"base/{base}"]]
 
-    def image(repo: str, tag: str, kind: str, arches: tuple[str, ...],
-              layer_sets: dict[str, list[FileLayer]]) -> FixtureImage:
+    def image(
+        repo: str, tag: str, kind: str, arches: tuple[str, ...], layer_sets: dict[str, list[FileLayer]]
+    ) -> FixtureImage:
         fmt = OCI if kind.startswith("oci") else DOCKER
         children: list[SampleManifest] = []
         blobs: list[Blob] = []
@@ -373,23 +416,47 @@ def build(scale: float, cache: Path, deb_dir: Path = DEFAULT_DEB_DIR, jobs: int 
             cfg = _write_blob(blob_dir, _config(arch, layer_sets[arch], repo))
             blobs += [cfg] + [layer.blob for layer in layer_sets[arch]]
             # The bench writes every manifest, OCI ones too, indented as docker does.
-            children.append(image_manifest(
-                fmt, cfg.descriptor(fmt.config), [x.blob.descriptor(fmt.layer) for x in layer_sets[arch]],
-                indent=DOCKER_INDENT, platform=Platform(arch)))
+            children.append(
+                image_manifest(
+                    fmt,
+                    cfg.descriptor(fmt.config),
+                    [x.blob.descriptor(fmt.layer) for x in layer_sets[arch]],
+                    indent=DOCKER_INDENT,
+                    platform=Platform(arch),
+                )
+            )
         if kind in ("docker", "oci"):
             return FixtureImage(repo, tag, children[0], (), tuple(blobs))
-        return FixtureImage(repo, tag, index_manifest(fmt, children, indent=DOCKER_INDENT),
-                            tuple(children), tuple(blobs))
+        return FixtureImage(
+            repo, tag, index_manifest(fmt, children, indent=DOCKER_INDENT), tuple(children), tuple(blobs)
+        )
 
     def app(p: _AppPlan, top: str, tag: str) -> FixtureImage:
-        sets = {a: base_layers(p.base, a) + [built[f"{p.repository}@{a}/deps"],
-                                             built[f"{p.repository}@{a}/{top}"]] for a in p.arches}
+        sets = {
+            a: [
+                *base_layers(p.base, a),
+                built[f"{p.repository}@{a}/deps"],
+                built[f"{p.repository}@{a}/{top}"],
+            ]
+            for a in p.arches
+        }
         return image(p.repository, tag, p.kind, p.arches, sets)
 
-    bases = [image(f"base/{b}", {"os": "12", "python": "3.11", "java": "17", "node": "20"}[b],
-                   "docker", ("amd64",), {"amd64": base_layers(b, "amd64")}) for b in BASE_BUDGETS]
+    bases = [
+        image(
+            f"base/{b}",
+            {"os": "12", "python": "3.11", "java": "17", "node": "20"}[b],
+            "docker",
+            ("amd64",),
+            {"amd64": base_layers(b, "amd64")},
+        )
+        for b in BASE_BUDGETS
+    ]
     r1 = bases + [app(p, "top", "1.4.0") for p in apps1]
-    r2 = bases + [app(p, "top2", "1.4.1") if p.repository in changed else app(p, "top", "1.4.0")
-                  for p in apps1 if p.repository not in dropped]
+    r2 = bases + [
+        app(p, "top2", "1.4.1") if p.repository in changed else app(p, "top", "1.4.0")
+        for p in apps1
+        if p.repository not in dropped
+    ]
     r2 += [app(p, "top", "1.0.0") for p in added]
     return Fixture(scale, tuple(r1), tuple(r2))

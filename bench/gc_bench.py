@@ -69,19 +69,43 @@ class Gen:
         cfg = self.layer(repo, b'{"architecture":"amd64","id":"' + seed + b'"}')
         own = self.layer(repo, (seed * (self.layer_size // len(seed) + 1))[: self.layer_size])
         shared = self.layer(repo, base)
-        return self.manifest(repo, {
-            "schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
-            "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": 1,
-                       "digest": f"sha256:{cfg}"},
-            "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "size": 1,
-                        "digest": f"sha256:{d}"} for d in (shared, own)],
-        })
+        return self.manifest(
+            repo,
+            {
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                "config": {
+                    "mediaType": "application/vnd.docker.container.image.v1+json",
+                    "size": 1,
+                    "digest": f"sha256:{cfg}",
+                },
+                "layers": [
+                    {
+                        "mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                        "size": 1,
+                        "digest": f"sha256:{d}",
+                    }
+                    for d in (shared, own)
+                ],
+            },
+        )
 
     def index(self, repo: str, base: bytes) -> str:
         kids = [self.image(repo, base), self.image(repo, base)]
-        return self.manifest(repo, {"schemaVersion": 2, "manifests": [
-            {"mediaType": "application/vnd.docker.distribution.manifest.v2+json", "size": 1,
-             "digest": f"sha256:{k}"} for k in kids]})
+        return self.manifest(
+            repo,
+            {
+                "schemaVersion": 2,
+                "manifests": [
+                    {
+                        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                        "size": 1,
+                        "digest": f"sha256:{k}",
+                    }
+                    for k in kids
+                ],
+            },
+        )
 
     def tag(self, repo: str, tag: str, h: str, history: list[str]) -> None:
         t = f"{self.v2}/repositories/{repo}/_manifests/tags/{tag}"
@@ -128,8 +152,14 @@ def big_blobs(tmp: str, total_mib: int, workers: int) -> tuple[float, float, flo
         data = i.to_bytes(4, "big") + chunk * 64
         layers.append(g.layer("big", data))
     cfg = g.layer("big", b"{}")
-    m = g.manifest("big", {"schemaVersion": 2, "config": {"digest": f"sha256:{cfg}", "size": 2},
-                           "layers": [{"digest": f"sha256:{h}", "size": 1} for h in layers]})
+    m = g.manifest(
+        "big",
+        {
+            "schemaVersion": 2,
+            "config": {"digest": f"sha256:{cfg}", "size": 2},
+            "layers": [{"digest": f"sha256:{h}", "size": 1} for h in layers],
+        },
+    )
     g.tag("big", "1", m, [])
     report = verify_storage(StorageLayout(Path(root)), parse_text("big:1\n"), workers=workers)
     assert report.ok, report.summary()
@@ -144,10 +174,10 @@ def big_blobs(tmp: str, total_mib: int, workers: int) -> tuple[float, float, flo
 
 def measure(root: str, list_path: str, workers: int) -> dict:
     """Runs in a fresh process so ru_maxrss is GC's own."""
-    from layover.storage.gc import plan_gc
-    from layover.storage.vacuum import apply_gc
     from layover.imagelist import load
+    from layover.storage.gc import plan_gc
     from layover.storage.layout import StorageLayout
+    from layover.storage.vacuum import apply_gc
     from layover.storage.verify import verify_storage
 
     layout = StorageLayout(Path(root))
@@ -183,7 +213,9 @@ def main() -> int:
     ap.add_argument("--scale", type=float, default=1.0)
     ap.add_argument("--layer-size", type=int, default=1024)
     ap.add_argument("--workers", type=int, default=4)
-    ap.add_argument("--big-mib", type=int, default=512, help="also hash this many MiB of 64 MiB blobs (0: skip)")
+    ap.add_argument(
+        "--big-mib", type=int, default=512, help="also hash this many MiB of 64 MiB blobs (0: skip)"
+    )
     ap.add_argument("--keep", help="build the tree in this (new) directory and keep it")
     ap.add_argument("--measure", nargs=2, metavar=("ROOT", "LIST"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -200,10 +232,16 @@ def main() -> int:
         list_path = os.path.join(tmp, "images.list")
         Path(list_path).write_text("\n".join(listed) + "\n")
         n_repos = sum(1 for _ in os.scandir(os.path.join(root, V2, "repositories")))
-        print(f"generated {g.blobs} blobs, {g.links} links, {len(listed)} tags, "
-              f"{max(5, int(5000 * args.scale))} repositories ({n_repos} top dirs) in {gen_s:.1f}s")
-        proc = subprocess.run([sys.executable, __file__, "--workers", str(args.workers), "--measure", root, list_path],
-                              capture_output=True, text=True, check=False)
+        print(
+            f"generated {g.blobs} blobs, {g.links} links, {len(listed)} tags, "
+            f"{max(5, int(5000 * args.scale))} repositories ({n_repos} top dirs) in {gen_s:.1f}s"
+        )
+        proc = subprocess.run(
+            [sys.executable, __file__, "--workers", str(args.workers), "--measure", root, list_path],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if proc.returncode != 0:
             print(proc.stderr, file=sys.stderr)
             return 1
@@ -212,7 +250,7 @@ def main() -> int:
         files = [os.path.join(dp, f) for dp, _, fs in os.walk(os.path.join(root, V2, "blobs")) for f in fs]
         t0 = time.perf_counter()
         for i in range(0, len(files), 2000):
-            subprocess.run(["cat", *files[i:i + 2000]], stdout=subprocess.DEVNULL, check=True)
+            subprocess.run(["cat", *files[i : i + 2000]], stdout=subprocess.DEVNULL, check=True)
         cat_s = time.perf_counter() - t0
         mb = m["bytes_hashed"] / 2**20
         rows = [
@@ -220,17 +258,26 @@ def main() -> int:
             ("plan peak RSS", f"{m['plan_rss_mb']:.0f} MB", "ru_maxrss of the child process after plan"),
             ("apply", f"{m['apply_s']:.2f} s", f"{m['deletions']} paths, {m['dirs_removed']} empty dirs"),
             ("second plan", f"{m['replan_s']:.2f} s", f"{m['replan_deletions']} deletions (must be 0)"),
-            ("verify", f"{m['verify_s']:.2f} s",
-             f"ok={m['verify_ok']}, {m['blobs_after']} blobs, {mb:.1f} MiB, {mb / m['verify_s']:.0f} MiB/s "
-             f"{m['verify_problems'] or ''}"),
+            (
+                "verify",
+                f"{m['verify_s']:.2f} s",
+                f"ok={m['verify_ok']}, {m['blobs_after']} blobs, {mb:.1f} MiB, {mb / m['verify_s']:.0f} MiB/s "
+                f"{m['verify_problems'] or ''}",
+            ),
             ("cat baseline", f"{cat_s:.2f} s", f"{len(files)} files, {mb / cat_s:.0f} MiB/s"),
             ("peak RSS", f"{m['peak_rss_mb']:.0f} MB", "whole child: plan + apply + verify"),
         ]
         if args.big_mib:
             v_s, c_s, s_s, n = big_blobs(tmp, args.big_mib, args.workers)
             mib = n / 2**20
-            rows.append(("verify big", f"{v_s:.2f} s", f"{mib:.0f} MiB in 64 MiB blobs, {mib / v_s:.0f} MiB/s "
-                                                       f"({args.workers} workers); cat {mib / c_s:.0f}, sha256sum {mib / s_s:.0f} MiB/s"))
+            rows.append(
+                (
+                    "verify big",
+                    f"{v_s:.2f} s",
+                    f"{mib:.0f} MiB in 64 MiB blobs, {mib / v_s:.0f} MiB/s "
+                    f"({args.workers} workers); cat {mib / c_s:.0f}, sha256sum {mib / s_s:.0f} MiB/s",
+                )
+            )
         for name, value, note in rows:
             print(f"{name:<15} {value:>10}   {note}")
         return 0 if m["replan_deletions"] == 0 and m["verify_ok"] else 1

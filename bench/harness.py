@@ -93,8 +93,7 @@ class Bench:
             try:
                 t = time.monotonic()
                 n = p.push_fixture(self.fx)
-                print(f"pushed {n} images to the CI registry in {time.monotonic() - t:.0f}s",
-                      flush=True)
+                print(f"pushed {n} images to the CI registry in {time.monotonic() - t:.0f}s", flush=True)
             finally:
                 p.close()
                 self.mgr.stop(reg)
@@ -110,16 +109,20 @@ class Bench:
 
     def start_prefect(self) -> None:
         home = Path(tempfile.mkdtemp(prefix="prefect-home-", dir=self.root))
-        env = dict(os.environ, PREFECT_HOME=str(home), DO_NOT_TRACK="1",
-                   PREFECT_SERVER_ANALYTICS_ENABLED="false")
+        env = dict(
+            os.environ, PREFECT_HOME=str(home), DO_NOT_TRACK="1", PREFECT_SERVER_ANALYTICS_ENABLED="false"
+        )
         env.pop("PREFECT_API_URL", None)
         from layover.adapters.registry import free_port
 
         port = free_port()
         self.prefect = subprocess.Popen(
-            [str(REPO / ".venv/bin/prefect"), "server", "start", "--host", "127.0.0.1",
-             "--port", str(port)], env=env, stdout=open(self.root / "prefect-server.log", "wb"),
-            stderr=subprocess.STDOUT, start_new_session=True)
+            [str(REPO / ".venv/bin/prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=open(self.root / "prefect-server.log", "wb"),  # noqa: SIM115 - the server child keeps it
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         url = f"http://127.0.0.1:{port}/api"
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
@@ -139,26 +142,68 @@ class Bench:
     # --- running -------------------------------------------------------------------------
     def argv(self, runner: str, release: int, work: Path, out: Path) -> tuple[list[str], dict]:
         if runner.startswith("layover"):
-            argv = [LAYOVER, "run", "--images", str(self.lists[release]), "--source",
-                    self.ci.host, "--work-dir", str(work / "layover"), "--output", str(out),
-                    "--no-src-tls-verify"]
+            argv = [
+                LAYOVER,
+                "run",
+                "--images",
+                str(self.lists[release]),
+                "--source",
+                self.ci.host,
+                "--work-dir",
+                str(work / "layover"),
+                "--output",
+                str(out),
+                "--no-src-tls-verify",
+            ]
             if runner == "layover":
                 if self.a.profile:  # sampled stacks of layover's process tree, one file per run
                     out = Path(self.a.profile) / f"{work.name}-release{release}.txt"
                     out.parent.mkdir(parents=True, exist_ok=True)
-                    argv = [str(REPO / ".venv/bin/py-spy"), "record", "--format", "raw", "--rate", "250",
-                            "--subprocesses", "--nonblocking", "-o", str(out), "--", *argv]
+                    argv = [
+                        str(REPO / ".venv/bin/py-spy"),
+                        "record",
+                        "--format",
+                        "raw",
+                        "--rate",
+                        "250",
+                        "--subprocesses",
+                        "--nonblocking",
+                        "-o",
+                        str(out),
+                        "--",
+                        *argv,
+                    ]
                 return argv, self.prefect_env
             home = work / "prefect-home"  # embedded server: its own home, no API URL
             home.mkdir(parents=True, exist_ok=True)
-            env = dict(os.environ, PREFECT_HOME=str(home), DO_NOT_TRACK="1",
-                       PREFECT_SERVER_ANALYTICS_ENABLED="false",
-                       PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120")
+            env = dict(
+                os.environ,
+                PREFECT_HOME=str(home),
+                DO_NOT_TRACK="1",
+                PREFECT_SERVER_ANALYTICS_ENABLED="false",
+                PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
+            )
             env.pop("PREFECT_API_URL", None)
             return argv, env
-        return ([PY, "-m", "bench.baselines", runner, "--images", str(self.lists[release]),
-                 "--source", self.ci.host, "--work-dir", str(work), "--output", str(out),
-                 "--scope", f"{self.scope}-{runner}"], dict(os.environ, PYTHONPATH=str(REPO)))
+        return (
+            [
+                PY,
+                "-m",
+                "bench.baselines",
+                runner,
+                "--images",
+                str(self.lists[release]),
+                "--source",
+                self.ci.host,
+                "--work-dir",
+                str(work),
+                "--output",
+                str(out),
+                "--scope",
+                f"{self.scope}-{runner}",
+            ],
+            dict(os.environ, PYTHONPATH=str(REPO)),
+        )
 
     def one(self, scenario: str, runner: str, run: int) -> None:
         work = self.root / f"{scenario}-{runner}-{run}"
@@ -222,17 +267,36 @@ class Bench:
         spec = work / "blobs.txt"
         spec.write_text("".join(f"{where[d][0]} {d} {where[d][1]}\n" for d in sorted(want)))
         env = dict(os.environ, PYTHONPATH=str(REPO))
-        copy = measure([PY, "-m", "bench.floor", self.ci.host, str(spec), str(work / "blobs")],
-                       env=env, write_dirs=[work], log=work / "floor.log")
+        copy = measure(
+            [PY, "-m", "bench.floor", self.ci.host, str(spec), str(work / "blobs")],
+            env=env,
+            write_dirs=[work],
+            log=work / "floor.log",
+        )
         size_mb = max(1, round(self.tar_mb.get(scenario, 0)))
-        dd = measure(["dd", "if=/dev/zero", f"of={work / 'tarball'}", "bs=1MB",
-                      f"count={size_mb}", "conv=fsync", "status=none"],
-                     write_dirs=[work], tarball=work / "tarball")
-        m = Measurement(copy.wall_s + dd.wall_s, copy.cpu_s + dd.cpu_s,
-                        copy.service_cpu_s + dd.service_cpu_s,
-                        max(copy.peak_rss_mb, dd.peak_rss_mb), copy.written_mb + dd.written_mb,
-                        copy.disk_written_mb + dd.disk_written_mb, dd.tarball_mb,
-                        copy.exit_code or dd.exit_code)
+        dd = measure(
+            [
+                "dd",
+                "if=/dev/zero",
+                f"of={work / 'tarball'}",
+                "bs=1MB",
+                f"count={size_mb}",
+                "conv=fsync",
+                "status=none",
+            ],
+            write_dirs=[work],
+            tarball=work / "tarball",
+        )
+        m = Measurement(
+            copy.wall_s + dd.wall_s,
+            copy.cpu_s + dd.cpu_s,
+            copy.service_cpu_s + dd.service_cpu_s,
+            max(copy.peak_rss_mb, dd.peak_rss_mb),
+            copy.written_mb + dd.written_mb,
+            copy.disk_written_mb + dd.disk_written_mb,
+            dd.tarball_mb,
+            copy.exit_code or dd.exit_code,
+        )
         log = work / "floor.log"
         if m.exit_code != 0:
             kept = self.root / "logs" / f"{scenario}-floor-{run}.log"
@@ -247,8 +311,11 @@ class Bench:
         """Import Prefect, one flow run with one task against the standing server, exit."""
         work = self.root / f"{scenario}-prefect-{run}"
         work.mkdir(parents=True, exist_ok=True)
-        m = measure([PY, "-m", "bench.empty_flow"], env=dict(self.prefect_env, PYTHONPATH=str(REPO)),
-                    log=work / "empty.log")
+        m = measure(
+            [PY, "-m", "bench.empty_flow"],
+            env=dict(self.prefect_env, PYTHONPATH=str(REPO)),
+            log=work / "empty.log",
+        )
         self.rows.append(Row(scenario, "prefect-alone", run, m, str(work / "empty.log")))
         print(f"  {scenario} prefect-alone run {run}: {m.wall_s:.1f}s", flush=True)
         self.drop_work(work)
@@ -284,7 +351,7 @@ class Bench:
         # layover's own registry containers are labelled by layover; remove any it leaked
         try:
             self.clean_docker_images()
-        except Exception as e:  # cleanup must not hide the report
+        except Exception as e:  # noqa: BLE001 - cleanup must not hide the report
             print(f"warning: could not remove pulled images: {e}", file=sys.stderr)
         if not self.a.keep:
             for p in self.root.glob("*"):
@@ -299,21 +366,35 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scale", type=float, default=1.0)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--only", choices=SCENARIOS, help="one scenario (noop: release 2 built again)")
-    ap.add_argument("--scenarios", default=",".join(DEFAULT_SCENARIOS),
-                    help="comma-separated subset of " + ",".join(SCENARIOS))
-    ap.add_argument("--fixture", choices=("debs", "wide"), default="debs",
-                    help="debs: 64 images of real package files (--scale); wide: --images small images")
+    ap.add_argument(
+        "--scenarios",
+        default=",".join(DEFAULT_SCENARIOS),
+        help="comma-separated subset of " + ",".join(SCENARIOS),
+    )
+    ap.add_argument(
+        "--fixture",
+        choices=("debs", "wide"),
+        default="debs",
+        help="debs: 64 images of real package files (--scale); wide: --images small images",
+    )
     ap.add_argument("--images", type=int, default=600, help="images in release 1 of the wide fixture")
-    ap.add_argument("--runners", default=",".join(RUNNERS),
-                    help="comma-separated subset of " + ",".join(RUNNERS))
-    ap.add_argument("--cache-dir", default="/var/tmp/layover-bench-cache",
-                    help="fixture blobs and CI registry storage, reused across runs")
+    ap.add_argument(
+        "--runners", default=",".join(RUNNERS), help="comma-separated subset of " + ",".join(RUNNERS)
+    )
+    ap.add_argument(
+        "--cache-dir",
+        default="/var/tmp/layover-bench-cache",
+        help="fixture blobs and CI registry storage, reused across runs",
+    )
     ap.add_argument("--work-root", default="/var/tmp/layover-bench-work")
     ap.add_argument("--deb-dir", default=str(fixture_mod.DEFAULT_DEB_DIR))
     ap.add_argument("--results", default=str(REPO / "bench/results"))
     ap.add_argument("--keep", action="store_true", help="keep work dirs for inspection")
-    ap.add_argument("--profile", metavar="DIR",
-                    help="run layover under py-spy (pip install py-spy) and keep its stacks in DIR")
+    ap.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="run layover under py-spy (pip install py-spy) and keep its stacks in DIR",
+    )
     a = ap.parse_args(argv)
     runners = [r for r in a.runners.split(",") if r]
     bad = set(runners) - set(RUNNERS)
@@ -338,24 +419,50 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         b.close()
     meta = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "scale": a.scale, "fixture_name": b.fx.key, "runs": a.runs, "scenarios": scenarios, "runners": runners,
-        "fixture": {n: {"images": len(b.fx.release(n)),
-                        "blob_mb": b.fx.blob_bytes(b.fx.blob_digests(n)) / 1e6} for n in (1, 2)},
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "scale": a.scale,
+        "fixture_name": b.fx.key,
+        "runs": a.runs,
+        "scenarios": scenarios,
+        "runners": runners,
+        "fixture": {
+            n: {"images": len(b.fx.release(n)), "blob_mb": b.fx.blob_bytes(b.fx.blob_digests(n)) / 1e6}
+            for n in (1, 2)
+        },
         "new_blob_mb": b.fx.blob_bytes(b.fx.blob_digests(2) - b.fx.blob_digests(1)) / 1e6,
-        "total_s": time.monotonic() - started, "cpus": os.cpu_count(),
-        "scope": b.scope, "work_root": str(b.root),
+        "total_s": time.monotonic() - started,
+        "cpus": os.cpu_count(),
+        "scope": b.scope,
+        "work_root": str(b.root),
     }
-    text = render(meta, [(r.scenario, r.runner, r.m) for r in b.rows],
-                  stages=[(r.scenario, r.runner, r.stages) for r in b.rows if r.stages])
+    text = render(
+        meta,
+        [(r.scenario, r.runner, r.m) for r in b.rows],
+        stages=[(r.scenario, r.runner, r.stages) for r in b.rows if r.stages],
+    )
     out = Path(a.results)
     out.mkdir(parents=True, exist_ok=True)
     stem = dt.datetime.now().strftime("%Y-%m-%d-%H%M%S")
     (out / f"{stem}.md").write_text(text)
-    (out / f"{stem}.json").write_text(json.dumps(
-        {"meta": meta, "rows": [dict(asdict(r.m), scenario=r.scenario, runner=r.runner,
-                                     run=r.run, log=r.log, stages=r.stages) for r in b.rows]},
-                   indent=1))
+    (out / f"{stem}.json").write_text(
+        json.dumps(
+            {
+                "meta": meta,
+                "rows": [
+                    dict(
+                        asdict(r.m),
+                        scenario=r.scenario,
+                        runner=r.runner,
+                        run=r.run,
+                        log=r.log,
+                        stages=r.stages,
+                    )
+                    for r in b.rows
+                ],
+            },
+            indent=1,
+        )
+    )
     print(text)
     print(f"written {out / (stem + '.md')}")
     return 0 if all(r.m.exit_code == 0 for r in b.rows) else 1

@@ -103,18 +103,28 @@ def service_cpu_seconds() -> float:
     return total
 
 
-def measure(argv: Sequence[str], *, env: Mapping[str, str] | None = None,
-            write_dirs: Sequence[Path] = (), tarball: Path | None = None,
-            log: Path | None = None) -> Measurement:
+def measure(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    write_dirs: Sequence[Path] = (),
+    tarball: Path | None = None,
+    log: Path | None = None,
+) -> Measurement:
     """Run argv (no shell), wait4 it, sync, and measure. Output goes to `log`."""
     du_before = du_bytes(write_dirs)
     svc_before = service_cpu_seconds()
     sectors_before = disk_sectors_written()
-    out = open(log, "ab") if log else subprocess.DEVNULL
+    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - closed in the finally below
     try:
         t0 = time.monotonic()
-        proc = subprocess.Popen(list(argv), env=dict(env) if env is not None else None,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            list(argv),
+            env=dict(env) if env is not None else None,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         _, status, ru = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)  # Popen must not wait again
         os.sync()  # the tarball and every written byte on disk before the clock stops

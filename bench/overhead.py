@@ -104,8 +104,11 @@ def main() -> int:
     root.mkdir(parents=True)
     client = docker_client()
     mgr = RegistryManager(client, ensure_registry_image(client), f"bench-ovh-{root.name}")
-    bench = Bench(argparse.Namespace(scale=0.0, work_root=str(root), cache_dir=str(root),
-                                     deb_dir="/nonexistent", keep=False))
+    bench = Bench(
+        argparse.Namespace(
+            scale=0.0, work_root=str(root), cache_dir=str(root), deb_dir="/nonexistent", keep=False
+        )
+    )
     bench.root = root
     try:
         (root / "ci").mkdir()
@@ -120,44 +123,97 @@ def main() -> int:
 
         (root / "base").mkdir()
         dst = mgr.start("baseline", root / "base")
-        base = measure([sys.executable, "-c", BASELINE, ci.host, dst.host, str(a.concurrency),
-                        str(lst), str(root / "base"), str(root / "base.tar")],
-                       tarball=root / "base.tar", log=root / "baseline.log")
+        base = measure(
+            [
+                sys.executable,
+                "-c",
+                BASELINE,
+                ci.host,
+                dst.host,
+                str(a.concurrency),
+                str(lst),
+                str(root / "base"),
+                str(root / "base.tar"),
+            ],
+            tarball=root / "base.tar",
+            log=root / "baseline.log",
+        )
         mgr.stop(dst)
         srv = bench.prefect.pid
         s0 = _drained(srv)
-        lay = measure([str(REPO / ".venv/bin/layover"), "run", "--images", str(lst), "--source",
-                       ci.host, "--no-src-tls-verify", "--work-dir", str(root / "work"),
-                       "--output", str(root / "layover.tar"), "--concurrency", str(a.concurrency)],
-                      env=bench.prefect_env, tarball=root / "layover.tar", log=root / "layover.log")
+        lay = measure(
+            [
+                str(REPO / ".venv/bin/layover"),
+                "run",
+                "--images",
+                str(lst),
+                "--source",
+                ci.host,
+                "--no-src-tls-verify",
+                "--work-dir",
+                str(root / "work"),
+                "--output",
+                str(root / "layover.tar"),
+                "--concurrency",
+                str(a.concurrency),
+            ],
+            env=bench.prefect_env,
+            tarball=root / "layover.tar",
+            log=root / "layover.log",
+        )
         lay_srv = _drained(srv) - s0  # the server's work for the run, its backlog included
         # Prefect's share: the same fan-out of no-op tasks, against the same idle server
         s0 = _group_cpu_s(srv)
-        empty = measure([sys.executable, "-m", "bench.empty_flow", "--tasks", str(a.images),
-                         "--concurrency", str(a.concurrency)],
-                        env=dict(bench.prefect_env, PYTHONPATH=str(REPO)), log=root / "empty.log")
+        empty = measure(
+            [
+                sys.executable,
+                "-m",
+                "bench.empty_flow",
+                "--tasks",
+                str(a.images),
+                "--concurrency",
+                str(a.concurrency),
+            ],
+            env=dict(bench.prefect_env, PYTHONPATH=str(REPO)),
+            log=root / "empty.log",
+        )
         empty_srv = _drained(srv) - s0
-        one = measure([sys.executable, "-m", "bench.empty_flow", "--tasks", "1"],
-                      env=dict(bench.prefect_env, PYTHONPATH=str(REPO)), log=root / "empty1.log")
+        one = measure(
+            [sys.executable, "-m", "bench.empty_flow", "--tasks", "1"],
+            env=dict(bench.prefect_env, PYTHONPATH=str(REPO)),
+            log=root / "empty1.log",
+        )
         if base.exit_code or lay.exit_code or empty.exit_code or one.exit_code:
-            print(f"a run failed: baseline {base.exit_code}, layover {lay.exit_code}, "
-                  f"empty flows {empty.exit_code}/{one.exit_code}; see {root}")
+            print(
+                f"a run failed: baseline {base.exit_code}, layover {lay.exit_code}, "
+                f"empty flows {empty.exit_code}/{one.exit_code}; see {root}"
+            )
             return 1
         per_image_ms = (lay.wall_s - base.wall_s) / a.images * 1000
         prefect_ms = (empty.wall_s - one.wall_s) / (a.images - 1) * 1000
         print(f"\n{a.images} small images, concurrency {a.concurrency}, standing Prefect server\n")
         print("| run | wall s | CPU s | Prefect server CPU s | peak RSS MB |\n|---|---:|---:|---:|---:|")
-        print(f"| parallel skopeo + tar (baseline) | {base.wall_s:.1f} | {base.cpu_s:.1f} | - "
-              f"| {base.peak_rss_mb:.0f} |")
+        print(
+            f"| parallel skopeo + tar (baseline) | {base.wall_s:.1f} | {base.cpu_s:.1f} | - "
+            f"| {base.peak_rss_mb:.0f} |"
+        )
         print(f"| layover run | {lay.wall_s:.1f} | {lay.cpu_s:.1f} | {lay_srv:.1f} | {lay.peak_rss_mb:.0f} |")
-        print(f"| Prefect alone: {a.images} no-op tasks | {empty.wall_s:.1f} | {empty.cpu_s:.1f} "
-              f"| {empty_srv:.1f} | {empty.peak_rss_mb:.0f} |")
-        print(f"| Prefect alone: 1 no-op task | {one.wall_s:.1f} | {one.cpu_s:.1f} | - | {one.peak_rss_mb:.0f} |")
-        print(f"\nLayover's own cost: {per_image_ms:.1f} ms per image "
-              f"(target <= 30 ms); peak RSS {lay.peak_rss_mb:.0f} MB (target < 500 MB)")
-        print(f"of which a Prefect task run costs {prefect_ms:.1f} ms per image on this server "
-              "(no-op fan-out minus a one-task flow, idle server);\nthe server's CPU (backlog "
-              "included) is not in the CPU s column")
+        print(
+            f"| Prefect alone: {a.images} no-op tasks | {empty.wall_s:.1f} | {empty.cpu_s:.1f} "
+            f"| {empty_srv:.1f} | {empty.peak_rss_mb:.0f} |"
+        )
+        print(
+            f"| Prefect alone: 1 no-op task | {one.wall_s:.1f} | {one.cpu_s:.1f} | - | {one.peak_rss_mb:.0f} |"
+        )
+        print(
+            f"\nLayover's own cost: {per_image_ms:.1f} ms per image "
+            f"(target <= 30 ms); peak RSS {lay.peak_rss_mb:.0f} MB (target < 500 MB)"
+        )
+        print(
+            f"of which a Prefect task run costs {prefect_ms:.1f} ms per image on this server "
+            "(no-op fan-out minus a one-task flow, idle server);\nthe server's CPU (backlog "
+            "included) is not in the CPU s column"
+        )
         print("\nlayover's report:\n" + (root / "layover.log").read_text()[-2500:])
         return 0
     finally:

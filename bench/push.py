@@ -58,15 +58,18 @@ class Pusher:
             # httpx `params=` would replace the upload URL's own query (_state): append instead
             sep = "&" if "?" in location else "?"
             with open(blob.path, "rb") as f:
-                r = self.client.put(f"{location}{sep}digest={blob.digest}", content=f,
-                                    headers={"Content-Type": "application/octet-stream",
-                                             "Content-Length": str(blob.size)})
+                r = self.client.put(
+                    f"{location}{sep}digest={blob.digest}",
+                    content=f,
+                    headers={"Content-Type": "application/octet-stream", "Content-Length": str(blob.size)},
+                )
             _check(r, 201, f"upload {blob.digest} to {repo}")
         self._where.setdefault(blob.digest, repo)
 
     def _manifest(self, repo: str, ref: str, m: SampleManifest) -> None:
-        r = self.client.put(f"{self.base}/{repo}/manifests/{ref}", content=m.data,
-                            headers={"Content-Type": m.media_type})
+        r = self.client.put(
+            f"{self.base}/{repo}/manifests/{ref}", content=m.data, headers={"Content-Type": m.media_type}
+        )
         _check(r, 201, f"put manifest {repo}:{ref}")
         got = r.headers.get("Docker-Content-Digest")
         if got and got != str(m.digest):
@@ -78,8 +81,7 @@ class Pusher:
         # manifests are blobs on disk, but a repo serves them only under /manifests/
         kind = "manifests" if digest in self.manifest_digests else "blobs"
         headers = {"Accept": MANIFEST_ACCEPT}
-        with self.client.stream("GET", f"{self.base}/{repo}/{kind}/{digest}",
-                                headers=headers) as r:
+        with self.client.stream("GET", f"{self.base}/{repo}/{kind}/{digest}", headers=headers) as r:
             _check(r, 200, f"get {digest} from {repo}")
             for chunk in r.iter_bytes(1 << 20):
                 out.write(chunk)

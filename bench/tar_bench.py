@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from layover.adapters.tar_writer import DataPath, PlainTree, write_tarball  # noqa: E402
+from layover.adapters.tar_writer import DataPath, PlainTree, write_tarball
 
 V2 = "docker/registry/v2"
 
@@ -116,8 +116,10 @@ def main() -> None:
                 res = write_tarball(PlainTree(mnt / "src"), out, data_paths=paths)
                 results.setdefault(name, []).append(res.seconds)
                 digests.add(res.sha256)
-                print(f"  {name:9s} {res.seconds:6.2f} s  cloned={res.bytes_cloned >> 20} MiB "
-                      f"kernel={res.bytes_kernel_copied >> 20} MiB user={res.bytes_user_copied >> 20} MiB")
+                print(
+                    f"  {name:9s} {res.seconds:6.2f} s  cloned={res.bytes_cloned >> 20} MiB "
+                    f"kernel={res.bytes_kernel_copied >> 20} MiB user={res.bytes_user_copied >> 20} MiB"
+                )
                 if name == "clone":
                     t = time.perf_counter()
                     assert sha256_file(out) == res.sha256
@@ -127,8 +129,20 @@ def main() -> None:
                 os.sync()
             t = time.perf_counter()
             gnu = mnt / "gnu.tar"
-            run("tar", "--format=pax", "--sort=name", "--owner=0", "--group=0", "--numeric-owner",
-                "--mtime=@0", "-cf", gnu, "-C", mnt / "src", "docker")
+            run(
+                "tar",
+                "--format=pax",
+                "--sort=name",
+                "--owner=0",
+                "--group=0",
+                "--numeric-owner",
+                "--mtime=@0",
+                "-cf",
+                gnu,
+                "-C",
+                mnt / "src",
+                "docker",
+            )
             fd = os.open(gnu, os.O_RDONLY)
             os.fsync(fd)
             os.close(fd)
@@ -136,7 +150,9 @@ def main() -> None:
             gnu.unlink()
             os.sync()
         assert len(digests) == 1, f"data paths disagree: {digests}"
-        print(f"\nbest of {args.runs} ({data / 2**30:.2f} GiB, {files} files, sha256 {digests.pop()[:16]}...):")
+        print(
+            f"\nbest of {args.runs} ({data / 2**30:.2f} GiB, {files} files, sha256 {digests.pop()[:16]}...):"
+        )
         for name, secs in results.items():
             print(f"  {name:32s} {min(secs):6.2f} s")
     finally:

@@ -149,7 +149,11 @@ def build(images: int, cache: Path) -> Fixture:
             ],
         }
         return FixtureImage(
-            repo, tag, SampleManifest(json.dumps(doc, indent=3).encode(), OCI_INDEX), tuple(children), tuple(blobs)
+            repo,
+            tag,
+            SampleManifest(json.dumps(doc, indent=3).encode(), OCI_INDEX),
+            tuple(children),
+            tuple(blobs),
         )
 
     # spread the changes and drops over the list; index images (every 20th) among the changed

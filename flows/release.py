@@ -90,7 +90,8 @@ def _slug_words() -> frozenset[str]:
     name="layover-release",
     flow_run_name=_run_name,
     description="Package a release's images.list into a verified registry-storage tarball.",
-    task_runner=ThreadPoolTaskRunner(max_workers=MAX_CONCURRENCY),
+    # Prefect types the runner's future parameter in a way no instance satisfies
+    task_runner=ThreadPoolTaskRunner(max_workers=MAX_CONCURRENCY),  # type: ignore[arg-type]
     validate_parameters=True,
 )
 def release(request: ReleaseRequest) -> ReleaseReport:
@@ -180,7 +181,10 @@ def _build(request: ReleaseRequest, listed: LoadedList, stages: list[StageReport
             # Every listed image's signatures and SBOMs; from here on they are images of the package.
             with progress.stage("attached sync", images=len(listed.images)):
                 attached_stage, attached = attach(
-                    listed.images, to_archive, request.attached, concurrency=request.concurrency,
+                    listed.images,
+                    to_archive,
+                    request.attached,
+                    concurrency=request.concurrency,
                     retries=request.copy_retries,
                 )
             stages.append(attached_stage)
@@ -199,15 +203,26 @@ def _build(request: ReleaseRequest, listed: LoadedList, stages: list[StageReport
                 else:
                     archive = regs.serve_archive(read_only=True)
                     package = regs.serve_package()
-                    to_package = Route(archive.host, package.host, wd.merged, src_tls_verify=False,
-                                       timeout=request.copy_timeout_seconds)
+                    to_package = Route(
+                        archive.host,
+                        package.host,
+                        wd.merged,
+                        src_tls_verify=False,
+                        timeout=request.copy_timeout_seconds,
+                    )
                     to_package_copier = ManifestCopier(
-                        to_package, regs.api(archive), regs.api(package),
+                        to_package,
+                        regs.api(archive),
+                        regs.api(package),
                         regs.guard(archive, package, destination=package),
                     )
                     stages.append(
-                        sync_package(package_images, to_package_copier, concurrency=request.concurrency,
-                                     retries=request.copy_retries)
+                        sync_package(
+                            package_images,
+                            to_package_copier,
+                            concurrency=request.concurrency,
+                            retries=request.copy_retries,
+                        )
                     )
                     regs.stop(package)  # never delete under a running registry
                 with progress.stage("gc"):

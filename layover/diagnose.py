@@ -56,7 +56,9 @@ def full_disk_named(directory: Path, doing: str) -> Iterator[None]:
         ) from None
 
 
-def damaged_storage(ref: ImageRef, storages: list[Path], error: LayoverError, work_dir: Path) -> StorageError | None:
+def damaged_storage(
+    ref: ImageRef, storages: list[Path], error: LayoverError, work_dir: Path
+) -> StorageError | None:
     """A damaged link or manifest under the repository being copied: name the file and the fix."""
     seen: set[str] = set()
     for storage in storages:

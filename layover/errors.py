@@ -236,8 +236,9 @@ class GCError(LayoverError):
 class CommandError(LayoverError):
     """A subprocess exited non-zero. Keeps argv (secrets removed), exit code and stderr."""
 
-    def __init__(self, argv: Sequence[str], returncode: int, stderr: str, hint: str = "",
-                 summary: str = "") -> None:
+    def __init__(
+        self, argv: Sequence[str], returncode: int, stderr: str, hint: str = "", summary: str = ""
+    ) -> None:
         self.argv = tuple(argv)
         self.returncode = returncode
         self.stderr = stderr
@@ -258,8 +259,9 @@ class RegistryError(LayoverError):
 class RegistryHTTPError(RegistryError):
     """A registry answered with an unexpected HTTP status. Keeps the status and error codes."""
 
-    def __init__(self, method: str, url: str, status: int, codes: tuple[str, ...], detail: str,
-                 hint: str) -> None:
+    def __init__(
+        self, method: str, url: str, status: int, codes: tuple[str, ...], detail: str, hint: str
+    ) -> None:
         self.method = method
         self.url = url
         self.status = status

@@ -76,8 +76,12 @@ def parse_text(text: str, source: str = "<images.list>") -> ImageList:
             seen = tag_digest.get(pin)
             if seen is not None and seen[1].digest != ref.digest:
                 problems.append(
-                    (number, line, f"{ref.repository}:{ref.tag} is already listed on line {seen[0]} "
-                     "with a different digest; keep one")
+                    (
+                        number,
+                        line,
+                        f"{ref.repository}:{ref.tag} is already listed on line {seen[0]} "
+                        "with a different digest; keep one",
+                    )
                 )
                 continue
             tag_digest.setdefault(pin, (number, ref))
@@ -97,8 +101,14 @@ def parse_bytes(data: bytes, source: str = "<images.list>") -> ImageList:
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
         raise ImageListError(
-            source, [(line, data.split(b"\n")[line - 1][:80].decode("utf-8", "replace"),
-                      f"not UTF-8 (byte {e.start}); save the file as UTF-8")]
+            source,
+            [
+                (
+                    line,
+                    data.split(b"\n")[line - 1][:80].decode("utf-8", "replace"),
+                    f"not UTF-8 (byte {e.start}); save the file as UTF-8",
+                )
+            ],
         ) from None
     if "\x00" in text:
         line = text[: text.index("\x00")].count("\n") + 1

@@ -138,8 +138,9 @@ def parse_manifest(data: bytes, where: str) -> Manifest:
     try:
         doc = json.loads(data)
     except (UnicodeDecodeError, ValueError) as e:
-        raise StorageError(where, f"manifest is not valid JSON ({e}); the blob is corrupt, "
-                           "re-copy the image") from None
+        raise StorageError(
+            where, f"manifest is not valid JSON ({e}); the blob is corrupt, re-copy the image"
+        ) from None
     if not isinstance(doc, dict):
         raise StorageError(where, "manifest is not a JSON object; the blob is corrupt, re-copy the image")
     media_type = doc.get("mediaType")
@@ -147,18 +148,28 @@ def parse_manifest(data: bytes, where: str) -> Manifest:
         raise StorageError(where, "manifest mediaType is not a string")
     if doc.get("schemaVersion") == 1:
         fs_layers = _list(doc, "fsLayers", where)
-        layers = tuple(Layer(_digest(_obj(x, where).get("blobSum"), where, "fsLayers[].blobSum"))
-                       for x in fs_layers)
+        layers = tuple(
+            Layer(_digest(_obj(x, where).get("blobSum"), where, "fsLayers[].blobSum")) for x in fs_layers
+        )
         return Manifest(ManifestKind.SCHEMA1, media_type, layers=layers)
     if "manifests" in doc:
         if "config" in doc or "layers" in doc:
-            raise StorageError(where, "manifest has both `manifests` and `config`/`layers`; "
-                               "cannot tell an index from an image, refusing to guess")
+            raise StorageError(
+                where,
+                "manifest has both `manifests` and `config`/`layers`; "
+                "cannot tell an index from an image, refusing to guess",
+            )
         descriptors = tuple(_descriptor(_obj(m, where), where) for m in _list(doc, "manifests", where))
         artifact_type, subject, annotations = _oci11(doc)
-        return Manifest(ManifestKind.INDEX, media_type, children=tuple(d.digest for d in descriptors),
-                        descriptors=descriptors, artifact_type=artifact_type, subject=subject,
-                        annotations=annotations)
+        return Manifest(
+            ManifestKind.INDEX,
+            media_type,
+            children=tuple(d.digest for d in descriptors),
+            descriptors=descriptors,
+            artifact_type=artifact_type,
+            subject=subject,
+            annotations=annotations,
+        )
     if "config" in doc and "layers" in doc:
         config_obj = _obj(doc["config"], where)
         config = _digest(config_obj.get("digest"), where, "config.digest")
@@ -166,13 +177,24 @@ def parse_manifest(data: bytes, where: str) -> Manifest:
         for entry in _list(doc, "layers", where):
             obj = _obj(entry, where)
             mt = obj.get("mediaType")
-            image_layers.append(Layer(_digest(obj.get("digest"), where, "layers[].digest"),
-                                is_foreign(mt if isinstance(mt, str) else None, obj.get("urls")),
-                                mt if isinstance(mt, str) else None))
+            image_layers.append(
+                Layer(
+                    _digest(obj.get("digest"), where, "layers[].digest"),
+                    is_foreign(mt if isinstance(mt, str) else None, obj.get("urls")),
+                    mt if isinstance(mt, str) else None,
+                )
+            )
         artifact_type, subject, annotations = _oci11(doc)
-        return Manifest(ManifestKind.IMAGE, media_type, config=config, layers=tuple(image_layers),
-                        config_media_type=_str(config_obj.get("mediaType")), artifact_type=artifact_type,
-                        subject=subject, annotations=annotations)
+        return Manifest(
+            ManifestKind.IMAGE,
+            media_type,
+            config=config,
+            layers=tuple(image_layers),
+            config_media_type=_str(config_obj.get("mediaType")),
+            artifact_type=artifact_type,
+            subject=subject,
+            annotations=annotations,
+        )
     raise StorageError(
         where,
         f"unknown manifest shape (mediaType {media_type!r}, keys {sorted(doc)[:8]}): expected "

@@ -121,6 +121,14 @@ class ImageRef:
         return f"{host}/{self.source_suffix}"
 
     @property
+    def reference(self) -> Digest | str:
+        """What a registry's manifests endpoint is asked for: the digest when pinned, else the tag."""
+        if self.digest is not None:
+            return self.digest
+        assert self.tag is not None  # parse() refuses a reference with neither
+        return self.tag
+
+    @property
     def source_suffix(self) -> str:
         """What to read: by digest when pinned (exact bytes, and skopeo refuses tag+digest)."""
         if self.digest is not None:

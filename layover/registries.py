@@ -116,8 +116,15 @@ class RunRegistries:
                 client = self._clients[reg.host] = RegistryAPI(reg.host)
             return client
 
-    def source(self, host: str, *, tls_verify: bool, authfile: Path | None, timeout: float,
-               cert_dir: Path | None = None) -> RegistryClient:
+    def source(
+        self,
+        host: str,
+        *,
+        tls_verify: bool,
+        authfile: Path | None,
+        timeout: float,
+        cert_dir: Path | None = None,
+    ) -> RegistryClient:
         """A client for a source registry, finding credentials where skopeo would. `timeout`:
         how long one request may stay silent."""
         client = RegistryClient(
@@ -136,19 +143,31 @@ class RunRegistries:
         self._remote.append(client)
         return client
 
-    def probe(self, host: str, *, tls_verify: bool, authfile: Path | None,
-              cert_dir: Path | None = None) -> SourceProbe:
+    def probe(
+        self, host: str, *, tls_verify: bool, authfile: Path | None, cert_dir: Path | None = None
+    ) -> SourceProbe:
         probe = SourceProbe(host, tls_verify=tls_verify, authfile=authfile, cert_dir=cert_dir)
         self._probes.append(probe)
         return probe
 
-    def probes(self, sources: SourceMap, refs: Iterable[ImageRef], *, tls_verify: bool,
-               authfile: Path | None, cert_dir: Path | None = None) -> SourceProbes:
+    def probes(
+        self,
+        sources: SourceMap,
+        refs: Iterable[ImageRef],
+        *,
+        tls_verify: bool,
+        authfile: Path | None,
+        cert_dir: Path | None = None,
+    ) -> SourceProbes:
         """One probe per source registry the refs are read from, behind one `digest(ref)`; each
         finds its host's credentials where skopeo does."""
-        return SourceProbes(sources, {
-            h: self.probe(h, tls_verify=tls_verify, authfile=authfile, cert_dir=cert_dir)
-            for h in sources.hosts(refs)})
+        return SourceProbes(
+            sources,
+            {
+                h: self.probe(h, tls_verify=tls_verify, authfile=authfile, cert_dir=cert_dir)
+                for h in sources.hosts(refs)
+            },
+        )
 
     def guard(self, *own: Registry, destination: Registry) -> StageGuard:
         return StageGuard(self, own, destination)

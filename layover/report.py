@@ -127,8 +127,11 @@ class ReleaseReport:
         if self.ok:
             lines += [f"tarball: {self.output} ({human_bytes(self.tarball_bytes)})", f"sha256: {self.sha256}"]
         else:
-            lines += [f"status: {self.status} in {self.failed_stage or 'preparation'}, no tarball written "
-                      f"({self.output})", f"error: {self.error}"]
+            lines += [
+                f"status: {self.status} in {self.failed_stage or 'preparation'}, no tarball written "
+                f"({self.output})",
+                f"error: {self.error}",
+            ]
             lines += [f"  {f}" for f in self.failures]
         lines.append(f"total: {self.seconds:.2f} s")
         return lines
@@ -136,9 +139,7 @@ class ReleaseReport:
     def to_text(self) -> str:
         rows = [self._HEAD, *self._rows()]
         widths = [max(len(r[i]) for r in rows) for i in range(len(self._HEAD))]
-        table = [
-            "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows
-        ]
+        table = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows]
         return "\n".join([*self.header_lines(), "", *table, *self._attached_text()])
 
     def to_json(self) -> str:

@@ -173,8 +173,10 @@ class ReleaseRequest(BaseModel):
         for item in v:
             src, sep, dst = item.partition("=")
             if not sep or not all(re.fullmatch(_HOSTPORT, h.strip()) for h in (src, dst)):
-                raise ValueError(f"{item!r} is not FROM=TO with two HOST[:PORT], "
-                                 "e.g. registry.example.com=mirror.internal:5000")
+                raise ValueError(
+                    f"{item!r} is not FROM=TO with two HOST[:PORT], "
+                    "e.g. registry.example.com=mirror.internal:5000"
+                )
         return tuple(item.replace(" ", "") for item in v)
 
     @property
@@ -187,7 +189,11 @@ class ReleaseRequest(BaseModel):
     def run_name(self) -> str:
         """What a flow run of this request is called: the list (file, or ref:path in git) and
         where its images come from."""
-        where = self.images.path if isinstance(self.images, ListFromFile) else f"{self.images.ref}:{self.images.path}"
+        where = (
+            self.images.path
+            if isinstance(self.images, ListFromFile)
+            else f"{self.images.ref}:{self.images.path}"
+        )
         return f"{Path(where).name if isinstance(self.images, ListFromFile) else where} from {self.source}"
 
     @property
@@ -245,21 +251,34 @@ class RunSettings(BaseSettings):
         elif self.images is not None:
             images = ListFromFile(path=str(self.images))
         else:
-            raise UsageError("give the list: --images FILE, or --images-git REPO --images-ref REF "
-                             "(or LAYOVER_IMAGES)")
-        missing = [f"--{f.replace('_', '-')} (or LAYOVER_{f.upper()})"
-                   for f in ("source", "work_dir", "output") if getattr(self, f) is None]
+            raise UsageError(
+                "give the list: --images FILE, or --images-git REPO --images-ref REF (or LAYOVER_IMAGES)"
+            )
+        missing = [
+            f"--{f.replace('_', '-')} (or LAYOVER_{f.upper()})"
+            for f in ("source", "work_dir", "output")
+            if getattr(self, f) is None
+        ]
         if missing:
             raise UsageError(f"missing {', '.join(missing)}")
         fields: dict[str, Any] = {
-            "images": images, "source": self.source, "registry_map": self.registry_map,
-            "work_dir": self.work_dir, "output": self.output, "src_tls_verify": self.src_tls_verify,
-            "src_authfile": self.src_authfile, "src_cert_dir": self.src_cert_dir,
-            "src_credentials_block": self.src_credentials_block, "lock_wait_seconds": self.lock_wait,
-            "copy_timeout_seconds": self.copy_timeout, "copy_retries": self.copy_retries,
-            "copier": self.copier, "package_sync": self.package_sync,
+            "images": images,
+            "source": self.source,
+            "registry_map": self.registry_map,
+            "work_dir": self.work_dir,
+            "output": self.output,
+            "src_tls_verify": self.src_tls_verify,
+            "src_authfile": self.src_authfile,
+            "src_cert_dir": self.src_cert_dir,
+            "src_credentials_block": self.src_credentials_block,
+            "lock_wait_seconds": self.lock_wait,
+            "copy_timeout_seconds": self.copy_timeout,
+            "copy_retries": self.copy_retries,
+            "copier": self.copier,
+            "package_sync": self.package_sync,
             "source_down_seconds": self.source_down_seconds,
-            "stage_deadline_seconds": self.stage_deadline_seconds, "attached": self.attached,
+            "stage_deadline_seconds": self.stage_deadline_seconds,
+            "attached": self.attached,
             "delta_from": self.delta_from,
         }
         if self.concurrency is not None:
@@ -284,10 +303,15 @@ class KeepRecent(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", title="Recent releases in git")
     repo: str = Field(description="Git repository URL or path on the build host.", min_length=1)
-    pattern: str = Field(default="*", min_length=1,
-                         description="Glob on tag and branch names, e.g. v* or release-*.")
-    last: int = Field(ge=1, le=1000, description="How many of the matching tags or branches to keep, "
-                      "the last in version order (v1.10 after v1.9).")
+    pattern: str = Field(
+        default="*", min_length=1, description="Glob on tag and branch names, e.g. v* or release-*."
+    )
+    last: int = Field(
+        ge=1,
+        le=1000,
+        description="How many of the matching tags or branches to keep, "
+        "the last in version order (v1.10 after v1.9).",
+    )
     path: str = Field(default="images.list", description="Path of the list inside the repository.")
 
 
@@ -298,12 +322,19 @@ class RetentionRequest(BaseModel):
 
     work_dir: Path = Field(description="Build host directory holding the archive (lower) and the lock.")
     keep_lists: tuple[ListLocation, ...] = Field(
-        default=(), description="images.lists whose images are kept (files, or a git ref each).")
+        default=(), description="images.lists whose images are kept (files, or a git ref each)."
+    )
     keep_recent: KeepRecent | None = Field(
-        default=None, description="Also keep the lists of the last N matching git tags or branches.")
+        default=None, description="Also keep the lists of the last N matching git tags or branches."
+    )
     dry_run: bool = Field(default=True, description="Only report what would be deleted; change nothing.")
-    force: bool = Field(default=False, description="Prune even if the lists name no image, or name "
-                        "images the archive does not hold.")
+    force: bool = Field(
+        default=False,
+        description="Prune even if the lists name no image, or name images the archive does not hold.",
+    )
     lock_wait_seconds: float = Field(
-        default=3600, ge=0, le=86400,
-        description="If a release holds the work dir, wait this long for it before failing.")
+        default=3600,
+        ge=0,
+        le=86400,
+        description="If a release holds the work dir, wait this long for it before failing.",
+    )

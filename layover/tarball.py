@@ -124,8 +124,11 @@ def check_name(name: str) -> str:
         except UnicodeEncodeError:
             problem = "member name is not valid UTF-8"
     if problem:
-        raise StorageError(name, f"{problem}: refusing to put it in a release tarball; "
-                                 "the storage tree must hold only plain relative paths")
+        raise StorageError(
+            name,
+            f"{problem}: refusing to put it in a release tarball; "
+            "the storage tree must hold only plain relative paths",
+        )
     return name
 
 
@@ -145,8 +148,11 @@ def ordered(entries: Iterable[Entry]) -> list[Entry]:
         seen.add(e.name)
         parent = e.name.rpartition("/")[0]
         if parent and parent not in dirs:
-            raise StorageError(e.name, f"its parent directory {parent!r} is not a member: "
-                                       "list every directory so extraction recreates it")
+            raise StorageError(
+                e.name,
+                f"its parent directory {parent!r} is not a member: "
+                "list every directory so extraction recreates it",
+            )
         if e.kind is Kind.DIR:
             dirs.add(e.name)
         elif e.size < 0:
@@ -167,7 +173,7 @@ def _split_ustar(name: bytes) -> tuple[bytes, bytes] | None:
     # split at a slash so that prefix <= 155 and the rest <= 100
     for i in range(min(len(name) - 2, 155), 0, -1):  # never split off an empty name
         if name[i] == ord("/") and len(name) - i - 1 <= 100:
-            return name[:i], name[i + 1:]
+            return name[:i], name[i + 1 :]
     return None
 
 

@@ -35,12 +35,17 @@ def main() -> int:
         for n in (1, 2):
             print(f"\n=== release {n} ===", flush=True)
             argv = [
-                str(REPO / ".venv/bin/layover"), "run",
-                "--images", str(demo / f"release-{n}.list"),
-                "--source", registry.host,
+                str(REPO / ".venv/bin/layover"),
+                "run",
+                "--images",
+                str(demo / f"release-{n}.list"),
+                "--source",
+                registry.host,
                 "--no-src-tls-verify",
-                "--work-dir", str(demo / "work"),
-                "--output", str(demo / f"release-{n}.tar"),
+                "--work-dir",
+                str(demo / "work"),
+                "--output",
+                str(demo / f"release-{n}.tar"),
             ]
             print("$ " + " ".join(argv), flush=True)
             if subprocess.call(argv) != 0:

@@ -169,8 +169,14 @@ def sync_archive(
     return StageReport.from_copies(STAGE, time.monotonic() - started, [*plan.present, *copied])
 
 
-def _copy_all(todo: tuple[ImageRef, ...], copier: SkopeoCopier, watch: SourceWatch, policy: RetryPolicy,
-              concurrency: int, started: float) -> list[ImageCopy]:
+def _copy_all(
+    todo: tuple[ImageRef, ...],
+    copier: SkopeoCopier,
+    watch: SourceWatch,
+    policy: RetryPolicy,
+    concurrency: int,
+    started: float,
+) -> list[ImageCopy]:
     """At most `concurrency` copier tasks drain one queue; failures are named in list order."""
     if not todo:
         return []

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import cast
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -29,7 +30,7 @@ def source_authfile(wd: WorkDir, request: ReleaseRequest) -> Path | None:
 
     name = request.src_credentials_block
     try:
-        value = Secret.load(name).get()
+        value = cast(Secret, Secret.load(name)).get()  # load() is typed sync-or-async; here it is sync
     except ValueError as e:
         raise LayoverError(
             f"Prefect Secret block {name!r} cannot be loaded ({type(e).__name__}); create it with "

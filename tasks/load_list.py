@@ -32,7 +32,9 @@ def load_images(location: ListFromFile | ListFromGit) -> LoadedList:
     for dup in loaded.images.duplicates:
         logger.warning(
             "%s: %s is listed on lines %s; copying it once",
-            loaded.source, dup.ref, ", ".join(map(str, dup.lines)),
+            loaded.source,
+            dup.ref,
+            ", ".join(map(str, dup.lines)),
         )
     logger.info("%s: %d images", loaded.source, len(loaded.images))
     return loaded

@@ -24,7 +24,14 @@ from prefect.cache_policies import NO_CACHE
 from layover import progress
 from layover.copy import ManifestCopier
 from layover.diagnose import full_disk_named
-from layover.errors import ArchiveDamagedError, LayoverError, StageFailed, Transient, TransientCopyError, brief
+from layover.errors import (
+    ArchiveDamagedError,
+    LayoverError,
+    StageFailed,
+    Transient,
+    TransientCopyError,
+    brief,
+)
 from layover.imagelist import ImageList
 from layover.reference import ImageRef
 from layover.report import ImageCopy, StageReport
@@ -36,7 +43,9 @@ STAGE = "package sync"
 
 
 @task(name="package-sync", cache_policy=NO_CACHE, **COPY_RETRY)
-def copy_manifests_to_package(refs: tuple[ImageRef, ...], copier: ManifestCopier, concurrency: int) -> list[ImageCopy]:
+def copy_manifests_to_package(
+    refs: tuple[ImageRef, ...], copier: ManifestCopier, concurrency: int
+) -> list[ImageCopy]:
     sink = progress.current()
 
     def one(ref: ImageRef) -> ImageCopy | BaseException:

@@ -33,7 +33,8 @@ def clear_stale(wd: WorkDir, output: Path) -> None:
     if mounted or partial:
         get_run_logger().warning(
             "cleaned up after an earlier run: overlay %s, %d partial tarball(s) removed",
-            "unmounted" if mounted else "was not mounted", len(partial),
+            "unmounted" if mounted else "was not mounted",
+            len(partial),
         )
 
 

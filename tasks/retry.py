@@ -22,7 +22,7 @@ def transient_only(task: Task, task_run: TaskRun, state: State) -> bool:
         state.result()
     except Transient:
         return True
-    except Exception:
+    except Exception:  # noqa: BLE001 - any other failure: not worth a retry
         return False
     return False
 

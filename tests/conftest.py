@@ -133,7 +133,9 @@ def mounted_overlay(require_root_overlay, tmp_path) -> Iterator:
         base = tmp_path / f"overlay-{len(made)}"
         dirs = OverlayDirs(
             Path(lower) if lower is not None else base / "lower",
-            base / "upper", base / "work", base / "merged",
+            base / "upper",
+            base / "work",
+            base / "merged",
         )
         made.append(dirs)
         dirs.lower.mkdir(parents=True, exist_ok=True)
@@ -155,11 +157,17 @@ class SampleImages:
     they got in, so an HTTP push (no skopeo, no OCI layout on disk) is enough.
     """
 
-    def push(self, registry, name_tag: str, *, layers: int = 2, platforms: int = 1,
-             seed: str | None = None) -> SampleImage:
+    def push(
+        self, registry, name_tag: str, *, layers: int = 2, platforms: int = 1, seed: str | None = None
+    ) -> SampleImage:
         repository, _, tag = name_tag.rpartition(":")
-        image = seeded_image(repository, tag, seed=seed if seed is not None else uuid.uuid4().hex,
-                             layers=layers, platforms=platforms)
+        image = seeded_image(
+            repository,
+            tag,
+            seed=seed if seed is not None else uuid.uuid4().hex,
+            layers=layers,
+            platforms=platforms,
+        )
         with RegistryAPI(registry.host) as api:
             push_image(api, image)
         return image

@@ -159,7 +159,8 @@ class FaultProxy:
                 body = b'{"errors":[{"code":"UNAVAILABLE","message":"injected by faultproxy"}]}'
                 client.sendall(
                     f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
-                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body
+                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                    + body
                 )
                 return
             if fault is Fault.STALL:

@@ -62,7 +62,9 @@ def read_list_at(repo: str, ref: str, path: str, *, cache_dir: Path | None = Non
         return GitList(data=data, commit=commit, repo=shown, ref=ref, path=norm)
     if not _is_url(repo):
         raise GitSourceError(
-            shown, ref, norm,
+            shown,
+            ref,
+            norm,
             "no such directory, and not a URL; give a path to a git repository on the build host "
             "or a URL (file://, ssh://, https://, host:path)",
         )
@@ -91,8 +93,12 @@ def list_refs(repo: str) -> list[str]:
     elif _is_url(repo):
         argv = ["git", "ls-remote", "--refs", "--tags", "--heads", "--end-of-options", repo]
     else:
-        raise GitSourceError(shown, "*", "-", "no such directory, and not a URL; give a path to a git "
-                             "repository on the build host or a URL")
+        raise GitSourceError(
+            shown,
+            "*",
+            "-",
+            "no such directory, and not a URL; give a path to a git repository on the build host or a URL",
+        )
     try:
         out = run(argv, timeout=FETCH_TIMEOUT, env=_env(), secrets=secrets).text
     except CommandError as e:
@@ -103,6 +109,7 @@ def list_refs(repo: str) -> list[str]:
 
 # --- checks ---------------------------------------------------------------------------------
 
+
 def _check(shown: str, repo: str, ref: str, path: str) -> str:
     """Refuse inputs that git could read as options or that escape the repository."""
     if not repo.strip():
@@ -111,7 +118,9 @@ def _check(shown: str, repo: str, ref: str, path: str) -> str:
         raise GitSourceError(shown, ref, path, "a repository may not start with '-'")
     if not ref or ref.startswith("-") or any(c.isspace() or ord(c) < 32 for c in ref) or ":" in ref:
         raise GitSourceError(
-            shown, ref, path,
+            shown,
+            ref,
+            path,
             "not a usable ref; give a branch, tag or commit id (no spaces, ':' or leading '-')",
         )
     if not path or path.startswith("/") or "\\" in path:
@@ -146,6 +155,7 @@ def _cache_root(cache_dir: Path | None) -> Path:
 
 # --- git calls ------------------------------------------------------------------------------
 
+
 def _env() -> dict[str, str]:
     # Never prompt (a worker has no terminal); C locale so stderr matches what we look for;
     # literal pathspecs so a '*' in a file name is not a glob.
@@ -158,12 +168,22 @@ def _env() -> dict[str, str]:
 
 
 def _git(
-    gitdir: Path, args: list[str], shown: str, ref: str, path: str, secrets: tuple[str, ...],
-    *, timeout: float = LOCAL_TIMEOUT, what: str,
+    gitdir: Path,
+    args: list[str],
+    shown: str,
+    ref: str,
+    path: str,
+    secrets: tuple[str, ...],
+    *,
+    timeout: float = LOCAL_TIMEOUT,
+    what: str,
 ) -> bytes:
     try:
         return run(
-            ["git", "-C", str(gitdir), *args], timeout=timeout, env=_env(), secrets=secrets,
+            ["git", "-C", str(gitdir), *args],
+            timeout=timeout,
+            env=_env(),
+            secrets=secrets,
         ).stdout
     except CommandError as e:
         raise GitSourceError(shown, ref, path, f"{what}: {_explain(e.stderr)}") from e
@@ -182,12 +202,20 @@ def _explain(stderr: str) -> str:
 
 
 def _resolve(
-    gitdir: Path, rev: str, shown: str, ref: str, path: str, secrets: tuple[str, ...],
+    gitdir: Path,
+    rev: str,
+    shown: str,
+    ref: str,
+    path: str,
+    secrets: tuple[str, ...],
 ) -> str:
     try:
         out = run(
             ["git", "-C", str(gitdir), "rev-parse", "--verify", "--quiet", "--end-of-options", rev],
-            timeout=LOCAL_TIMEOUT, env=_env(), secrets=secrets, check=False,
+            timeout=LOCAL_TIMEOUT,
+            env=_env(),
+            secrets=secrets,
+            check=False,
         )
     except CommandError as e:
         raise GitSourceError(shown, ref, path, f"git rev-parse: {_explain(e.stderr)}") from e
@@ -195,24 +223,39 @@ def _resolve(
         if "not a git repository" in out.stderr or "dubious ownership" in out.stderr:
             raise GitSourceError(shown, ref, path, _explain(out.stderr))
         raise GitSourceError(
-            shown, ref, path,
+            shown,
+            ref,
+            path,
             "no commit by that name; check the branch, tag or commit id (a tag must be pushed)",
         )
     return out.text.strip()
 
 
 def _read_blob(
-    gitdir: Path, commit: str, shown: str, ref: str, path: str, secrets: tuple[str, ...],
+    gitdir: Path,
+    commit: str,
+    shown: str,
+    ref: str,
+    path: str,
+    secrets: tuple[str, ...],
 ) -> bytes:
     # ls-tree first: it tells a missing file from a directory, a symlink or a submodule.
     listing = _git(
-        gitdir, ["ls-tree", "-z", "--full-tree", commit, "--", path], shown, ref, path, secrets,
+        gitdir,
+        ["ls-tree", "-z", "--full-tree", commit, "--", path],
+        shown,
+        ref,
+        path,
+        secrets,
         what="git ls-tree",
     )
     entry = next((e for e in listing.split(b"\0") if e.endswith(b"\t" + path.encode())), None)
     if entry is None:
         raise GitSourceError(
-            shown, ref, path, f"no such file at commit {commit}; check the path inside the repository",
+            shown,
+            ref,
+            path,
+            f"no such file at commit {commit}; check the path inside the repository",
         )
     mode, kind, obj = entry.split(b"\t", 1)[0].decode().split()
     if kind != "blob" or mode == "120000":
@@ -228,13 +271,23 @@ def _ensure_bare(cache: Path, shown: str, ref: str, path: str) -> None:
 
 
 def _fetch(
-    cache: Path, url: str, ref: str, shown: str, path: str, secrets: tuple[str, ...],
+    cache: Path,
+    url: str,
+    ref: str,
+    shown: str,
+    path: str,
+    secrets: tuple[str, ...],
 ) -> None:
     # Depth 1 and no tags: only the one commit we build from crosses the wire.
     _git(
         cache,
         ["fetch", "--quiet", "--depth=1", "--no-tags", "--end-of-options", url, ref],
-        shown, ref, path, secrets, timeout=FETCH_TIMEOUT, what="git fetch",
+        shown,
+        ref,
+        path,
+        secrets,
+        timeout=FETCH_TIMEOUT,
+        what="git fetch",
     )
 
 

@@ -31,7 +31,7 @@ def copy_manifests(src: RegistryAPI, dst: RegistryAPI, ref: ImageRef) -> tuple[D
         return Refs.of(parse_manifest(got.data, f"{src.host}/{ref.repository}@sha256:{hex_}"))
 
     try:
-        top = src.manifest(ref.repository, ref.digest if ref.digest is not None else ref.tag)
+        top = src.manifest(ref.repository, ref.reference)
         if ref.digest is not None and top.digest != ref.digest:
             raise CopyError(f"{ref}: the archive serves {top.digest}")
         fetched[top.digest.hex] = top

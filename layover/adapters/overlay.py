@@ -45,9 +45,8 @@ def mounts() -> list[MountEntry]:
         # id parent major:minor root mount-point options [optional...] - fstype source super-opts
         left, _, right = line.partition(" - ")
         fields = left.split(" ")
-        fstype, source, super_options = (right.split(" ") + ["", "", ""])[:3]
-        entries.append(MountEntry(Path(_unescape(fields[4])), fstype, _unescape(source),
-                                  super_options))
+        fstype, source, super_options = ([*right.split(" "), "", "", ""])[:3]
+        entries.append(MountEntry(Path(_unescape(fields[4])), fstype, _unescape(source), super_options))
     return entries
 
 
@@ -113,13 +112,20 @@ def unmount(merged: Path, *, attempts: int = 5, delay: float = 0.5) -> None:
                 return  # someone else unmounted it meanwhile
             if i + 1 < attempts:
                 time.sleep(delay)
-    log.warning("%s stays busy (%s); detaching it lazily: it disappears when the last user closes "
-                "it. Find holders with: fuser -vm %s", entry.mount_point, last, entry.mount_point)
+    log.warning(
+        "%s stays busy (%s); detaching it lazily: it disappears when the last user closes "
+        "it. Find holders with: fuser -vm %s",
+        entry.mount_point,
+        last,
+        entry.mount_point,
+    )
     try:
         run(_unmount_argv(entry.mount_point, fuse, lazy=True), timeout=60, cleanup=True)
     except CommandError as e:
-        raise MountError(f"cannot unmount {entry.mount_point}: {e}; find its users with "
-                         f"`fuser -vm {entry.mount_point}` and stop them") from None
+        raise MountError(
+            f"cannot unmount {entry.mount_point}: {e}; find its users with "
+            f"`fuser -vm {entry.mount_point}` and stop them"
+        ) from None
 
 
 def reset(lower: Path, upper: Path, work: Path, merged: Path) -> None:
@@ -191,7 +197,9 @@ def hide_in_upper(lower: Path, upper: Path, work: Path, merged: Path, rel_paths:
         except FileExistsError:
             st = os.lstat(target)
             if not (stat.S_ISCHR(st.st_mode) and st.st_rdev == 0):
-                raise MountError(f"{target} exists in upper and is not a whiteout; reset the overlay first") from None
+                raise MountError(
+                    f"{target} exists in upper and is not a whiteout; reset the overlay first"
+                ) from None
             continue
         hidden += 1
     # A `volatile` mount leaves work/incompat/volatile, and the kernel refuses to mount over it
@@ -211,7 +219,9 @@ def can_hide(merged: Path) -> bool:
     return entry is not None and entry.fstype == "overlay" and os.geteuid() == 0
 
 
-def whiteout_hider(lower: Path, upper: Path, work: Path, merged: Path) -> Callable[[Sequence[str]], int] | None:
+def whiteout_hider(
+    lower: Path, upper: Path, work: Path, merged: Path
+) -> Callable[[Sequence[str]], int] | None:
     """`hide_in_upper` bound to this overlay, or None where it does not apply (fuse-overlayfs,
     not root): the caller then deletes through the mount."""
     if not can_hide(merged):
@@ -220,8 +230,7 @@ def whiteout_hider(lower: Path, upper: Path, work: Path, merged: Path) -> Callab
 
 
 @contextmanager
-def mounted(lower: Path, upper: Path, work: Path, merged: Path, *, fresh: bool = False
-            ) -> Iterator[Path]:
+def mounted(lower: Path, upper: Path, work: Path, merged: Path, *, fresh: bool = False) -> Iterator[Path]:
     """Mount for the duration of the block (after `reset` when fresh) and always unmount."""
     if fresh:
         reset(lower, upper, work, merged)

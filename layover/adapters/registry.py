@@ -90,8 +90,13 @@ CONTAINER_TLS_KEY = "/etc/docker/registry/tls.key"
 
 
 def render_config(
-    port: int, *, read_only: bool, validation_urls_allow: Sequence[str], blob_cache: bool = False,
-    auth_htpasswd: bool = False, tls: bool = False,
+    port: int,
+    *,
+    read_only: bool,
+    validation_urls_allow: Sequence[str],
+    blob_cache: bool = False,
+    auth_htpasswd: bool = False,
+    tls: bool = False,
 ) -> str:
     """The registry config.yml. JSON-quoted strings are valid YAML and need no yaml library.
 
@@ -104,11 +109,13 @@ def render_config(
 
     allow = "".join(f"\n        - {json.dumps(p)}" for p in validation_urls_allow)
     # basic auth for test registries that stand in for a CI registry with credentials
-    auth = (f"auth:\n  htpasswd:\n    realm: layover\n    path: {CONTAINER_HTPASSWD}\n"
-            if auth_htpasswd else "")
+    auth = (
+        f"auth:\n  htpasswd:\n    realm: layover\n    path: {CONTAINER_HTPASSWD}\n" if auth_htpasswd else ""
+    )
     # TLS for test registries that stand in for a customer's HTTPS registry
-    tls_section = (f"\n  tls:\n    certificate: {CONTAINER_TLS_CERT}\n    key: {CONTAINER_TLS_KEY}"
-                   if tls else "")
+    tls_section = (
+        f"\n  tls:\n    certificate: {CONTAINER_TLS_CERT}\n    key: {CONTAINER_TLS_KEY}" if tls else ""
+    )
     return f"""\
 version: 0.1
 log:
@@ -161,8 +168,14 @@ class RegistryManager:
 
     # --- public API --------------------------------------------------------------------
     def start(
-        self, role: str, storage: Path, *, read_only: bool = False, port: int | None = None,
-        auth_htpasswd: Path | None = None, tls: tuple[Path, Path] | None = None,
+        self,
+        role: str,
+        storage: Path,
+        *,
+        read_only: bool = False,
+        port: int | None = None,
+        auth_htpasswd: Path | None = None,
+        tls: tuple[Path, Path] | None = None,
     ) -> Registry:
         """Create and start a registry serving `storage`, and wait until it answers /v2/.
 
@@ -202,8 +215,9 @@ class RegistryManager:
             self.client.containers.get(reg.container_id).restart(timeout=10)
         except docker.errors.NotFound:
             log.warning("registry %s vanished; recreating it", reg.name)
-            new = self._create(reg.role, reg.name, reg.storage, reg.read_only, reg.port,
-                               reg.auth_htpasswd, reg.tls)
+            new = self._create(
+                reg.role, reg.name, reg.storage, reg.read_only, reg.port, reg.auth_htpasswd, reg.tls
+            )
             self.wait_healthy(new, timeout=timeout)
             return new
         except docker.errors.APIError as e:
@@ -227,8 +241,9 @@ class RegistryManager:
             container.restart(timeout=2)
             current = dataclasses.replace(reg, container_id=container.id)
         except docker.errors.NotFound:
-            current = self._create(reg.role, reg.name, reg.storage, reg.read_only, reg.port,
-                                   reg.auth_htpasswd, reg.tls)
+            current = self._create(
+                reg.role, reg.name, reg.storage, reg.read_only, reg.port, reg.auth_htpasswd, reg.tls
+            )
         except docker.errors.APIError as e:
             raise RegistryError(f"cannot restart registry {reg.name}: {e}; {_SETUP_HINT}") from None
         self.wait_healthy(current, timeout=timeout)
@@ -314,13 +329,25 @@ class RegistryManager:
         self._config_dir.mkdir(parents=True, exist_ok=True)
         return self._config_dir / f"{_NAME_UNSAFE.sub('-', role)}.yml"
 
-    def _create(self, role: str, name: str, storage: Path, read_only: bool, port: int,
-                auth_htpasswd: Path | None = None, tls: tuple[Path, Path] | None = None) -> Registry:
+    def _create(
+        self,
+        role: str,
+        name: str,
+        storage: Path,
+        read_only: bool,
+        port: int,
+        auth_htpasswd: Path | None = None,
+        tls: tuple[Path, Path] | None = None,
+    ) -> Registry:
         config = self._config_path(role)
         config.write_text(
             render_config(
-                port, read_only=read_only, validation_urls_allow=self.validation_urls_allow,
-                blob_cache=self.blob_cache, auth_htpasswd=auth_htpasswd is not None, tls=tls is not None,
+                port,
+                read_only=read_only,
+                validation_urls_allow=self.validation_urls_allow,
+                blob_cache=self.blob_cache,
+                auth_htpasswd=auth_htpasswd is not None,
+                tls=tls is not None,
             )
         )
         volumes = {
@@ -355,10 +382,15 @@ class RegistryManager:
             ) from None
         except docker.errors.APIError as e:
             raise RegistryError(f"cannot start registry {name}: {e}; {_SETUP_HINT}") from None
-        log.info("registry %s (%s) on 127.0.0.1:%d serving %s%s", name, role, port, storage,
-                 " read-only" if read_only else "")
-        return Registry(role, container.id, name, f"127.0.0.1:{port}", storage, read_only,
-                        auth_htpasswd, tls)
+        log.info(
+            "registry %s (%s) on 127.0.0.1:%d serving %s%s",
+            name,
+            role,
+            port,
+            storage,
+            " read-only" if read_only else "",
+        )
+        return Registry(role, container.id, name, f"127.0.0.1:{port}", storage, read_only, auth_htpasswd, tls)
 
     def _remove_by_name(self, name: str) -> None:
         try:

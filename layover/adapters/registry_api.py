@@ -58,15 +58,18 @@ class RegistryAPI:
     `transport` is a test seam (httpx.MockTransport). Use as a context manager or call close().
     """
 
-    def __init__(self, host: str, *, timeout: float = 60.0, transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self, host: str, *, timeout: float = 60.0, transport: httpx.BaseTransport | None = None
+    ) -> None:
         if "://" in host:
             raise RegistryError(f"registry {host!r}: give HOST:PORT without a scheme, e.g. 127.0.0.1:5000")
         self.host = host
         self.base = httpx.URL(f"http://{host}")
         _check_loopback(self.base, "registry")
         # follow_redirects: storage drivers other than filesystem redirect blob GETs.
-        self._http = httpx.Client(base_url=self.base, timeout=timeout, transport=transport,
-                                  follow_redirects=True, trust_env=False)
+        self._http = httpx.Client(
+            base_url=self.base, timeout=timeout, transport=transport, follow_redirects=True, trust_env=False
+        )
 
     def close(self) -> None:
         self._http.close()
@@ -78,8 +81,9 @@ class RegistryAPI:
         self.close()
 
     # --- plumbing ------------------------------------------------------------------------
-    def _request(self, method: str, url: str | httpx.URL, *, ok: Iterable[int], hint: str = "",
-                 **kwargs: object) -> httpx.Response:
+    def _request(
+        self, method: str, url: str | httpx.URL, *, ok: Iterable[int], hint: str = "", **kwargs: object
+    ) -> httpx.Response:
         try:
             resp = self._http.request(method, url, **kwargs)  # type: ignore[arg-type]
         except httpx.TransportError as e:
@@ -124,8 +128,12 @@ class RegistryAPI:
 
     def get_blob(self, repository: str, digest: Digest) -> bytes:
         """The blob's bytes, verified against `digest` (a stale registry cache serves truncated data)."""
-        resp = self._request("GET", self._path(repository, "blobs", digest), ok=(200,),
-                             hint=f"is {digest} linked in {repository}?")
+        resp = self._request(
+            "GET",
+            self._path(repository, "blobs", digest),
+            ok=(200,),
+            hint=f"is {digest} linked in {repository}?",
+        )
         got = _sha256(resp.content)
         if got != digest:
             raise RegistryError(
@@ -135,7 +143,9 @@ class RegistryAPI:
             )
         return resp.content
 
-    def push_blob(self, repository: str, digest: Digest, data: bytes, *, mount_from: str | None = None) -> str:
+    def push_blob(
+        self, repository: str, digest: Digest, data: bytes, *, mount_from: str | None = None
+    ) -> str:
         """Put one blob into `repository`. Returns how: "present" (HEAD 200, nothing sent),
         "mounted" (cross-repository mount from `mount_from`, no bytes sent) or "uploaded"
         (monolithic POST + PUT)."""
@@ -145,14 +155,19 @@ class RegistryAPI:
             return "present"
         if mount_from is not None and mount_from != repository:
             # 201 = linked from the other repo; 202 = the registry declined and opened an upload.
-            start = self._request("POST", f"/v2/{repository}/blobs/uploads/", ok=(201, 202),
-                                  params={"mount": str(digest), "from": mount_from},
-                                  hint="is the registry read-only?")
+            start = self._request(
+                "POST",
+                f"/v2/{repository}/blobs/uploads/",
+                ok=(201, 202),
+                params={"mount": str(digest), "from": mount_from},
+                hint="is the registry read-only?",
+            )
             if start.status_code == 201:
                 return "mounted"
         else:
-            start = self._request("POST", f"/v2/{repository}/blobs/uploads/", ok=(202,),
-                                  hint="is the registry read-only?")
+            start = self._request(
+                "POST", f"/v2/{repository}/blobs/uploads/", ok=(202,), hint="is the registry read-only?"
+            )
         location = start.headers.get("Location")
         if not location:
             raise RegistryError(f"POST upload for {repository} at {self.base} returned no Location header")
@@ -160,20 +175,32 @@ class RegistryAPI:
         url = self.base.join(location)
         _check_loopback(url, "upload Location")
         url = url.copy_merge_params({"digest": str(digest)})
-        self._request("PUT", url, ok=(201,), content=data,
-                      headers={"Content-Type": "application/octet-stream"},
-                      hint=f"uploading {len(data)} bytes to {repository}")
+        self._request(
+            "PUT",
+            url,
+            ok=(201,),
+            content=data,
+            headers={"Content-Type": "application/octet-stream"},
+            hint=f"uploading {len(data)} bytes to {repository}",
+        )
         return "uploaded"
 
     def delete_blob(self, repository: str, digest: Digest) -> None:
         """Needs storage.delete.enabled; removes the repo's link, not the data (that is GC's job)."""
-        self._request("DELETE", self._path(repository, "blobs", digest), ok=(202,),
-                      hint="deletes need storage.delete.enabled: true")
+        self._request(
+            "DELETE",
+            self._path(repository, "blobs", digest),
+            ok=(202,),
+            hint="deletes need storage.delete.enabled: true",
+        )
 
     # --- manifests -----------------------------------------------------------------------
     def put_manifest(self, repository: str, ref: str | Digest, data: bytes, media_type: str) -> Digest:
         resp = self._request(
-            "PUT", self._path(repository, "manifests", ref), ok=(201,), content=data,
+            "PUT",
+            self._path(repository, "manifests", ref),
+            ok=(201,),
+            content=data,
             headers={"Content-Type": media_type},
             hint="its blobs (or an index's child manifests) must be in this repository first",
         )
@@ -187,8 +214,9 @@ class RegistryAPI:
 
     def manifest(self, repository: str, ref: str | Digest) -> FetchedManifest:
         """GET a manifest by tag or digest: exact bytes, media type and their digest."""
-        resp = self._request("GET", self._path(repository, "manifests", ref), ok=(200,),
-                             headers={"Accept": MANIFEST_ACCEPT})
+        resp = self._request(
+            "GET", self._path(repository, "manifests", ref), ok=(200,), headers={"Accept": MANIFEST_ACCEPT}
+        )
         digest = _sha256(resp.content)
         if isinstance(ref, Digest) and digest != ref:
             raise RegistryError(f"manifest {repository}@{ref} served bytes that hash to {digest}")
@@ -196,14 +224,22 @@ class RegistryAPI:
         return FetchedManifest(resp.content, media_type, digest)
 
     def manifest_exists(self, repository: str, ref: str | Digest) -> bool:
-        resp = self._request("HEAD", self._path(repository, "manifests", ref), ok=(200, 404),
-                             headers={"Accept": MANIFEST_ACCEPT})
+        resp = self._request(
+            "HEAD",
+            self._path(repository, "manifests", ref),
+            ok=(200, 404),
+            headers={"Accept": MANIFEST_ACCEPT},
+        )
         return resp.status_code == 200
 
     def delete_manifest(self, repository: str, digest: Digest) -> None:
         """Delete a manifest revision by digest (the registry refuses deletes by tag)."""
-        self._request("DELETE", self._path(repository, "manifests", digest), ok=(202,),
-                      hint="deletes need storage.delete.enabled: true")
+        self._request(
+            "DELETE",
+            self._path(repository, "manifests", digest),
+            ok=(202,),
+            hint="deletes need storage.delete.enabled: true",
+        )
 
     def referrers(self, repository: str, digest: Digest) -> tuple[Descriptor, ...] | None:
         """Descriptors of every manifest whose `subject` is `digest` (OCI distribution-spec 1.1),

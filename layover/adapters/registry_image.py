@@ -60,8 +60,9 @@ def ensure_registry_image(client: docker.DockerClient) -> str:
         except docker.errors.ImageNotFound:
             continue
         except docker.errors.APIError as e:
-            raise RegistryError(f"docker engine failed to look up image {name}: {e}; "
-                                "is dockerd healthy? run scripts/setup.sh") from None
+            raise RegistryError(
+                f"docker engine failed to look up image {name}: {e}; is dockerd healthy? run scripts/setup.sh"
+            ) from None
     build_registry_image(client)
     return LOCAL_IMAGE
 
@@ -82,13 +83,12 @@ def build_registry_image(client: docker.DockerClient) -> str:
         f"LABEL layover.registry-binary-sha256={binary_sha}",
     ]
     try:
-        client.api.import_image_from_data(
-            data, repository=LOCAL_REPOSITORY, tag=LOCAL_TAG, changes=changes
-        )
+        client.api.import_image_from_data(data, repository=LOCAL_REPOSITORY, tag=LOCAL_TAG, changes=changes)
         client.images.get(LOCAL_IMAGE)
     except docker.errors.DockerException as e:
-        raise RegistryError(f"docker import of {LOCAL_IMAGE} failed: {e}; is dockerd running? "
-                            "run scripts/setup.sh") from None
+        raise RegistryError(
+            f"docker import of {LOCAL_IMAGE} failed: {e}; is dockerd running? run scripts/setup.sh"
+        ) from None
     return LOCAL_IMAGE
 
 
@@ -99,8 +99,12 @@ def shared_libraries(binary: Path) -> list[Path]:
         # ldd exits 1 with "not a dynamic executable" for static binaries: nothing to copy.
         if "not a dynamic executable" in result.text + result.stderr:
             return []
-        raise CommandError(result.argv, result.returncode, result.stderr,
-                           hint=f"cannot list the shared libraries of {binary}")
+        raise CommandError(
+            result.argv,
+            result.returncode,
+            result.stderr,
+            hint=f"cannot list the shared libraries of {binary}",
+        )
     return parse_ldd(result.text)
 
 

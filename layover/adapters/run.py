@@ -124,7 +124,9 @@ def run(
                 _live.add(proc)
     except FileNotFoundError:
         raise CommandError(
-            shown, 127, f"{argv[0]}: command not found",
+            shown,
+            127,
+            f"{argv[0]}: command not found",
             hint="install it (scripts/setup.sh installs every tool Layover needs)",
         ) from None
     try:
@@ -135,13 +137,17 @@ def run(
             _, err = proc.communicate()
             stderr = redact(_decode(err), secrets)
             raise TransientCommandError(
-                shown, -1, stderr + f"\ntimed out after {timeout:g} s",
+                shown,
+                -1,
+                stderr + f"\ntimed out after {timeout:g} s",
                 hint="the command hung; retry, or raise the timeout if the work is just slow",
             ) from None
     finally:
         with _live_lock:
             _live.discard(proc)
-    stopped = proc.returncode in (-signal.SIGINT, -signal.SIGTERM) or (_stopping is not None and proc.returncode != 0)
+    stopped = proc.returncode in (-signal.SIGINT, -signal.SIGTERM) or (
+        _stopping is not None and proc.returncode != 0
+    )
     if stopped and not cleanup:
         sig = _stopping or -proc.returncode
         raise Interrupted(f"{shown[0]} was stopped ({signal.Signals(sig).name})", sig)
@@ -161,8 +167,12 @@ def start_detached(argv: Sequence[str]) -> int:
     output kept. Returns the pid."""
     log.debug("start detached: %s", shlex.join(argv))
     proc = subprocess.Popen(
-        list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True, close_fds=True,
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        close_fds=True,
     )
     return proc.pid
 

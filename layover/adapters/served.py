@@ -56,9 +56,13 @@ def restart_container(name: str) -> None:
         container.restart(timeout=10)
         container.reload()
     except NotFound:
-        raise UsageError(f"--restart-container {name}: no such container; name the one serving the storage "
-                         "dir (docker ps), or restart your registry yourself") from None
+        raise UsageError(
+            f"--restart-container {name}: no such container; name the one serving the storage "
+            "dir (docker ps), or restart your registry yourself"
+        ) from None
     except DockerException as e:
         raise LayoverError(f"cannot restart container {name} ({e}); restart the registry yourself") from None
     if container.status != "running":
-        raise LayoverError(f"container {name} is {container.status} after its restart; check `docker logs {name}`")
+        raise LayoverError(
+            f"container {name} is {container.status} after its restart; check `docker logs {name}`"
+        )

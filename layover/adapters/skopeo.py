@@ -69,13 +69,17 @@ HINT_READ_ONLY = "the destination registry refused the write (405): is it in rea
 
 def hint_auth() -> str:
     """What to check when a registry refuses access, named as the user gave the setting."""
-    return (f"the registry refused access: check the credentials ({name('src_authfile')}, or "
-            f"{name('src_credentials_block')}) and that the repository exists")
+    return (
+        f"the registry refused access: check the credentials ({name('src_authfile')}, or "
+        f"{name('src_credentials_block')}) and that the repository exists"
+    )
 
 
 def hint_tls() -> str:
-    return (f"the registry's TLS certificate did not verify (or it speaks plain HTTP): give its CA "
-            f"with {name('src_cert_dir')} or turn verification off for it ({name('src_tls_verify')})")
+    return (
+        f"the registry's TLS certificate did not verify (or it speaks plain HTTP): give its CA "
+        f"with {name('src_cert_dir')} or turn verification off for it ({name('src_tls_verify')})"
+    )
 
 
 @dataclass(frozen=True)
@@ -100,10 +104,17 @@ def copy(
     with tempfile.TemporaryDirectory(prefix="layover-skopeo-") as tmp:
         digestfile = Path(tmp) / "digest"
         argv = [
-            SKOPEO, "--debug", "copy", "--all", "--preserve-digests", "--retry-times", "0",
+            SKOPEO,
+            "--debug",
+            "copy",
+            "--all",
+            "--preserve-digests",
+            "--retry-times",
+            "0",
             f"--src-tls-verify={_bool(src_tls_verify)}",
             f"--dest-tls-verify={_bool(dest_tls_verify)}",
-            "--digestfile", str(digestfile),
+            "--digestfile",
+            str(digestfile),
         ]
         if src_authfile is not None:
             argv += ["--src-authfile", str(src_authfile)]

@@ -169,8 +169,15 @@ class _SourceShrank(Exception):
 
 
 # errnos meaning "this filesystem (pair) cannot do it": stop trying on that device
-_UNSUPPORTED = {errno.EXDEV, errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL, errno.ENOSYS,
-                errno.EBADF, errno.EPERM}
+_UNSUPPORTED = {
+    errno.EXDEV,
+    errno.EOPNOTSUPP,
+    errno.ENOTTY,
+    errno.EINVAL,
+    errno.ENOSYS,
+    errno.EBADF,
+    errno.EPERM,
+}
 
 
 # --- listing and overlay resolution ----------------------------------------------------------
@@ -184,20 +191,31 @@ class _Source:
 
 
 def _refuse(path: Path, st: os.stat_result) -> StorageError:
-    what = ("a symlink" if stat.S_ISLNK(st.st_mode) else
-            "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else
-            "a fifo" if stat.S_ISFIFO(st.st_mode) else
-            "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file or directory")
-    return StorageError(str(path), f"is {what}: registry storage holds only files and "
-                                   "directories; remove it and write the tarball again")
+    what = (
+        "a symlink"
+        if stat.S_ISLNK(st.st_mode)
+        else "a device"
+        if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+        else "a fifo"
+        if stat.S_ISFIFO(st.st_mode)
+        else "a socket"
+        if stat.S_ISSOCK(st.st_mode)
+        else "not a regular file or directory"
+    )
+    return StorageError(
+        str(path),
+        f"is {what}: registry storage holds only files and "
+        "directories; remove it and write the tarball again",
+    )
 
 
 def _walk(root: Path) -> list[tuple[Entry, Path]]:
     """Every directory and regular file under root/docker, as (entry, path). Other file types
     are refused: a release must not smuggle symlinks or devices into a registry host."""
     if not (root / V2).is_dir():
-        raise StorageError(str(root / V2), "missing: this is not a registry root (expected "
-                                           "docker/registry/v2 below it)")
+        raise StorageError(
+            str(root / V2), "missing: this is not a registry root (expected docker/registry/v2 below it)"
+        )
     out: list[tuple[Entry, Path]] = []
     stack = ["docker"]
     while stack:
@@ -237,8 +255,7 @@ def _is_whiteout(path: Path, st: os.stat_result) -> bool:
     if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
         return True
     # kernels >= 6.7 may also write whiteouts as empty files marked by an xattr
-    return stat.S_ISREG(st.st_mode) and st.st_size == 0 and \
-        _overlay_xattr(path, "whiteout") is not None
+    return stat.S_ISREG(st.st_mode) and st.st_size == 0 and _overlay_xattr(path, "whiteout") is not None
 
 
 class OverlayResolver:
@@ -277,12 +294,16 @@ class OverlayResolver:
         st = self._lstat(up)
         if st is not None:
             if _is_whiteout(up, st):
-                raise StorageError(rel, "listed in the merged view but whited out in upper: "
-                                        "the overlay changed while the tarball was written")
+                raise StorageError(
+                    rel,
+                    "listed in the merged view but whited out in upper: "
+                    "the overlay changed while the tarball was written",
+                )
             if stat.S_ISREG(st.st_mode):
                 if _overlay_xattr(up, "metacopy") is not None:
-                    raise StorageError(str(up), "is a metacopy-only upper file: mount the "
-                                                "overlay without metacopy=on")
+                    raise StorageError(
+                        str(up), "is a metacopy-only upper file: mount the overlay without metacopy=on"
+                    )
                 return up
             raise _refuse(up, st)
         if self.lower_visible(rel.rpartition("/")[0]):
@@ -290,8 +311,11 @@ class OverlayResolver:
             lst = self._lstat(low)
             if lst is not None and stat.S_ISREG(lst.st_mode):
                 return low
-        raise StorageError(rel, "listed in the merged view but found in neither upper nor "
-                                "lower: is the overlay mounted with these upper/lower dirs?")
+        raise StorageError(
+            rel,
+            "listed in the merged view but found in neither upper nor "
+            "lower: is the overlay mounted with these upper/lower dirs?",
+        )
 
 
 def list_members(source: TarSource) -> list[_Source]:
@@ -340,7 +364,7 @@ class _Hasher(threading.Thread):
                         raise StorageError(f"fd {fd}", "source file shrank while hashing")
                 finally:
                     os.close(fd)
-            except BaseException as e:  # re-raised in the writer thread by finish()
+            except BaseException as e:  # noqa: BLE001 - re-raised in the writer thread by finish()
                 self.error = e
 
     def feed(self, data: bytes) -> None:
@@ -418,14 +442,23 @@ class _Writer:
         try:
             st = os.fstat(src)
             if source.whole and st.st_size != pm.entry.size:
-                raise StorageError(str(real), f"is {st.st_size} bytes, was {pm.entry.size} when "
-                                              "listed: storage changed while writing; run again")
+                raise StorageError(
+                    str(real),
+                    f"is {st.st_size} bytes, was {pm.entry.size} when "
+                    "listed: storage changed while writing; run again",
+                )
             if not source.whole and st.st_size < offset + pm.entry.size:
-                raise StorageError(str(real), f"is {st.st_size} bytes, too short for {pm.entry.name} "
-                                              f"at offset {offset}: the file changed; run again")
+                raise StorageError(
+                    str(real),
+                    f"is {st.st_size} bytes, too short for {pm.entry.name} "
+                    f"at offset {offset}: the file changed; run again",
+                )
             # a clone shares whole blocks: only a range that starts on a block boundary can
-            candidates = [p for p in self.paths if (p, st.st_dev) not in self.stats.disabled
-                          and not (p is DataPath.CLONE and offset % ALIGN)]
+            candidates = [
+                p
+                for p in self.paths
+                if (p, st.st_dev) not in self.stats.disabled and not (p is DataPath.CLONE and offset % ALIGN)
+            ]
             for i, path in enumerate(candidates):
                 last = i == len(candidates) - 1
                 fed = self.hasher.pieces
@@ -433,8 +466,9 @@ class _Writer:
                     self._by(path, pm, src, offset)
                     return
                 except _SourceShrank:
-                    raise StorageError(str(real), "shrank while it was copied: storage changed "
-                                                  "while writing; run again") from None
+                    raise StorageError(
+                        str(real), "shrank while it was copied: storage changed while writing; run again"
+                    ) from None
                 except OSError as e:
                     # a buffered copy hashes as it goes: once it has fed the hasher, retrying
                     # the member would hash its bytes twice
@@ -509,9 +543,13 @@ def partial_files(output: Path) -> list[Path]:
     run killed while writing."""
     if not output.parent.is_dir():
         return []
-    return sorted({*output.parent.glob(f".{output.name}.*.partial"),
-                   *output.parent.glob(f".{output.name}.sha256.*.partial"),
-                   *output.parent.glob(f".{output.name.removesuffix('.tar')}.from-*.partial")})
+    return sorted(
+        {
+            *output.parent.glob(f".{output.name}.*.partial"),
+            *output.parent.glob(f".{output.name}.sha256.*.partial"),
+            *output.parent.glob(f".{output.name.removesuffix('.tar')}.from-*.partial"),
+        }
+    )
 
 
 def _partial(output: Path, name: str) -> tuple[int, str]:
@@ -562,11 +600,19 @@ def _preflight_space(source: TarSource, output: Path, need: int) -> None:
         raise DiskFullError(
             f"{output.parent}: not enough space for the release tarball: {need} bytes needed, "
             f"{free} bytes free (a different filesystem from {src}, so nothing can be "
-            "reflinked); free space or write it elsewhere. Nothing was written.")
+            "reflinked); free space or write it elsewhere. Nothing was written."
+        )
 
 
-def write_tarball(source: TarSource, output: Path, *, data_paths: Sequence[DataPath] = ALL_PATHS,
-                  ops: DataOps | None = None, mtime: int = 0, first: Sequence[MemoryFile] = ()) -> TarResult:
+def write_tarball(
+    source: TarSource,
+    output: Path,
+    *,
+    data_paths: Sequence[DataPath] = ALL_PATHS,
+    ops: DataOps | None = None,
+    mtime: int = 0,
+    first: Sequence[MemoryFile] = (),
+) -> TarResult:
     """Write the release tarball of `source` to `output` and `<output>.sha256` beside it.
 
     data_paths: the data paths to try, in order, per member (the default tries clone, then
@@ -614,7 +660,8 @@ def write_tarball(source: TarSource, output: Path, *, data_paths: Sequence[DataP
                 f"{output.parent}: no space left writing the release tarball ({tarplan.size} "
                 f"bytes planned, {_free(output.parent)} bytes free before writing; with reflinks "
                 "on XFS/btrfs it needs far less): free space or write it elsewhere; the partial "
-                "file was removed") from e
+                "file was removed"
+            ) from e
         raise
     except BaseException:
         if writer is not None and writer.hasher.is_alive():
@@ -629,8 +676,14 @@ def write_tarball(source: TarSource, output: Path, *, data_paths: Sequence[DataP
     assert writer is not None  # the try above either made it or raised
     st = writer.stats
     return TarResult(
-        path=output, sha256=digest, size=tarplan.size, members=len(tarplan.members),
+        path=output,
+        sha256=digest,
+        size=tarplan.size,
+        members=len(tarplan.members),
         files=sum(1 for pm in tarplan.members if pm.entry.kind is Kind.FILE),
-        bytes_cloned=st.cloned, bytes_kernel_copied=st.kernel, bytes_user_copied=st.user,
-        seconds=time.perf_counter() - started, fallbacks=st.fallbacks,
+        bytes_cloned=st.cloned,
+        bytes_kernel_copied=st.kernel,
+        bytes_user_copied=st.user,
+        seconds=time.perf_counter() - started,
+        fallbacks=st.fallbacks,
     )

@@ -192,8 +192,7 @@ def run(
             min=1,
             metavar="SECONDS",
             rich_help_panel=_PREFECT,
-            help="Stop (exit 4) when no request to the source has succeeded for this long "
-            "[default: 60].",
+            help="Stop (exit 4) when no request to the source has succeeded for this long [default: 60].",
         ),
     ] = None,
     stage_deadline_seconds: Annotated[

@@ -131,8 +131,9 @@ class GCPlan:
         return line
 
 
-def plan_gc(layout: StorageLayout, extra_roots: Iterable[tuple[str, Digest]] = (),
-            *, keep: KeepSet | None = None) -> GCPlan:
+def plan_gc(
+    layout: StorageLayout, extra_roots: Iterable[tuple[str, Digest]] = (), *, keep: KeepSet | None = None
+) -> GCPlan:
     """Compute what GC would delete. Reads only: this is also the dry run.
 
     `extra_roots` pins (repository, manifest digest) pairs that have no tag, e.g. digest-only
@@ -142,16 +143,21 @@ def plan_gc(layout: StorageLayout, extra_roots: Iterable[tuple[str, Digest]] = (
     try:
         return _Planner(layout, extra_roots, keep).plan()
     except StorageError as e:
-        raise GCError(f"GC aborted while marking, nothing was deleted: {e}. Repair or re-copy "
-                      "the image named there, then run GC again") from None
+        raise GCError(
+            f"GC aborted while marking, nothing was deleted: {e}. Repair or re-copy "
+            "the image named there, then run GC again"
+        ) from None
     except OSError as e:  # unreadable directory or file: marking cannot be trusted
-        raise GCError(f"{e.filename}: cannot read ({e.strerror}); GC aborted while marking, nothing "
-                      "was deleted. Fix permissions or the filesystem, then run GC again") from None
+        raise GCError(
+            f"{e.filename}: cannot read ({e.strerror}); GC aborted while marking, nothing "
+            "was deleted. Fix permissions or the filesystem, then run GC again"
+        ) from None
 
 
 class _Planner:
-    def __init__(self, layout: StorageLayout, extra_roots: Iterable[tuple[str, Digest]],
-                 keep: KeepSet | None) -> None:
+    def __init__(
+        self, layout: StorageLayout, extra_roots: Iterable[tuple[str, Digest]], keep: KeepSet | None
+    ) -> None:
         self.layout = layout
         self.paths = layout.strings()
         self.keep = keep
@@ -178,18 +184,23 @@ class _Planner:
         names = self.layout.repository_names()
         absent = sorted(set(self.pins) - set(names))
         if absent and self.keep is None:
-            raise GCError(f"{self.paths.repo(absent[0])}: pinned repository {absent[0]!r} does not exist; "
-                          "nothing was deleted. Copy the image or remove the pin")
+            raise GCError(
+                f"{self.paths.repo(absent[0])}: pinned repository {absent[0]!r} does not exist; "
+                "nothing was deleted. Copy the image or remove the pin"
+            )
         self.missing += [f"{r}@sha256:{h}" for r in absent for h in self.pins[r]]
-        self.missing += sorted(f"{r}:{t}" for r in set(self.kept_tags) - set(names) for t in self.kept_tags[r])
+        self.missing += sorted(
+            f"{r}:{t}" for r in set(self.kept_tags) - set(names) for t in self.kept_tags[r]
+        )
         for name in names:
             self._repo(name)
         blobs_deleted = 0
         blob_deletions = self.deletions[DeletionKind.BLOB]
         for hex_, size in self.blob_size.items():
             if hex_ not in self.reachable:
-                blob_deletions.append(Deletion(
-                    DeletionKind.BLOB, self.paths.blob_dir(hex_), None, max(size, 0)))
+                blob_deletions.append(
+                    Deletion(DeletionKind.BLOB, self.paths.blob_dir(hex_), None, max(size, 0))
+                )
                 blobs_deleted += 1
         deletions: list[Deletion] = []
         for kind in DeletionKind:  # apply order, then by path
@@ -210,8 +221,16 @@ class _Planner:
             uploads_deleted=by_kind[DeletionKind.UPLOADS],
             tags_deleted=self.n_tags_dropped,
         )
-        return GCPlan(self.layout, kept, tuple(deletions), sum(d.size for d in deletions),
-                      counts, tuple(self.warnings), tuple(self.removed_repos), tuple(sorted(self.missing)))
+        return GCPlan(
+            self.layout,
+            kept,
+            tuple(deletions),
+            sum(d.size for d in deletions),
+            counts,
+            tuple(self.warnings),
+            tuple(self.removed_repos),
+            tuple(sorted(self.missing)),
+        )
 
     # --- blobs ---------------------------------------------------------------------------
     def _scan_blobs(self) -> None:
@@ -258,7 +277,8 @@ class _Planner:
                     if e.name.startswith("_") and e.is_dir(follow_symlinks=False):
                         size = _tree_size(e.path) if e.name == "_uploads" else 0
                         self.deletions[DeletionKind.REPOSITORY_INTERNAL].append(
-                            Deletion(DeletionKind.REPOSITORY_INTERNAL, e.path, name, size))
+                            Deletion(DeletionKind.REPOSITORY_INTERNAL, e.path, name, size)
+                        )
             return
         self.n_tags += len(tags)
         self.deletions[DeletionKind.TAG] += dropped  # a removed repository's tags go with it
@@ -268,11 +288,15 @@ class _Planner:
         def load(hex_: str, named_by: str) -> Refs:
             rev_link = paths.revision_link(name, hex_)
             if hex_ not in revisions:
-                raise GCError(f"{named_by} names manifest sha256:{hex_}, but {rev_link} does not exist, "
-                              "so the registry cannot serve it; nothing was deleted. Re-copy the image")
+                raise GCError(
+                    f"{named_by} names manifest sha256:{hex_}, but {rev_link} does not exist, "
+                    "so the registry cannot serve it; nothing was deleted. Re-copy the image"
+                )
             if _read_link(rev_link, "revision link") != hex_:
-                raise GCError(f"{rev_link}: link names another digest than its directory; nothing "
-                              "was deleted. Delete the revision directory and re-copy the image")
+                raise GCError(
+                    f"{rev_link}: link names another digest than its directory; nothing "
+                    "was deleted. Delete the revision directory and re-copy the image"
+                )
             return self._manifest(hex_, named_by)
 
         reach = walk(roots, load, label_child=lambda parent, _: paths.revision_link(name, parent))
@@ -282,12 +306,14 @@ class _Planner:
 
         for hex_ in revisions - manifests:
             self.deletions[DeletionKind.REVISION].append(
-                Deletion(DeletionKind.REVISION, paths.revision_dir(name, hex_), name))
+                Deletion(DeletionKind.REVISION, paths.revision_dir(name, hex_), name)
+            )
         for tag, current in tags:
             for hex_ in _hex_subdirs(paths.tag_index(name, tag)):
                 if hex_ != current:
                     self.deletions[DeletionKind.TAG_INDEX].append(
-                        Deletion(DeletionKind.TAG_INDEX, paths.tag_index_dir(name, tag, hex_), name))
+                        Deletion(DeletionKind.TAG_INDEX, paths.tag_index_dir(name, tag, hex_), name)
+                    )
 
         links = _hex_subdirs(paths.layers(name))
         sizes = self.blob_size
@@ -298,19 +324,29 @@ class _Planner:
             if hex_ in needed or (hex_ in reach.foreign and has_data):
                 continue
             self.deletions[DeletionKind.LAYER_LINK].append(
-                Deletion(DeletionKind.LAYER_LINK, paths.layer_dir(name, hex_), name))
+                Deletion(DeletionKind.LAYER_LINK, paths.layer_dir(name, hex_), name)
+            )
         for hex_ in sorted(needed):
             if sizes.get(hex_, _NO_DATA) == _NO_DATA:
-                self.warnings.append(GCWarning(paths.blob_data(hex_),
-                                               f"{name}: blob sha256:{hex_} is referenced but its data is missing"))
+                self.warnings.append(
+                    GCWarning(
+                        paths.blob_data(hex_),
+                        f"{name}: blob sha256:{hex_} is referenced but its data is missing",
+                    )
+                )
             if hex_ not in links:
-                self.warnings.append(GCWarning(paths.layer_link(name, hex_),
-                                               f"{name}: blob sha256:{hex_} is referenced but not linked"))
+                self.warnings.append(
+                    GCWarning(
+                        paths.layer_link(name, hex_),
+                        f"{name}: blob sha256:{hex_} is referenced but not linked",
+                    )
+                )
 
         uploads = paths.uploads(name)
         if os.path.isdir(uploads):
             self.deletions[DeletionKind.UPLOADS].append(
-                Deletion(DeletionKind.UPLOADS, uploads, name, _tree_size(uploads)))
+                Deletion(DeletionKind.UPLOADS, uploads, name, _tree_size(uploads))
+            )
 
         reachable = self.reachable
         reachable.update(manifests)
@@ -323,8 +359,10 @@ class _Planner:
             return hit
         path = self.paths.blob_data(hex_)
         if self.blob_size.get(hex_, _NO_DATA) == _NO_DATA:
-            raise GCError(f"{named_by} names manifest sha256:{hex_}, but its data {path} is missing; "
-                          "nothing was deleted. Re-copy the image")
+            raise GCError(
+                f"{named_by} names manifest sha256:{hex_}, but its data {path} is missing; "
+                "nothing was deleted. Re-copy the image"
+            )
         try:
             fd = os.open(path, os.O_RDONLY)
             try:
@@ -363,12 +401,16 @@ def _read_link(path: str, what: str) -> str:
         finally:
             os.close(fd)
     except OSError as e:
-        raise GCError(f"{path}: cannot read {what} ({e.strerror}); nothing was deleted. Repair the "
-                      "link or delete its directory, then run GC again") from None
+        raise GCError(
+            f"{path}: cannot read {what} ({e.strerror}); nothing was deleted. Repair the "
+            "link or delete its directory, then run GC again"
+        ) from None
     hex_ = parse_link(raw)
     if hex_ is None:
-        raise GCError(f"{path}: corrupt {what}, expected sha256:<64 hex>, found {raw[:80]!r}; nothing "
-                      "was deleted. Repair the link or delete its directory, then run GC again")
+        raise GCError(
+            f"{path}: corrupt {what}, expected sha256:<64 hex>, found {raw[:80]!r}; nothing "
+            "was deleted. Repair the link or delete its directory, then run GC again"
+        )
     return hex_
 
 

@@ -30,8 +30,10 @@ class GCResult:
     seconds: float
 
     def summary(self) -> str:
-        return (f"GC applied: removed {self.deleted} paths and {self.dirs_removed} empty dirs, "
-                f"freed {human_bytes(self.bytes_freed)} in {self.seconds:.2f}s")
+        return (
+            f"GC applied: removed {self.deleted} paths and {self.dirs_removed} empty dirs, "
+            f"freed {human_bytes(self.bytes_freed)} in {self.seconds:.2f}s"
+        )
 
 
 def apply_gc(plan: GCPlan, *, workers: int = 4, progress: Callable[[int], None] | None = None) -> GCResult:
@@ -51,7 +53,7 @@ def apply_gc(plan: GCPlan, *, workers: int = 4, progress: Callable[[int], None] 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         for kind in DeletionKind:
             batch = [d for d in plan.deletions if d.kind is kind]
-            chunks = [batch[i:i + 512] for i in range(0, len(batch), 512)]
+            chunks = [batch[i : i + 512] for i in range(0, len(batch), 512)]
             for chunk, (n, size, parents) in zip(chunks, pool.map(_delete_chunk, chunks), strict=True):
                 deleted += n
                 freed += size
@@ -75,8 +77,10 @@ def _delete_chunk(chunk: list[Deletion]) -> tuple[int, int, set[str]]:
             if not _delete(d):
                 continue  # gone already: a second apply of the same plan is harmless
         except OSError as e:
-            raise GCError(f"{d.path}: cannot delete ({e.strerror}); GC stopped part way. What is "
-                          "left is consistent: fix the cause and run GC again") from None
+            raise GCError(
+                f"{d.path}: cannot delete ({e.strerror}); GC stopped part way. What is "
+                "left is consistent: fix the cause and run GC again"
+            ) from None
         deleted += 1
         freed += d.size
         parents.add(os.path.dirname(d.path))
@@ -85,8 +89,12 @@ def _delete_chunk(chunk: list[Deletion]) -> tuple[int, int, set[str]]:
 
 # The one file a blob, revision, tag-index or layer-link directory holds. Unlinking it and
 # rmdir-ing its directory is 2 syscalls where rmtree needs ~8: apply touches ~100k of them.
-_LEAF = {DeletionKind.BLOB: "data", DeletionKind.REVISION: "link",
-         DeletionKind.TAG_INDEX: "link", DeletionKind.LAYER_LINK: "link"}
+_LEAF = {
+    DeletionKind.BLOB: "data",
+    DeletionKind.REVISION: "link",
+    DeletionKind.TAG_INDEX: "link",
+    DeletionKind.LAYER_LINK: "link",
+}
 
 
 def _delete(d: Deletion) -> bool:

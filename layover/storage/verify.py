@@ -37,6 +37,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from layover.errors import StorageError, VerifyError
 from layover.imagelist import ImageList
@@ -103,12 +104,22 @@ class VerifyReport:
         return tuple(dict.fromkeys(p.blob for p in self.problems if p.blob is not None))
 
     def to_json(self) -> str:
-        return json.dumps({
-            "source": self.source, "ok": self.ok, "images": self.images, "manifests": self.manifests,
-            "blobs": self.blobs, "bytes_hashed": self.bytes_hashed, "seconds": round(self.seconds, 3),
-            "problems": [{"kind": p.kind.value, "path": p.path, "repo": p.repo, "message": p.message}
-                         for p in self.problems],
-        }, indent=2)
+        return json.dumps(
+            {
+                "source": self.source,
+                "ok": self.ok,
+                "images": self.images,
+                "manifests": self.manifests,
+                "blobs": self.blobs,
+                "bytes_hashed": self.bytes_hashed,
+                "seconds": round(self.seconds, 3),
+                "problems": [
+                    {"kind": p.kind.value, "path": p.path, "repo": p.repo, "message": p.message}
+                    for p in self.problems
+                ],
+            },
+            indent=2,
+        )
 
     def summary(self, limit: int = 5) -> str:
         rate = self.bytes_hashed / self.seconds / 2**20 if self.seconds > 0 else 0.0
@@ -121,12 +132,16 @@ class VerifyReport:
             by_kind: dict[str, int] = {}
             for p in self.problems:
                 by_kind[p.kind.value] = by_kind.get(p.kind.value, 0) + 1
-            lines.append(f"  {len(self.problems)} problem(s): "
-                         + ", ".join(f"{k} {n}" for k, n in sorted(by_kind.items())))
+            lines.append(
+                f"  {len(self.problems)} problem(s): "
+                + ", ".join(f"{k} {n}" for k, n in sorted(by_kind.items()))
+            )
             lines += [f"  - {p}" for p in self.problems[:limit]]
             if len(self.problems) > limit:
-                lines.append(f"  ... and {len(self.problems) - limit} more problem(s) not shown "
-                             "(--json lists every one)")
+                lines.append(
+                    f"  ... and {len(self.problems) - limit} more problem(s) not shown "
+                    "(--json lists every one)"
+                )
         return "\n".join(lines)
 
     def raise_for_problems(self, limit: int = 20) -> None:
@@ -140,8 +155,14 @@ class VerifyReport:
         )
 
 
-def verify_storage(layout: StorageLayout, images: ImageList, *, workers: int = 4, listed_only: bool = False,
-                   hashed: frozenset[str] = frozenset()) -> VerifyReport:
+def verify_storage(
+    layout: StorageLayout,
+    images: ImageList,
+    *,
+    workers: int = 4,
+    listed_only: bool = False,
+    hashed: frozenset[str] = frozenset(),
+) -> VerifyReport:
     start = time.monotonic()
     view = _DirView(layout)
     workers = max(1, workers)
@@ -161,12 +182,25 @@ def verify_storage(layout: StorageLayout, images: ImageList, *, workers: int = 4
             found += part
             view.bytes_hashed += total
     problems += sorted(found, key=lambda p: p.path)
-    return VerifyReport(str(layout.root), tuple(problems), len(images), len(checker.manifests),
-                        len(view.blob_sizes), view.bytes_hashed, time.monotonic() - start)
+    return VerifyReport(
+        str(layout.root),
+        tuple(problems),
+        len(images),
+        len(checker.manifests),
+        len(view.blob_sizes),
+        view.bytes_hashed,
+        time.monotonic() - start,
+    )
 
 
-def _verify_listed(layout: StorageLayout, view: _DirView, images: ImageList, workers: int,
-                   hashed: frozenset[str], start: float) -> VerifyReport:
+def _verify_listed(
+    layout: StorageLayout,
+    view: _DirView,
+    images: ImageList,
+    workers: int,
+    hashed: frozenset[str],
+    start: float,
+) -> VerifyReport:
     problems: list[Problem] = []
     checker = _Checker(view, layout, problems, listed_only=True)
     checker.run(images)
@@ -178,8 +212,15 @@ def _verify_listed(layout: StorageLayout, view: _DirView, images: ImageList, wor
             found += part
             view.bytes_hashed += total
     problems += sorted(found, key=lambda p: p.path)
-    return VerifyReport(str(layout.root), tuple(problems), len(images), len(checker.manifests),
-                        len(needed), view.bytes_hashed, time.monotonic() - start)
+    return VerifyReport(
+        str(layout.root),
+        tuple(problems),
+        len(images),
+        len(checker.manifests),
+        len(needed),
+        view.bytes_hashed,
+        time.monotonic() - start,
+    )
 
 
 def verify_tarball(path: Path, images: ImageList, *, workers: int = 4) -> VerifyReport:
@@ -194,17 +235,26 @@ def verify_tarball(path: Path, images: ImageList, *, workers: int = 4) -> Verify
 
 
 # --- the checks, shared by both views -----------------------------------------------------
-def _finish(source: str, view: _View, layout: StorageLayout, images: ImageList,
-            problems: list[Problem], start: float) -> VerifyReport:
+def _finish(
+    source: str, view: _View, layout: StorageLayout, images: ImageList, problems: list[Problem], start: float
+) -> VerifyReport:
     checker = _Checker(view, layout, problems)
     checker.run(images)
-    return VerifyReport(source, tuple(problems), len(images), len(checker.manifests),
-                        len(view.blob_sizes), view.bytes_hashed, time.monotonic() - start)
+    return VerifyReport(
+        source,
+        tuple(problems),
+        len(images),
+        len(checker.manifests),
+        len(view.blob_sizes),
+        view.bytes_hashed,
+        time.monotonic() - start,
+    )
 
 
 class _Checker:
-    def __init__(self, view: _View, layout: StorageLayout, problems: list[Problem], *,
-                 listed_only: bool = False) -> None:
+    def __init__(
+        self, view: _View, layout: StorageLayout, problems: list[Problem], *, listed_only: bool = False
+    ) -> None:
         self.listed_only = listed_only
         self.view = view
         self.layout = layout
@@ -228,8 +278,12 @@ class _Checker:
             repo = ref.repository
             tags = listed_tags.setdefault(repo, set())
             if repo not in repos:
-                self.add(ProblemKind.MISSING_REPOSITORY, paths.repo(repo), repo,
-                         f"{ref}: repository {repo} is not in the package")
+                self.add(
+                    ProblemKind.MISSING_REPOSITORY,
+                    paths.repo(repo),
+                    repo,
+                    f"{ref}: repository {repo} is not in the package",
+                )
                 continue
             if ref.tag is None:
                 assert ref.digest is not None  # the parser guarantees a tag or a digest
@@ -242,42 +296,71 @@ class _Checker:
                 continue
             self.current[(repo, ref.tag)] = hex_
             if ref.digest is not None and ref.digest.hex != hex_:
-                self.add(ProblemKind.TAG_MISMATCH, link, repo,
-                         f"{ref}: tag points at sha256:{hex_}, the list pins {ref.digest}")
+                self.add(
+                    ProblemKind.TAG_MISMATCH,
+                    link,
+                    repo,
+                    f"{ref}: tag points at sha256:{hex_}, the list pins {ref.digest}",
+                )
             self._walk(repo, hex_, f"{ref}")
         if self.listed_only:
             return
 
         for repo in sorted(repos - set(listed_tags)):
-            self.add(ProblemKind.EXTRA_REPOSITORY, paths.repo(repo), repo,
-                     f"repository {repo} is not in the list")
+            self.add(
+                ProblemKind.EXTRA_REPOSITORY, paths.repo(repo), repo, f"repository {repo} is not in the list"
+            )
         for repo in sorted(repos & set(listed_tags)):
             for tag in sorted(set(view.subdirs(paths.tags(repo))) - listed_tags[repo]):
-                self.add(ProblemKind.EXTRA_TAG, paths.tag_dir(repo, tag), repo,
-                         f"tag {repo}:{tag} is not in the list")
+                self.add(
+                    ProblemKind.EXTRA_TAG,
+                    paths.tag_dir(repo, tag),
+                    repo,
+                    f"tag {repo}:{tag} is not in the list",
+                )
         for repo in sorted(repos & set(listed_tags)):
             walked = self.walked.get(repo, set())
             for hex_ in sorted(set(view.subdirs(paths.revisions(repo))) - walked):
-                self.add(ProblemKind.EXTRA_REVISION, paths.revision_link(repo, hex_), repo,
-                         f"{repo} has revision sha256:{hex_} that no listed image reaches; run GC")
+                self.add(
+                    ProblemKind.EXTRA_REVISION,
+                    paths.revision_link(repo, hex_),
+                    repo,
+                    f"{repo} has revision sha256:{hex_} that no listed image reaches; run GC",
+                )
             needed = self.blobs_checked.get(repo, set()) | self.foreign
             for hex_ in sorted(set(view.subdirs(paths.layers(repo))) - needed):
-                self.add(ProblemKind.EXTRA_LINK, paths.layer_link(repo, hex_), repo,
-                         f"{repo} links blob sha256:{hex_} that no listed image needs; run GC")
+                self.add(
+                    ProblemKind.EXTRA_LINK,
+                    paths.layer_link(repo, hex_),
+                    repo,
+                    f"{repo} links blob sha256:{hex_} that no listed image needs; run GC",
+                )
             for tag in sorted(listed_tags[repo]):
                 current = self.current.get((repo, tag))
                 if current is None:
                     continue  # the tag itself is missing or corrupt: reported already
                 for hex_ in sorted(set(view.subdirs(paths.tag_index(repo, tag))) - {current}):
-                    self.add(ProblemKind.STALE_TAG_INDEX, paths.tag_index_dir(repo, tag, hex_), repo,
-                             f"tag {repo}:{tag} keeps an old index entry sha256:{hex_}; run GC")
+                    self.add(
+                        ProblemKind.STALE_TAG_INDEX,
+                        paths.tag_index_dir(repo, tag, hex_),
+                        repo,
+                        f"tag {repo}:{tag} keeps an old index entry sha256:{hex_}; run GC",
+                    )
         for repo in sorted(repos):
             if view.is_dir(paths.uploads(repo)):
-                self.add(ProblemKind.UPLOADS, paths.uploads(repo), repo,
-                         f"{repo} has upload sessions; run GC before packaging")
+                self.add(
+                    ProblemKind.UPLOADS,
+                    paths.uploads(repo),
+                    repo,
+                    f"{repo} has upload sessions; run GC before packaging",
+                )
         for hex_ in sorted(set(view.blob_sizes) - self.referenced):
-            self.add(ProblemKind.UNREFERENCED_BLOB, paths.blob_data(hex_), None,
-                     f"blob sha256:{hex_} is not referenced by any listed image; run GC")
+            self.add(
+                ProblemKind.UNREFERENCED_BLOB,
+                paths.blob_data(hex_),
+                None,
+                f"blob sha256:{hex_} is not referenced by any listed image; run GC",
+            )
 
     def _link(self, path: str, repo: str, what: str, missing: ProblemKind) -> str | None:
         raw = self.view.read_small(str(path))
@@ -295,14 +378,25 @@ class _Checker:
         def load(hex_: str, named_by: str) -> Refs | None:
             self.referenced.add(hex_)
             rev = paths.revision_link(repo, hex_)
-            got = self._link(rev, repo, f"{named_by}: manifest sha256:{hex_} revision",
-                             ProblemKind.MISSING_MANIFEST)
+            got = self._link(
+                rev, repo, f"{named_by}: manifest sha256:{hex_} revision", ProblemKind.MISSING_MANIFEST
+            )
             if got is not None and got != hex_:
-                self.add(ProblemKind.CORRUPT_LINK, rev, repo, f"revision link names sha256:{got}, not its directory")
+                self.add(
+                    ProblemKind.CORRUPT_LINK,
+                    rev,
+                    repo,
+                    f"revision link names sha256:{got}, not its directory",
+                )
             data_path = paths.blob_data(hex_)
             data = view.manifest_bytes(hex_)
             if data is None:
-                self.add(ProblemKind.MISSING_BLOB, data_path, repo, f"{named_by}: manifest sha256:{hex_} has no data")
+                self.add(
+                    ProblemKind.MISSING_BLOB,
+                    data_path,
+                    repo,
+                    f"{named_by}: manifest sha256:{hex_} has no data",
+                )
                 return None
             try:
                 refs = Refs.of(parse_manifest(data, data_path))
@@ -322,10 +416,16 @@ class _Checker:
             link = paths.layer_link(repo, hex_)
             got = self._link(link, repo, f"{named_by}: blob sha256:{hex_}", ProblemKind.MISSING_LINK)
             if got is not None and got != hex_:
-                self.add(ProblemKind.CORRUPT_LINK, link, repo, f"layer link names sha256:{got}, not sha256:{hex_}")
+                self.add(
+                    ProblemKind.CORRUPT_LINK, link, repo, f"layer link names sha256:{got}, not sha256:{hex_}"
+                )
             if hex_ not in view.blob_sizes:
-                self.add(ProblemKind.MISSING_BLOB, paths.blob_data(hex_), repo,
-                         f"{named_by}: blob sha256:{hex_} has no data")
+                self.add(
+                    ProblemKind.MISSING_BLOB,
+                    paths.blob_data(hex_),
+                    repo,
+                    f"{named_by}: blob sha256:{hex_} has no data",
+                )
         # A foreign layer's data may be absent; when present it is referenced, not stray.
         self.referenced.update(reach.foreign)
         self.foreign.update(reach.foreign)
@@ -342,7 +442,7 @@ def _repositories(view: _View, top: str) -> Iterable[str]:
 
 
 # --- views ------------------------------------------------------------------------------
-class _View:
+class _View(Protocol):
     """Read-only access to a storage tree by the path strings StorageLayout builds."""
 
     blob_sizes: dict[str, int]  # hex -> size, for blob dirs that hold data
@@ -373,7 +473,9 @@ class _DirView(_View):
                     try:
                         self.blob_sizes[e.name] = os.stat(e.path + "/data").st_size
                     except FileNotFoundError:
-                        self.problems.append(Problem(ProblemKind.STRAY, e.path, None, "blob directory without data"))
+                        self.problems.append(
+                            Problem(ProblemKind.STRAY, e.path, None, "blob directory without data")
+                        )
 
     def read_small(self, path: str) -> bytes | None:
         try:
@@ -411,8 +513,15 @@ def _hash_slice(paths: list[tuple[str, str]]) -> tuple[list[Problem], int]:
         got, n = sha256_file(path)
         total += n
         if got != hex_:
-            problems.append(Problem(ProblemKind.DIGEST_MISMATCH, path, None,
-                                    f"content hashes to sha256:{got}, not its name; the blob is corrupt", hex_))
+            problems.append(
+                Problem(
+                    ProblemKind.DIGEST_MISMATCH,
+                    path,
+                    None,
+                    f"content hashes to sha256:{got}, not its name; the blob is corrupt",
+                    hex_,
+                )
+            )
     return problems, total
 
 
@@ -439,7 +548,9 @@ class _TarView(_View):
                 if cut < 0 or (cut > 0 and name[cut - 1] != "/"):
                     if member.isdir():  # the directories holding the tree
                         continue
-                    self.problems.append(Problem(ProblemKind.STRAY, member.name, None, "not under docker/registry/v2"))
+                    self.problems.append(
+                        Problem(ProblemKind.STRAY, member.name, None, "not under docker/registry/v2")
+                    )
                     continue
                 name = name[cut:]
                 self._add_parents(name)
@@ -447,10 +558,16 @@ class _TarView(_View):
                     self.dirs.setdefault(name, set())
                     continue
                 if not member.isreg():
-                    self.problems.append(Problem(ProblemKind.STRAY, name, None,
-                                                 "not a regular file or directory (links do not belong in a package)"))
+                    self.problems.append(
+                        Problem(
+                            ProblemKind.STRAY,
+                            name,
+                            None,
+                            "not a regular file or directory (links do not belong in a package)",
+                        )
+                    )
                     continue
-                rel = name[len(anchor) + 1:]
+                rel = name[len(anchor) + 1 :]
                 blob = _BLOB_MEMBER.fullmatch(rel)
                 f = tf.extractfile(member)
                 assert f is not None
@@ -464,8 +581,14 @@ class _TarView(_View):
         for prefix in self.subdirs(top):
             for entry in sorted(self.dirs[f"{top}/{prefix}"]):
                 if entry[:2] != prefix or entry not in self.blob_sizes:
-                    self.problems.append(Problem(ProblemKind.STRAY, f"{top}/{prefix}/{entry}", None,
-                                                 "not a blob directory with data"))
+                    self.problems.append(
+                        Problem(
+                            ProblemKind.STRAY,
+                            f"{top}/{prefix}/{entry}",
+                            None,
+                            "not a blob directory with data",
+                        )
+                    )
 
     def _add_parents(self, name: str) -> None:
         child = name
@@ -496,9 +619,15 @@ class _TarView(_View):
         if keep is not None:
             self.json_blobs[hex_] = b"".join(keep)
         if h.hexdigest() != hex_:
-            self.problems.append(Problem(ProblemKind.DIGEST_MISMATCH, name, None,
-                                         f"content hashes to sha256:{h.hexdigest()}, not its name; the blob is corrupt",
-                                         hex_))
+            self.problems.append(
+                Problem(
+                    ProblemKind.DIGEST_MISMATCH,
+                    name,
+                    None,
+                    f"content hashes to sha256:{h.hexdigest()}, not its name; the blob is corrupt",
+                    hex_,
+                )
+            )
 
     def read_small(self, path: str) -> bytes | None:
         return self.files.get(path)

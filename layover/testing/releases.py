@@ -236,8 +236,9 @@ _ADDED = (
 )
 
 
-def _evolve(specs: tuple[_Spec, ...], changed: dict[str, tuple[str, str]], dropped: frozenset[str]
-            ) -> list[_Spec]:
+def _evolve(
+    specs: tuple[_Spec, ...], changed: dict[str, tuple[str, str]], dropped: frozenset[str]
+) -> list[_Spec]:
     """The next release's specs: `changed` repositories get a new tag and top layer, the lower
     layers stay the same; `dropped` ones go."""
     out = []

@@ -37,8 +37,13 @@ BIN = REPO / ".venv" / "bin"
 
 def prefect_env(home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(home), DO_NOT_TRACK="1", PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PYTHONUNBUFFERED="1", PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL="INFO")
+    env.update(
+        PREFECT_HOME=str(home),
+        DO_NOT_TRACK="1",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PYTHONUNBUFFERED="1",
+        PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL="INFO",
+    )
     return env
 
 
@@ -62,7 +67,10 @@ class PrefectServer:
         log = open(self.home / f"server-{self.starts}.log", "wb")  # noqa: SIM115 - the child keeps it
         self.proc = subprocess.Popen(
             [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
-            env=prefect_env(self.home), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=prefect_env(self.home),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
         log.close()
@@ -107,12 +115,20 @@ class Run:
 
 
 def start_cli(argv: list[str], env: dict[str, str]) -> Run:
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, start_new_session=True, text=True)
+    proc = subprocess.Popen(
+        argv,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        text=True,
+    )
     run = Run(proc)
     assert proc.stdout is not None
-    run.reader = threading.Thread(target=lambda: run.lines.extend(iter(proc.stdout.readline, "")),
-                                  daemon=True)
+    run.reader = threading.Thread(
+        target=lambda: run.lines.extend(iter(proc.stdout.readline, "")), daemon=True
+    )
     run.reader.start()
     return run
 

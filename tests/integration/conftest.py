@@ -1,12 +1,12 @@
 """Fixtures for flow-level integration tests: one Prefect engine per session, registries per module.
 
-    prefect_harness    (session) a temporary Prefect server
-    prefect_api        (module) a standing `prefect server start` on 127.0.0.1; yields the
-                       environment for CLI runs and workers against it (tests/integration/cli_runs.py)
-    module_registries  (module) RegistryManager with a unique label scope; containers removed at
-                       module end
-    ci_site            (module) factory(name, *, scale, number=1) -> CiSite: a CI registry (from
-                       module_registries) holding sample release `number`, and its images.list
+prefect_harness    (session) a temporary Prefect server
+prefect_api        (module) a standing `prefect server start` on 127.0.0.1; yields the
+                   environment for CLI runs and workers against it (tests/integration/cli_runs.py)
+module_registries  (module) RegistryManager with a unique label scope; containers removed at
+                   module end
+ci_site            (module) factory(name, *, scale, number=1) -> CiSite: a CI registry (from
+                   module_registries) holding sample release `number`, and its images.list
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+from pathlib import Path
 
 import httpx
 import pytest
@@ -45,15 +46,13 @@ def test_copy_uploads_blobs_once_then_skips_them(registries, sample_images, skop
     blobs = frozenset(image.blobs)
     assert len(blobs) == 3  # two layers and a config
 
-    first = skopeo.copy(f"{archive.host}/lib/hello:v1", f"{package.host}/lib/hello:v1",
-                        src_tls_verify=False)
+    first = skopeo.copy(f"{archive.host}/lib/hello:v1", f"{package.host}/lib/hello:v1", src_tls_verify=False)
     assert first.copied == blobs
     assert first.skipped == frozenset()
     assert first.manifest_digest == image.digest
     assert _uploads(registries.access_log(package)) == 3
 
-    second = skopeo.copy(f"{archive.host}/lib/hello:v1", f"{package.host}/lib/hello:v1",
-                         src_tls_verify=False)
+    second = skopeo.copy(f"{archive.host}/lib/hello:v1", f"{package.host}/lib/hello:v1", src_tls_verify=False)
     assert second.copied == frozenset()
     assert second.skipped == blobs
     assert second.manifest_digest == image.digest
@@ -74,8 +73,9 @@ def test_copy_all_keeps_index_digest_and_every_platform(registries, sample_image
     package = registries.start("package", tmp_path / "p")
     image = sample_images.push(archive, "multi/arch:1.0", platforms=2)
 
-    result = skopeo.copy(f"{archive.host}/multi/arch:1.0", f"{package.host}/multi/arch:1.0",
-                         src_tls_verify=False)
+    result = skopeo.copy(
+        f"{archive.host}/multi/arch:1.0", f"{package.host}/multi/arch:1.0", src_tls_verify=False
+    )
     assert result.manifest_digest == image.digest
     assert result.copied == frozenset(image.blobs) and len(image.blobs) == 6
     layout = StorageLayout(tmp_path / "p")
@@ -121,7 +121,7 @@ def test_health_restart_and_stop(registries, sample_images, skopeo_bin, tmp_path
     assert skopeo.inspect_digest(f"{registry.host}/lib/keep:v1", tls_verify=False) == image.digest
 
     registries.stop(registry)
-    with pytest.raises(RegistryError, match="exited|dead|did not answer"):
+    with pytest.raises(RegistryError, match=r"exited|dead|did not answer"):
         registries.wait_healthy(registry, timeout=2)
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{registry.url}/v2/", timeout=2)
@@ -140,10 +140,12 @@ def test_remove_scope_clears_stale_containers_of_a_crashed_run(
         assert a2.container_id != a.container_id
         recovered = RegistryManager(docker_client, registry_image, crashed.label_scope)
         removed = recovered.remove_scope()
-        assert sorted(removed) == sorted([crashed.container_name("archive"),
-                                          crashed.container_name("package")])
+        assert sorted(removed) == sorted(
+            [crashed.container_name("archive"), crashed.container_name("package")]
+        )
         left = docker_client.containers.list(
-            all=True, filters={"label": [f"layover.scope={crashed.label_scope}"]})
+            all=True, filters={"label": [f"layover.scope={crashed.label_scope}"]}
+        )
         assert left == []
     finally:
         crashed.remove_scope()
@@ -169,16 +171,16 @@ def test_copy_of_missing_image_is_image_not_found(registries, sample_images, sko
     sample_images.push(archive, "lib/there:v1")
     for missing in ("lib/absent:v1", "lib/there:v2", "lib/there@sha256:" + "0" * 64):
         with pytest.raises(ImageNotFoundError, match="no such image"):
-            skopeo.copy(f"{archive.host}/{missing}", f"{package.host}/lib/x:v1",
-                        src_tls_verify=False)
+            skopeo.copy(f"{archive.host}/{missing}", f"{package.host}/lib/x:v1", src_tls_verify=False)
 
 
 def test_copy_from_closed_port_is_transient(registries, tmp_path):
     package = registries.start("package", tmp_path)
     closed = free_port()  # nothing listens there
     with pytest.raises(TransientCommandError, match="connection refused"):
-        skopeo.copy(f"127.0.0.1:{closed}/lib/x:v1", f"{package.host}/lib/x:v1",
-                    src_tls_verify=False, timeout=60)
+        skopeo.copy(
+            f"127.0.0.1:{closed}/lib/x:v1", f"{package.host}/lib/x:v1", src_tls_verify=False, timeout=60
+        )
 
 
 # --- overlay ------------------------------------------------------------------------------
@@ -236,7 +238,7 @@ def _view(root) -> dict[str, tuple[int, int, int, bytes | None]]:
         for name in dirnames + files:
             p = os.path.join(d, name)
             st = os.lstat(p)
-            data = open(p, "rb").read() if stat.S_ISREG(st.st_mode) else None
+            data = Path(p).read_bytes() if stat.S_ISREG(st.st_mode) else None
             out[os.path.relpath(p, root)] = (st.st_mode, st.st_uid, st.st_gid, data)
     return out
 
@@ -244,8 +246,11 @@ def _view(root) -> dict[str, tuple[int, int, int, bytes | None]]:
 def test_hiding_in_upper_gives_the_view_deleting_in_merged_gives(mounted_overlay, tmp_path):
     lower = tmp_path / "lower"
     for repo in ("a", "ns/b", "ns/deep/c"):
-        for rel in ("_manifests/tags/1/current/link", "_manifests/revisions/sha256/ab/link",
-                    "_layers/sha256/cd/link"):
+        for rel in (
+            "_manifests/tags/1/current/link",
+            "_manifests/revisions/sha256/ab/link",
+            "_layers/sha256/cd/link",
+        ):
             f = lower / "repositories" / repo / rel
             f.parent.mkdir(parents=True, exist_ok=True)
             f.write_text(f"{repo}:{rel}")
@@ -282,10 +287,16 @@ def test_overlay_mounted_context_unmounts_on_failure(require_root_overlay, tmp_p
     dirs = [tmp_path / n for n in ("lower", "upper", "work", "merged")]
     dirs[0].mkdir()
     (dirs[0] / "f").write_text("x")
-    with pytest.raises(RuntimeError, match="boom"):
+    seen: list[str] = []
+
+    def use_then_fail() -> None:
         with overlay.mounted(*dirs, fresh=True) as merged:
-            assert (merged / "f").read_text() == "x"
+            seen.append((merged / "f").read_text())
             raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        use_then_fail()
+    assert seen == ["x"]
     assert not overlay.is_mounted(dirs[3])
 
 

@@ -16,9 +16,15 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-ROW_LABELS = ("| docker |", "| skopeo |", "| blog-overlay |", "| layover (standing Prefect server) |",
-              "| layover (embedded server) |", "| floor (new blobs once + dd tarball) |",
-              "| Prefect alone (import, 1 flow + 1 task, exit) |")
+ROW_LABELS = (
+    "| docker |",
+    "| skopeo |",
+    "| blog-overlay |",
+    "| layover (standing Prefect server) |",
+    "| layover (embedded server) |",
+    "| floor (new blobs once + dd tarball) |",
+    "| Prefect alone (import, 1 flow + 1 task, exit) |",
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -30,9 +36,24 @@ def test_bench_runs_every_runner_and_reports_every_row(
     cache = os.environ.get("LAYOVER_BENCH_CACHE", "/var/tmp/layover-bench-cache")
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     proc = subprocess.run(
-        [str(REPO / "bench/run.sh"), "--scale", "0.005", "--runs", "1", "--results",
-         str(results), "--work-root", str(work_root), "--cache-dir", cache],
-        capture_output=True, text=True, env=env, timeout=1800, check=False,
+        [
+            str(REPO / "bench/run.sh"),
+            "--scale",
+            "0.005",
+            "--runs",
+            "1",
+            "--results",
+            str(results),
+            "--work-root",
+            str(work_root),
+            "--cache-dir",
+            cache,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1800,
+        check=False,
     )
     try:
         assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
@@ -50,8 +71,15 @@ def test_bench_runs_every_runner_and_reports_every_row(
         # layover's own stage table and the limit line, once per scenario
         assert text.count("Layover's stages") == 2 and text.count("layover / limit:") == 2
         assert sum(line.startswith("| archive sync |") for line in lines) == 2
-        runners = {"docker", "skopeo", "blog-overlay", "layover", "layover-embedded", "floor",
-                   "prefect-alone"}
+        runners = {
+            "docker",
+            "skopeo",
+            "blog-overlay",
+            "layover",
+            "layover-embedded",
+            "floor",
+            "prefect-alone",
+        }
         cells = {(r["scenario"], r["runner"]) for r in data["rows"]}
         assert cells == {(s, r) for s in ("cold", "incremental") for r in runners}
         for r in data["rows"]:
@@ -64,8 +92,11 @@ def test_bench_runs_every_runner_and_reports_every_row(
         assert 0 < data["meta"]["new_blob_mb"] < data["meta"]["fixture"]["2"]["blob_mb"]
         # nothing left behind: containers of this bench's scopes, mounts, work dirs
         scope = data["meta"]["scope"]
-        left = [c.name for c in docker_client.containers.list(all=True)
-                if c.labels.get("layover.scope", "").startswith(scope)]
+        left = [
+            c.name
+            for c in docker_client.containers.list(all=True)
+            if c.labels.get("layover.scope", "").startswith(scope)
+        ]
         assert left == []
         mounts = Path("/proc/self/mountinfo").read_text()
         assert str(work_root) not in mounts

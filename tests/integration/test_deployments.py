@@ -52,16 +52,24 @@ FLOW = "layover-release"  # the @flow name in flows/release.py
 
 # --- helpers --------------------------------------------------------------------------------
 
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def sh(argv: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None,
-       input: str | None = None, timeout: float = 120) -> str:  # noqa: A002
-    p = subprocess.run(argv, env=env, cwd=cwd, input=input, capture_output=True, text=True,
-                       timeout=timeout, check=False)
+def sh(
+    argv: list[str],
+    *,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    input: str | None = None,  # noqa: A002 - subprocess.run's own name
+    timeout: float = 120,
+) -> str:
+    p = subprocess.run(
+        argv, env=env, cwd=cwd, input=input, capture_output=True, text=True, timeout=timeout, check=False
+    )
     if p.returncode != 0:
         raise AssertionError(f"{argv} exited {p.returncode}:\n{p.stdout}\n{p.stderr}")
     return p.stdout
@@ -88,11 +96,19 @@ class Procs:
     logs: Path
     started: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
 
-    def start(self, name: str, argv: list[str], env: dict[str, str], cwd: Path | None = None
-              ) -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, argv: list[str], env: dict[str, str], cwd: Path | None = None
+    ) -> subprocess.Popen[bytes]:
         log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
-        p = subprocess.Popen(argv, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
-                             stdin=subprocess.DEVNULL, start_new_session=True)
+        p = subprocess.Popen(
+            argv,
+            env=env,
+            cwd=cwd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         log.close()
         self.started.append((name, p))
         return p
@@ -122,6 +138,7 @@ def _kill_group(p: subprocess.Popen[bytes], sig: int) -> None:
 
 # --- PostgreSQL -----------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Postgres:
     url: str  # postgresql+asyncpg://...
@@ -136,9 +153,13 @@ def _pg_bin(name: str) -> str | None:
 def postgres() -> Iterator[Postgres]:
     if _pg_bin("initdb") is None and os.geteuid() == 0:
         # Debian's package; the same step scripts/setup.sh documents for a server host.
-        subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "postgresql"],
-                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
-                       capture_output=True, check=False, timeout=600)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-q", "--no-install-recommends", "postgresql"],
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+            capture_output=True,
+            check=False,
+            timeout=600,
+        )
     initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
     require(initdb is not None and pg_ctl is not None, "Debian's postgresql package is not installed")
     require(os.geteuid() == 0, "needs root to run PostgreSQL as the postgres user")
@@ -154,23 +175,56 @@ def postgres() -> Iterator[Postgres]:
     as_pg = ["runuser", "-u", "postgres", "--"]
     data = base / "data"
     try:
-        sh([*as_pg, initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
-            "--no-sync"], timeout=120)
-        sh([*as_pg, pg_ctl, "-D", str(data), "-l", str(base / "postgres.log"), "-w", "-t", "60",
-            "-o", f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={base} "
-                  "-c fsync=off -c max_connections=200",
-            "start"], timeout=90)
-        sh([*as_pg, "psql", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-c",
-            "CREATE DATABASE prefect"])
+        sh(
+            [*as_pg, initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"],
+            timeout=120,
+        )
+        sh(
+            [
+                *as_pg,
+                pg_ctl,
+                "-D",
+                str(data),
+                "-l",
+                str(base / "postgres.log"),
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={base} "
+                "-c fsync=off -c max_connections=200",
+                "start",
+            ],
+            timeout=90,
+        )
+        sh(
+            [
+                *as_pg,
+                "psql",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-U",
+                "postgres",
+                "-c",
+                "CREATE DATABASE prefect",
+            ]
+        )
         yield Postgres(f"postgresql+asyncpg://postgres@127.0.0.1:{port}/prefect")
     finally:
         if (data / "postmaster.pid").exists():
-            subprocess.run([*as_pg, pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop"],
-                           capture_output=True, check=False, timeout=60)
+            subprocess.run(
+                [*as_pg, pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop"],
+                capture_output=True,
+                check=False,
+                timeout=60,
+            )
         shutil.rmtree(base, ignore_errors=True)
 
 
 # --- Prefect server, deployments, workers ---------------------------------------------------
+
 
 @dataclass
 class Stack:
@@ -196,35 +250,45 @@ class Stack:
     def wait_final(self, run_id: str, timeout: float = RUN_TIMEOUT) -> dict[str, Any]:
         def final() -> dict[str, Any] | None:
             fr = self.flow_run(run_id)
-            return fr if fr["state"] and fr["state"]["type"] in {
-                "COMPLETED", "FAILED", "CRASHED", "CANCELLED"} else None
+            return (
+                fr
+                if fr["state"] and fr["state"]["type"] in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+                else None
+            )
+
         try:
             return wait_for(f"flow run {run_id} to finish", final, timeout, every=2)
         except AssertionError as e:
             raise AssertionError(f"{e}\n{self.explain(self.flow_run(run_id))}") from None
 
     def logs_of(self, run_id: str) -> str:
-        r = self.http.post("/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}},
-                                                 "sort": "TIMESTAMP_ASC", "limit": 200})
+        r = self.http.post(
+            "/logs/filter",
+            json={"logs": {"flow_run_id": {"any_": [run_id]}}, "sort": "TIMESTAMP_ASC", "limit": 200},
+        )
         r.raise_for_status()
         return "\n".join(entry["message"] for entry in r.json())
 
     def explain(self, fr: dict[str, Any]) -> str:
-        return (f"run {fr['name']} ended {fr['state']['type']}: {fr['state'].get('message')}\n"
-                f"--- run logs ---\n{self.logs_of(fr['id'])[-4000:]}\n"
-                f"--- worker host-a ---\n{self.procs.log('worker-host-a')[-3000:]}\n"
-                f"--- worker host-b ---\n{self.procs.log('worker-host-b')[-2000:]}")
+        return (
+            f"run {fr['name']} ended {fr['state']['type']}: {fr['state'].get('message')}\n"
+            f"--- run logs ---\n{self.logs_of(fr['id'])[-4000:]}\n"
+            f"--- worker host-a ---\n{self.procs.log('worker-host-a')[-3000:]}\n"
+            f"--- worker host-b ---\n{self.procs.log('worker-host-b')[-2000:]}"
+        )
 
 
 def _client_env(home: Path, api: str | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update({
-        "PATH": f"{BIN}:{env.get('PATH', '/usr/bin:/bin')}",
-        "PREFECT_HOME": str(home),
-        "DO_NOT_TRACK": "1",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_CLI_PROMPT": "false",
-    })
+    env.update(
+        {
+            "PATH": f"{BIN}:{env.get('PATH', '/usr/bin:/bin')}",
+            "PREFECT_HOME": str(home),
+            "DO_NOT_TRACK": "1",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_CLI_PROMPT": "false",
+        }
+    )
     if api:
         env["PREFECT_API_URL"] = api
     return env
@@ -264,30 +328,36 @@ def stack(postgres: Postgres, project: Path, ci: CI) -> Iterator[Stack]:
     http = httpx.Client(base_url=api, timeout=30)
     try:
         server_env = _client_env(base / "server-home")
-        server_env.update({
-            "PREFECT_SERVER_DATABASE_CONNECTION_URL": postgres.url,
-            "PREFECT_SERVER_API_HOST": "127.0.0.1",
-            "PREFECT_SERVER_API_PORT": str(port),
-            "PREFECT_UI_API_URL": api,
-        })
-        procs.start("server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
-                               "--port", str(port)], server_env)
-        wait_for("prefect server /api/health",
-                 lambda: http.get("/health").status_code == 200, timeout=150)
+        server_env.update(
+            {
+                "PREFECT_SERVER_DATABASE_CONNECTION_URL": postgres.url,
+                "PREFECT_SERVER_API_HOST": "127.0.0.1",
+                "PREFECT_SERVER_API_PORT": str(port),
+                "PREFECT_UI_API_URL": api,
+            }
+        )
+        procs.start(
+            "server",
+            [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            server_env,
+        )
+        wait_for("prefect server /api/health", lambda: http.get("/health").status_code == 200, timeout=150)
 
         env = _client_env(base / "client-home", api)
         work = {h: base / "hosts" / h / "work" for h in ("host-a", "host-b")}
         out = base / "releases"
         list_repo = base / "git" / "images.git"
-        env.update({
-            "LAYOVER_LIST_REPO": str(list_repo),
-            "LAYOVER_RELEASE_BRANCH": "release",
-            "LAYOVER_SOURCE": ci.host,
-            "LAYOVER_SRC_TLS_VERIFY": "false",  # the test's CI registry speaks plain HTTP
-            "LAYOVER_WORK_DIR": str(work["host-a"]),
-            "LAYOVER_OUTPUT_DIR": str(out),
-            "LAYOVER_TIMEZONE": TIMEZONE,
-        })
+        env.update(
+            {
+                "LAYOVER_LIST_REPO": str(list_repo),
+                "LAYOVER_RELEASE_BRANCH": "release",
+                "LAYOVER_SOURCE": ci.host,
+                "LAYOVER_SRC_TLS_VERIFY": "false",  # the test's CI registry speaks plain HTTP
+                "LAYOVER_WORK_DIR": str(work["host-a"]),
+                "LAYOVER_OUTPUT_DIR": str(out),
+                "LAYOVER_TIMEZONE": TIMEZONE,
+            }
+        )
         sh([str(project / "deployments" / "work-pool.sh"), "host-a", "host-b"], env=env)
         before = _fingerprint(project)
         sh([str(project / "deployments" / "deploy.sh")], env=env, cwd=project, timeout=180)
@@ -296,10 +366,15 @@ def stack(postgres: Postgres, project: Path, ci: CI) -> Iterator[Stack]:
         for host in ("host-a", "host-b"):
             # the shipped script: polls `default` and the host's queue; started outside the
             # checkout, so only the deployments' pull step puts the run in it
-            wenv = {**env, "LAYOVER_CHECKOUT": str(project),
-                    "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_PREFETCH_SECONDS": "5"}
-            procs.start(f"worker-{host}", ["sh", str(project / "deployments" / "worker.sh"), host],
-                        wenv, cwd=base)
+            wenv = {
+                **env,
+                "LAYOVER_CHECKOUT": str(project),
+                "PREFECT_WORKER_QUERY_SECONDS": "1",
+                "PREFECT_WORKER_PREFETCH_SECONDS": "5",
+            }
+            procs.start(
+                f"worker-{host}", ["sh", str(project / "deployments" / "worker.sh"), host], wenv, cwd=base
+            )
         yield Stack(api, ui, env, procs, base, work, out, http)
     finally:
         http.close()
@@ -326,16 +401,24 @@ def _release_work_dirs(hosts: Path) -> None:
 
 
 def _fingerprint(project: Path) -> tuple[str, bool]:
-    return (hashlib.sha256((project / "prefect.yaml").read_bytes()).hexdigest(),
-            (project / ".prefect").exists())
+    return (
+        hashlib.sha256((project / "prefect.yaml").read_bytes()).hexdigest(),
+        (project / ".prefect").exists(),
+    )
 
 
 # --- the images repository with the shipped hook ------------------------------------------
 
+
 def git(cwd: Path, *args: str) -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "release", "GIT_AUTHOR_EMAIL": "r@example.invalid",
-           "GIT_COMMITTER_NAME": "release", "GIT_COMMITTER_EMAIL": "r@example.invalid",
-           "GIT_CONFIG_GLOBAL": "/dev/null"}
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "release",
+        "GIT_AUTHOR_EMAIL": "r@example.invalid",
+        "GIT_COMMITTER_NAME": "release",
+        "GIT_COMMITTER_EMAIL": "r@example.invalid",
+        "GIT_CONFIG_GLOBAL": "/dev/null",
+    }
     return sh(["git", *args], env=env, cwd=cwd).strip()
 
 
@@ -372,6 +455,7 @@ def images_repo(stack: Stack, ci: CI, project: Path) -> ImagesRepo:
 
 # --- runs -----------------------------------------------------------------------------------
 
+
 def tarball_tags(path: Path) -> set[str]:
     pat = re.compile(r"docker/registry/v2/repositories/(.+)/_manifests/tags/([^/]+)/current/link$")
     with tarfile.open(path) as tf:
@@ -395,8 +479,11 @@ def ui_run_request(name: str, request: dict[str, Any], queue: str) -> dict[str, 
     return {
         "name": name,
         "parameters": {"request": request},
-        "state": {"type": "SCHEDULED", "message": "Run from the Prefect UI",
-                  "state_details": {"scheduled_time": None}},
+        "state": {
+            "type": "SCHEDULED",
+            "message": "Run from the Prefect UI",
+            "state_details": {"scheduled_time": None},
+        },
         "tags": [],
         "work_queue_name": queue,
         "job_variables": {},
@@ -406,8 +493,12 @@ def ui_run_request(name: str, request: dict[str, Any], queue: str) -> dict[str, 
 
 def request_json(stack: Stack, ci: CI, host: str, output: str, **extra: Any) -> dict[str, Any]:
     return {
-        "images": {"kind": "git", "repo": stack.env["LAYOVER_LIST_REPO"], "ref": "release",
-                   "path": "images.list"},
+        "images": {
+            "kind": "git",
+            "repo": stack.env["LAYOVER_LIST_REPO"],
+            "ref": "release",
+            "path": "images.list",
+        },
         "source": ci.host,
         "src_tls_verify": False,
         "work_dir": str(stack.work[host]),
@@ -426,6 +517,7 @@ def create_run(stack: Stack, deployment: str, body: dict[str, Any]) -> dict[str,
 
 def interval(fr: dict[str, Any]) -> tuple[float, float]:
     from datetime import datetime
+
     start = datetime.fromisoformat(fr["start_time"]).timestamp()
     end = datetime.fromisoformat(fr["end_time"]).timestamp()
     return start, end
@@ -440,26 +532,36 @@ class ParallelRuns:
 @pytest.fixture(scope="module")
 def parallel_runs(stack: Stack, ci: CI, images_repo: ImagesRepo) -> ParallelRuns:
     """Two releases at once, one per build host (queue), each into its own work dir."""
-    a = create_run(stack, "manual", ui_run_request(
-        "ui-host-a", request_json(stack, ci, "host-a", "ui-host-a.tar"), "host-a"))
-    b = create_run(stack, "manual", ui_run_request(
-        "ui-host-b", request_json(stack, ci, "host-b", "ui-host-b.tar"), "host-b"))
+    a = create_run(
+        stack,
+        "manual",
+        ui_run_request("ui-host-a", request_json(stack, ci, "host-a", "ui-host-a.tar"), "host-a"),
+    )
+    b = create_run(
+        stack,
+        "manual",
+        ui_run_request("ui-host-b", request_json(stack, ci, "host-b", "ui-host-b.tar"), "host-b"),
+    )
     return ParallelRuns(stack.wait_final(a["id"]), stack.wait_final(b["id"]))
 
 
 # --- tests ----------------------------------------------------------------------------------
 
+
 def test_three_deployments_one_pool_nightly_cron(stack: Stack) -> None:
     deps = {n: stack.deployment(n) for n in ("nightly", "manual", "on-tag")}
     assert {d["work_pool_name"] for d in deps.values()} == {"layover-builds"}
     assert all(d["enforce_parameter_schema"] for d in deps.values())
-    nightly = [(s["schedule"].get("cron"), s["schedule"].get("timezone"), s["active"])
-               for s in deps["nightly"]["schedules"]]
+    nightly = [
+        (s["schedule"].get("cron"), s["schedule"].get("timezone"), s["active"])
+        for s in deps["nightly"]["schedules"]
+    ]
     assert nightly == [("30 1 * * *", TIMEZONE, True)]
     assert deps["manual"]["schedules"] == [] and deps["on-tag"]["schedules"] == []
     # the pull step is stored unresolved: each worker fills in its own checkout
-    assert deps["manual"]["pull_steps"] == [{"prefect.deployments.steps.set_working_directory": {
-        "directory": "{{ $LAYOVER_CHECKOUT }}"}}]
+    assert deps["manual"]["pull_steps"] == [
+        {"prefect.deployments.steps.set_working_directory": {"directory": "{{ $LAYOVER_CHECKOUT }}"}}
+    ]
     # the typed default came through the Prefect variable as a JSON boolean
     assert deps["nightly"]["parameters"]["request"]["src_tls_verify"] is False
     # the form: the nested model with descriptions and bounds
@@ -474,8 +576,9 @@ def test_archive_retention_is_weekly_and_a_dry_run_by_default(stack: Stack) -> N
     r.raise_for_status()
     dep = r.json()
     assert dep["work_pool_name"] == "layover-builds" and dep["enforce_parameter_schema"]
-    assert [(s["schedule"].get("cron"), s["schedule"].get("timezone"), s["active"])
-            for s in dep["schedules"]] == [("0 4 * * 0", TIMEZONE, True)]
+    assert [
+        (s["schedule"].get("cron"), s["schedule"].get("timezone"), s["active"]) for s in dep["schedules"]
+    ] == [("0 4 * * 0", TIMEZONE, True)]
     request = dep["parameters"]["request"]
     assert request["dry_run"] is True and request["keep_recent"]["last"] == 3
     form = dep["parameter_openapi_schema"]["definitions"]["RetentionRequest"]["properties"]
@@ -486,8 +589,7 @@ def test_on_tag_trigger_is_an_automation(stack: Stack) -> None:
     r = stack.http.post("/automations/filter", json={})
     r.raise_for_status()
     dep = stack.deployment("on-tag")
-    mine = [a for a in r.json() if any(
-        act.get("deployment_id") == dep["id"] for act in a["actions"])]
+    mine = [a for a in r.json() if any(act.get("deployment_id") == dep["id"] for act in a["actions"])]
     assert len(mine) == 1, r.json()
     trigger = mine[0]["trigger"]
     assert trigger["expect"] == ["git.tag.pushed"]
@@ -497,14 +599,16 @@ def test_on_tag_trigger_is_an_automation(stack: Stack) -> None:
 def test_schema_is_enforced_for_ui_runs(stack: Stack, ci: CI) -> None:
     bad = request_json(stack, ci, "host-a", "never.tar", concurrency=0)
     dep = stack.deployment("manual")
-    r = stack.http.post(f"/deployments/{dep['id']}/create_flow_run",
-                        json=ui_run_request("bad", bad, "host-a"))
+    r = stack.http.post(
+        f"/deployments/{dep['id']}/create_flow_run", json=ui_run_request("bad", bad, "host-a")
+    )
     assert r.status_code == 409, r.text
     assert "concurrency" in r.text
 
 
-def test_ui_json_runs_on_two_hosts_at_once(stack: Stack, ci: CI, images_repo: ImagesRepo,
-                                           parallel_runs: ParallelRuns) -> None:
+def test_ui_json_runs_on_two_hosts_at_once(
+    stack: Stack, ci: CI, images_repo: ImagesRepo, parallel_runs: ParallelRuns
+) -> None:
     for fr, out in ((parallel_runs.a, "ui-host-a.tar"), (parallel_runs.b, "ui-host-b.tar")):
         assert fr["state"]["type"] == "COMPLETED", stack.explain(fr)
         assert_verified_release(stack.out / out, ci.rel[2], images_repo.branch_commit)
@@ -512,17 +616,21 @@ def test_ui_json_runs_on_two_hosts_at_once(stack: Stack, ci: CI, images_repo: Im
     assert a0 < b1 and b0 < a1, "the two hosts' releases should have run at the same time"
     # each host's worker ran its own run
     # named as created, then after the release (flows/release.py)
-    workers = {fr["name"]: stack.flow_run(fr["id"])["work_queue_name"]
-               for fr in (parallel_runs.a, parallel_runs.b)}
+    workers = {
+        fr["name"]: stack.flow_run(fr["id"])["work_queue_name"] for fr in (parallel_runs.a, parallel_runs.b)
+    }
     release = f"release:images.list from {ci.host}"
     assert workers == {f"ui-host-a: {release}": "host-a", f"ui-host-b: {release}": "host-b"}
 
 
 # --- the tag trigger, and one work dir shared by three runs ---------------------------------
 
+
 def task_runs(stack: Stack, run_id: str) -> list[dict[str, Any]]:
-    r = stack.http.post("/task_runs/filter", json={
-        "task_runs": {"flow_run_id": {"any_": [run_id]}}, "sort": "EXPECTED_START_TIME_ASC"})
+    r = stack.http.post(
+        "/task_runs/filter",
+        json={"task_runs": {"flow_run_id": {"any_": [run_id]}}, "sort": "EXPECTED_START_TIME_ASC"},
+    )
     r.raise_for_status()
     return r.json()
 
@@ -536,8 +644,11 @@ def locked_window(stack: Stack, run_id: str) -> tuple[float, float]:
         first, last = trs.get("clear-stale-state"), trs.get("teardown")
         if not (first and last and first["start_time"] and last["end_time"]):
             return None
-        return (datetime.fromisoformat(first["start_time"]).timestamp(),
-                datetime.fromisoformat(last["end_time"]).timestamp())
+        return (
+            datetime.fromisoformat(first["start_time"]).timestamp(),
+            datetime.fromisoformat(last["end_time"]).timestamp(),
+        )
+
     return wait_for(f"task runs of {run_id}", window, timeout=30)
 
 
@@ -547,8 +658,9 @@ def tag_run(stack: Stack, images_repo: ImagesRepo, parallel_runs: ParallelRuns) 
     on_tag = stack.deployment("on-tag")
 
     def triggered() -> list[dict[str, Any]]:
-        r = stack.http.post("/flow_runs/filter", json={
-            "flow_runs": {"deployment_id": {"any_": [on_tag["id"]]}}})
+        r = stack.http.post(
+            "/flow_runs/filter", json={"flow_runs": {"deployment_id": {"any_": [on_tag["id"]]}}}
+        )
         r.raise_for_status()
         return r.json()
 
@@ -560,12 +672,17 @@ def tag_run(stack: Stack, images_repo: ImagesRepo, parallel_runs: ParallelRuns) 
 
 
 def test_tag_push_builds_the_list_as_it_was_at_the_tag(
-        stack: Stack, ci: CI, images_repo: ImagesRepo, tag_run: dict[str, Any]) -> None:
+    stack: Stack, ci: CI, images_repo: ImagesRepo, tag_run: dict[str, Any]
+) -> None:
     fr = tag_run
     assert fr["state"]["type"] == "COMPLETED", stack.explain(fr)
     images = fr["parameters"]["request"]["images"]
-    assert images == {"kind": "git", "repo": str(images_repo.bare), "ref": images_repo.tag,
-                      "path": "images.list"}
+    assert images == {
+        "kind": "git",
+        "repo": str(images_repo.bare),
+        "ref": images_repo.tag,
+        "path": "images.list",
+    }
     tarball = stack.out / f"release-{images_repo.tag}.tar"
     assert fr["parameters"]["request"]["output"] == str(tarball)
     # release 1's list, although the branch had moved on to release 2 before the push
@@ -610,8 +727,9 @@ class SilentRegistry:
                         conn.close()
                         return
                 if head.startswith(b"GET /v2/ "):
-                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                                 b"Content-Length: 2\r\n\r\n{}")
+                    conn.sendall(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+                    )
                     continue
                 self.conns.append(conn)  # anything else: never answered
                 return
@@ -642,36 +760,45 @@ class SharedWorkDir:
 @pytest.fixture(scope="module")
 def shared_work_dir(stack: Stack, ci: CI, tag_run: dict[str, Any]) -> Iterator[SharedWorkDir]:
     """Three runs aimed at host-a's work dir while the first one holds it."""
+
     def make(name: str, wait: float, source: str) -> dict[str, Any]:
-        req = {**request_json(stack, ci, "host-a", f"{name}.tar"), "lock_wait_seconds": wait,
-               "source": source, "copy_retries": 0}
+        req = {
+            **request_json(stack, ci, "host-a", f"{name}.tar"),
+            "lock_wait_seconds": wait,
+            "source": source,
+            "copy_retries": 0,
+        }
         return create_run(stack, "manual", ui_run_request(name, req, "host-a"))
 
     silent = SilentRegistry()
     try:
         blocker = make("blocker", 0, silent.host)
         lock = stack.work["host-a"] / "lock"
-        wait_for("the blocker to hold the work dir", lambda: lock.exists()
-                 and blocker["name"] in lock.read_text() and silent.conns, timeout=120, every=0.25)
+        wait_for(
+            "the blocker to hold the work dir",
+            lambda: lock.exists() and blocker["name"] in lock.read_text() and silent.conns,
+            timeout=120,
+            every=0.25,
+        )
         waiter = make("waiter", 300, ci.host)
         refused = make("refused", 0, ci.host)
         refused = stack.wait_final(refused["id"])
 
         def waiter_loaded() -> bool:
-            return any(t["name"].startswith("load-images") and t["state_type"] == "COMPLETED"
-                       for t in task_runs(stack, waiter["id"]))
+            return any(
+                t["name"].startswith("load-images") and t["state_type"] == "COMPLETED"
+                for t in task_runs(stack, waiter["id"])
+            )
+
         wait_for("the waiter to be waiting for the lock", waiter_loaded, timeout=60)
         loaded = waiter_loaded() and stack.flow_run(blocker["id"])["state"]["type"] == "RUNNING"
     finally:
         silent.close()  # the blocker's copies fail now, and it lets go of the work dir
-    yield SharedWorkDir(stack.wait_final(blocker["id"]), stack.wait_final(waiter["id"]), refused,
-                        loaded)
+    return SharedWorkDir(stack.wait_final(blocker["id"]), stack.wait_final(waiter["id"]), refused, loaded)
 
 
-def test_one_work_dir_one_release_at_a_time(stack: Stack, ci: CI,
-                                            shared_work_dir: SharedWorkDir) -> None:
-    blocker, waiter, refused = (shared_work_dir.blocker, shared_work_dir.waiter,
-                                shared_work_dir.refused)
+def test_one_work_dir_one_release_at_a_time(stack: Stack, ci: CI, shared_work_dir: SharedWorkDir) -> None:
+    blocker, waiter, refused = (shared_work_dir.blocker, shared_work_dir.waiter, shared_work_dir.refused)
     # the refused run did not wait, and its failure names the run holding the work dir
     assert refused["state"]["type"] == "FAILED", stack.explain(refused)
     why = refused["state"]["message"] + stack.logs_of(refused["id"])
@@ -682,8 +809,9 @@ def test_one_work_dir_one_release_at_a_time(stack: Stack, ci: CI,
     assert blocker["state"]["type"] == "FAILED", stack.explain(blocker)
     assert waiter["state"]["type"] == "COMPLETED", stack.explain(waiter)
     assert locked_window(stack, waiter["id"])[0] >= interval(blocker)[1] - 1.0
-    assert_verified_release(stack.out / "waiter.tar", ci.rel[2],
-                            git(Path(stack.env["LAYOVER_LIST_REPO"]), "rev-parse", "release"))
+    assert_verified_release(
+        stack.out / "waiter.tar", ci.rel[2], git(Path(stack.env["LAYOVER_LIST_REPO"]), "rev-parse", "release")
+    )
 
 
 def _descends_from(pid: int, ancestor: int) -> bool:
@@ -696,43 +824,64 @@ def _descends_from(pid: int, ancestor: int) -> bool:
 
 
 def test_a_killed_holder_does_not_block_the_next_run(
-        stack: Stack, ci: CI, parallel_runs: ParallelRuns, docker_client) -> None:
+    stack: Stack, ci: CI, parallel_runs: ParallelRuns, docker_client
+) -> None:
     """kill -9 the flow-run process while it holds host-b's work dir; the next run builds."""
+
     def make(name: str) -> dict[str, Any]:
         req = {**request_json(stack, ci, "host-b", f"{name}.tar"), "lock_wait_seconds": 0}
         return create_run(stack, "manual", ui_run_request(name, req, "host-b"))
 
     victim = make("killed-holder")
     lock = stack.work["host-b"] / "lock"
-    holder = wait_for("the victim to hold the lock", lambda: lock.exists() and victim["name"]
-                      in lock.read_text() and json.loads(lock.read_text()), timeout=120, every=0.05)
+    holder = wait_for(
+        "the victim to hold the lock",
+        lambda: lock.exists() and victim["name"] in lock.read_text() and json.loads(lock.read_text()),
+        timeout=120,
+        every=0.05,
+    )
     worker = next(p for name, p in stack.procs.started if name == "worker-host-b")
     assert _descends_from(holder["pid"], worker.pid), "only kill what this test started"
     # An incremental release takes only seconds: freeze the holder the moment its first
     # registry container exists (the next run must clean that up), then kill it.
     scope = WorkDir.at(stack.work["host-b"]).scope
-    wait_for("the victim's registry", lambda: docker_client.containers.list(
-        all=True, filters={"label": [f"layover.scope={scope}"]}), timeout=60, every=0.02)
+    wait_for(
+        "the victim's registry",
+        lambda: docker_client.containers.list(all=True, filters={"label": [f"layover.scope={scope}"]}),
+        timeout=60,
+        every=0.02,
+    )
     os.kill(holder["pid"], signal.SIGSTOP)
     status = Path(f"/proc/{holder['pid']}/status")
-    wait_for("the victim to stop (not to finish)", lambda: status.exists()
-             and "\tT" in status.read_text().split("State:")[1][:4], timeout=5, every=0.01)
+    wait_for(
+        "the victim to stop (not to finish)",
+        lambda: status.exists() and "\tT" in status.read_text().split("State:")[1][:4],
+        timeout=5,
+        every=0.01,
+    )
     os.kill(holder["pid"], signal.SIGKILL)
     assert stack.wait_final(victim["id"])["state"]["type"] in {"CRASHED", "FAILED"}
     after = stack.wait_final(make("after-kill")["id"])
     assert after["state"]["type"] == "COMPLETED", stack.explain(after)
-    assert_verified_release(stack.out / "after-kill.tar", ci.rel[2],
-                            git(Path(stack.env["LAYOVER_LIST_REPO"]), "rev-parse", "release"))
+    assert_verified_release(
+        stack.out / "after-kill.tar",
+        ci.rel[2],
+        git(Path(stack.env["LAYOVER_LIST_REPO"]), "rev-parse", "release"),
+    )
 
 
 # --- the Prefect UI, rendered by Debian's chromium ------------------------------------------
 
+
 def artifact(stack: Stack, run_id: str) -> dict[str, Any]:
     def find() -> list[dict[str, Any]]:
-        r = stack.http.post("/artifacts/filter", json={"artifacts": {
-            "flow_run_id": {"any_": [run_id]}, "key": {"any_": ["release-report"]}}})
+        r = stack.http.post(
+            "/artifacts/filter",
+            json={"artifacts": {"flow_run_id": {"any_": [run_id]}, "key": {"any_": ["release-report"]}}},
+        )
         r.raise_for_status()
         return r.json()
+
     return wait_for(f"the release-report artifact of {run_id}", find, timeout=30)[0]
 
 
@@ -740,11 +889,20 @@ def chromium(url: str, profile: Path, *, screenshot: Path | None = None) -> str:
     exe = shutil.which("chromium")
     assert exe is not None
     argv = [
-        exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-        f"--user-data-dir={profile}", "--no-first-run", "--window-size=1400,1100",
+        exe,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={profile}",
+        "--no-first-run",
+        "--window-size=1400,1100",
         # Nothing leaves loopback: no background services, and every other host is unresolvable.
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--no-pings", "--disable-domain-reliability",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-pings",
+        "--disable-domain-reliability",
         "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
         "--virtual-time-budget=20000",
     ]
@@ -760,8 +918,9 @@ def visible_text(html: str) -> str:
 
 
 def test_ui_shows_the_run_and_its_report(stack: Stack, parallel_runs: ParallelRuns) -> None:
-    require(shutil.which("chromium") is not None,
-            "Debian's chromium is not installed (apt-get install chromium)")
+    require(
+        shutil.which("chromium") is not None, "Debian's chromium is not installed (apt-get install chromium)"
+    )
     fr = parallel_runs.a
     art = artifact(stack, fr["id"])
     profile = stack.base / "chromium"
@@ -775,8 +934,10 @@ def test_ui_shows_the_run_and_its_report(stack: Stack, parallel_runs: ParallelRu
     assert f"Flow Run {fr['name']}" in report_page, report_page[:3000]
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / "prefect-ui-release-report.txt").write_text(report_page)
-    for name, url in (("flow-run", run_url),
-                      ("release-report", f"{stack.ui}/artifacts/artifact/{art['id']}")):
+    for name, url in (
+        ("flow-run", run_url),
+        ("release-report", f"{stack.ui}/artifacts/artifact/{art['id']}"),
+    ):
         shot = ARTIFACTS / f"prefect-ui-{name}.png"
         shot.unlink(missing_ok=True)
         chromium(url, profile, screenshot=shot)
@@ -786,14 +947,17 @@ def test_ui_shows_the_run_and_its_report(stack: Stack, parallel_runs: ParallelRu
 def test_the_manual_form_has_plain_fields_for_the_list(stack: Stack) -> None:
     """The list's location is a choice of two small forms (a file; a git repo, ref and path),
     not a raw JSON editor: a discriminated union (`oneOf`) renders as one, `anyOf` does not."""
-    require(shutil.which("chromium") is not None,
-            "Debian's chromium is not installed (apt-get install chromium)")
+    require(
+        shutil.which("chromium") is not None, "Debian's chromium is not installed (apt-get install chromium)"
+    )
     dep = stack.deployment("manual")
     images = dep["parameter_openapi_schema"]["definitions"]["ReleaseRequest"]["properties"]["images"]
     assert "anyOf" in images and "discriminator" not in images, images
     url = f"{stack.ui}/deployments/deployment/{dep['id']}/run"
     page = visible_text(chromium(url, stack.base / "chromium"))
-    form = page[page.index("Where the release's images.list comes from"):page.index("Registry to copy from")]
+    form = page[
+        page.index("Where the release's images.list comes from") : page.index("Registry to copy from")
+    ]
     for label in ("images.list file", "images.list in git", "Repo", "Ref", "Path"):
         assert label in form, f"{label!r} not in the list's form: {form}"
     assert '"kind"' not in form, f"the list is a JSON editor: {form}"
@@ -806,6 +970,7 @@ def test_the_manual_form_has_plain_fields_for_the_list(stack: Stack) -> None:
 
 # --- the hook and the CI script on their own (fast: a stub HTTP server, no Prefect) -------------
 
+
 @pytest.fixture
 def events_sink() -> Iterator[tuple[str, list[Any]]]:
     """A POST /api/events stub on 127.0.0.1 that records each body."""
@@ -815,7 +980,7 @@ def events_sink() -> Iterator[tuple[str, list[Any]]]:
     got: list[Any] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers["Content-Length"]))
             got.append((self.path, self.headers["Content-Type"], json.loads(body)))
             self.send_response(204)
@@ -863,11 +1028,9 @@ def test_hook_sends_one_valid_event_per_new_tag(tmp_path: Path, events_sink) -> 
     assert (path, ctype) == ("/api/events", "application/json")
     event = _valid_event(body)
     assert event["event"] == "git.tag.pushed"
-    assert event["resource"] == {"prefect.resource.id": "git.repo.images",
-                                 "prefect.resource.name": "images"}
-    assert event["payload"] == {"repo": str(bare.resolve()), "tag": 'v1."quoted"',
-                                "commit": commit}
-    git(clone, "push", "-q", "origin", '--delete', 'v1."quoted"')  # deleting starts nothing
+    assert event["resource"] == {"prefect.resource.id": "git.repo.images", "prefect.resource.name": "images"}
+    assert event["payload"] == {"repo": str(bare.resolve()), "tag": 'v1."quoted"', "commit": commit}
+    git(clone, "push", "-q", "origin", "--delete", 'v1."quoted"')  # deleting starts nothing
     assert len(got) == 1
 
 
@@ -880,8 +1043,9 @@ def test_hook_never_fails_a_push_when_prefect_is_down(tmp_path: Path) -> None:
     git(tmp_path, "clone", "-q", str(bare), str(clone))
     git(clone, "commit", "-q", "--allow-empty", "-m", "one")
     git(clone, "tag", "v2")
-    p = subprocess.run(["git", "-C", str(clone), "push", "origin", "main", "v2"],
-                       capture_output=True, text=True, check=False)
+    p = subprocess.run(
+        ["git", "-C", str(clone), "push", "origin", "main", "v2"], capture_output=True, text=True, check=False
+    )
     assert p.returncode == 0, p.stderr
     assert "could not send git.tag.pushed for v2" in p.stderr
 
@@ -890,8 +1054,15 @@ def test_ci_script_sends_the_event_with_curl_alone(tmp_path: Path, events_sink) 
     api, got = events_sink
     # PATH without the venv: the script must fall back to curl
     env = {"PATH": "/usr/bin:/bin", "PREFECT_API_URL": api, "HOME": str(tmp_path)}
-    sh(["sh", str(REPO / "deployments" / "ci" / "emit-tag-event.sh"),
-        "ssh://git@git.example.invalid/images.git", "v3.1"], env=env)
+    sh(
+        [
+            "sh",
+            str(REPO / "deployments" / "ci" / "emit-tag-event.sh"),
+            "ssh://git@git.example.invalid/images.git",
+            "v3.1",
+        ],
+        env=env,
+    )
     event = _valid_event(got[0][2])
     assert event["resource"]["prefect.resource.id"] == "git.repo.images"
     assert event["payload"] == {"repo": "ssh://git@git.example.invalid/images.git", "tag": "v3.1"}

@@ -33,8 +33,15 @@ LAYOVER = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "layover")
 
 
 def _request(ci: str, images: Path, work: Path, output: Path) -> ReleaseRequest:
-    return ReleaseRequest(images=ListFromFile(path=str(images)), source=ci, src_tls_verify=False,
-                          work_dir=work, output=output, concurrency=4, copy_retries=1)
+    return ReleaseRequest(
+        images=ListFromFile(path=str(images)),
+        source=ci,
+        src_tls_verify=False,
+        work_dir=work,
+        output=output,
+        concurrency=4,
+        copy_retries=1,
+    )
 
 
 @pytest.fixture
@@ -84,7 +91,9 @@ def test_a_truncated_layer_alone_heals_in_the_run_that_finds_it(site, docker_cli
     assert len(heal) == 1 and heal[0].blobs_copied == 1, [s.name for s in healed.stages]
     assert archive.blob_data(layer).read_bytes() == rel.blobs[layer]
     # the damaged bytes are kept, at the blob's place in the tree, under quarantine/<time>/
-    kept = list((work / "quarantine").glob(f"*/docker/registry/v2/blobs/sha256/{layer.hex[:2]}/{layer.hex}/data"))
+    kept = list(
+        (work / "quarantine").glob(f"*/docker/registry/v2/blobs/sha256/{layer.hex[:2]}/{layer.hex}/data")
+    )
     assert [p.read_bytes() for p in kept] == [damaged]
     # the archive holds what it held before the damage: the same files, the same bytes. What the
     # upload of the healed blob wrote is new (its data, its directories, the same link bytes
@@ -136,8 +145,9 @@ def test_a_garbage_link_is_named_with_the_fix_and_repair_archive_quarantines_it(
     not_json = archive.blob_data(web.digest)
     not_json.write_bytes(b"<html>502 Bad Gateway</html>")
 
-    dry = subprocess.run([LAYOVER, "repair-archive", str(work), "--dry-run"],
-                         capture_output=True, text=True, timeout=120)
+    dry = subprocess.run(
+        [LAYOVER, "repair-archive", str(work), "--dry-run"], capture_output=True, text=True, timeout=120
+    )
     assert dry.returncode == 1, dry.stdout + dry.stderr
     for path in (garbage, not_json):
         assert str(path) in dry.stdout, dry.stdout
@@ -152,15 +162,15 @@ def test_a_garbage_link_is_named_with_the_fix_and_repair_archive_quarantines_it(
     _nothing_left(work, docker_client)
     assert not_json.read_bytes() == web.manifest
 
-    fix = subprocess.run([LAYOVER, "repair-archive", str(work)], capture_output=True, text=True,
-                         timeout=120)
+    fix = subprocess.run([LAYOVER, "repair-archive", str(work)], capture_output=True, text=True, timeout=120)
     assert fix.returncode == 0, fix.stdout + fix.stderr
     assert "moved 1 damaged entries" in fix.stdout and "quarantine" in fix.stdout, fix.stdout
     assert [p.read_bytes() for p in (work / "quarantine").rglob("link")] == [b"\x00garbage\n"]
     again = release_flow(_request(ci.host, images, work, out / "repaired.tar"))
     assert again.sha256 == good.sha256
-    clean = subprocess.run([LAYOVER, "repair-archive", str(work), "--dry-run"],
-                           capture_output=True, text=True, timeout=120)
+    clean = subprocess.run(
+        [LAYOVER, "repair-archive", str(work), "--dry-run"], capture_output=True, text=True, timeout=120
+    )
     assert clean.returncode == 0 and ", 0 damaged" in clean.stdout, clean.stdout
 
 

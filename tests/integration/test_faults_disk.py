@@ -44,6 +44,7 @@ def _no_space_floor(monkeypatch):
 
     monkeypatch.setattr(preflight, "SPACE_FLOOR", 0)
 
+
 SCALE = 0.3
 
 
@@ -64,9 +65,11 @@ class LoopDisks:
         image, mnt = self.base / f"{name}.img", self.base / name
         with open(image, "wb") as fh:
             fh.truncate(kib * 1024)
-        subprocess.run(["mkfs.ext4", "-q", "-F", "-b", "1024", "-i", "1024", "-m", "0",
-                        str(image)],
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["mkfs.ext4", "-q", "-F", "-b", "1024", "-i", "1024", "-m", "0", str(image)],
+            check=True,
+            capture_output=True,
+        )
         mnt.mkdir()
         subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], check=True, capture_output=True)
         self.mounted.append(mnt)
@@ -108,8 +111,13 @@ def disks(tmp_path, docker_client) -> Iterator[LoopDisks]:
 
 def _request(site: CiSite, work: Path, output: Path) -> ReleaseRequest:
     return ReleaseRequest(
-        images=ListFromFile(path=str(site.images)), source=site.ci_host, src_tls_verify=False,
-        work_dir=work, output=output, concurrency=4, copy_retries=1,
+        images=ListFromFile(path=str(site.images)),
+        source=site.ci_host,
+        src_tls_verify=False,
+        work_dir=work,
+        output=output,
+        concurrency=4,
+        copy_retries=1,
     )
 
 
@@ -117,8 +125,9 @@ def _leftovers(out: Path) -> list[str]:
     """What a failed run left beside the output, apart from its report (FILE.failed.json)."""
     report = out.with_name(out.name + ".failed.json")
     assert not out.parent.exists() or report.exists(), "a failed run says where it stopped"
-    return [p.name for p in out.parent.iterdir()
-            if p.name.startswith((out.name, f".{out.name}")) and p != report]
+    return [
+        p.name for p in out.parent.iterdir() if p.name.startswith((out.name, f".{out.name}")) and p != report
+    ]
 
 
 def test_output_disk_full_names_the_path_and_size_and_a_bigger_disk_works(site, disks, tmp_path):
@@ -222,9 +231,14 @@ def _task_runs(flow_run_id, name: str) -> list:
     deadline = time.monotonic() + 30
     while True:
         with get_client(sync_client=True) as client:
-            runs = [t for t in client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [flow_run_id]}))
-                    if t.name.startswith(name)]
-        if (runs and all(t.state is not None and t.state.is_final() for t in runs)) or time.monotonic() > deadline:
+            runs = [
+                t
+                for t in client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [flow_run_id]}))
+                if t.name.startswith(name)
+            ]
+        if (
+            runs and all(t.state is not None and t.state.is_final() for t in runs)
+        ) or time.monotonic() > deadline:
             return runs
         time.sleep(0.5)
 
@@ -277,8 +291,21 @@ def test_work_dir_disk_full_during_package_sync_is_one_line_and_leaves_nothing(
     disk = disks.make("work-pkg", 16 * 1024)
     wd = WorkDir.at(disk / "work")
     out = tmp_path / "out" / "release.tar"
-    argv = [str(BIN / "layover"), "run", "--images", str(site.images), "--source", site.ci_host,
-            "--no-src-tls-verify", "--work-dir", str(wd.root), "--output", str(out), "--concurrency", "4"]
+    argv = [
+        str(BIN / "layover"),
+        "run",
+        "--images",
+        str(site.images),
+        "--source",
+        site.ci_host,
+        "--no-src-tls-verify",
+        "--work-dir",
+        str(wd.root),
+        "--output",
+        str(out),
+        "--concurrency",
+        "4",
+    ]
     first = start_cli(argv, prefect_api)
     assert first.wait(timeout=240) == 0, first.text()[-3000:]
     want = _sha256(out)

@@ -49,9 +49,21 @@ class Site:
     runs: list[Run] = field(default_factory=list)
 
     def start(self, work: Path, output: Path) -> Run:
-        argv = [str(BIN / "layover"), "run", "--images", str(self.images), "--source", self.ci_host,
-                "--no-src-tls-verify", "--work-dir", str(work), "--output", str(output),
-                "--concurrency", "4"]
+        argv = [
+            str(BIN / "layover"),
+            "run",
+            "--images",
+            str(self.images),
+            "--source",
+            self.ci_host,
+            "--no-src-tls-verify",
+            "--work-dir",
+            str(work),
+            "--output",
+            str(output),
+            "--concurrency",
+            "4",
+        ]
         run = start_cli(argv, self.env)
         self.runs.append(run)
         return run
@@ -142,8 +154,10 @@ def _finish_kill(run: Run) -> None:
 
 
 def _scope_containers(docker_client, wd: WorkDir) -> list[str]:
-    return [c.name for c in docker_client.containers.list(
-        all=True, filters={"label": [f"layover.scope={wd.scope}"]})]
+    return [
+        c.name
+        for c in docker_client.containers.list(all=True, filters={"label": [f"layover.scope={wd.scope}"]})
+    ]
 
 
 def _partials(out: Path) -> list[Path]:
@@ -169,33 +183,47 @@ def test_the_cli_run_reaches_the_server_whole(site, baseline):
     # queued for the server may be lost: every task run done, the flow's last log line, the
     # report artifact.
     api = site.env["PREFECT_API_URL"]
-    runs = httpx.post(f"{api}/flow_runs/filter", json={
-        "flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}, "sort": "START_TIME_ASC",
-        "limit": 1}).json()
+    runs = httpx.post(
+        f"{api}/flow_runs/filter",
+        json={
+            "flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}},
+            "sort": "START_TIME_ASC",
+            "limit": 1,
+        },
+    ).json()
     assert runs, "the baseline run is not on the server"
     run = runs[0]
     # events are processed by the server asynchronously: give it a moment, not a pass
     deadline = time.monotonic() + 30
     while True:
-        tasks = httpx.post(f"{api}/task_runs/filter", json={
-            "flow_runs": {"id": {"any_": [run["id"]]}}, "limit": 200}).json()
+        tasks = httpx.post(
+            f"{api}/task_runs/filter", json={"flow_runs": {"id": {"any_": [run["id"]]}}, "limit": 200}
+        ).json()
         states = sorted({t["state_type"] for t in tasks})
         if (len(tasks) >= 15 and states == ["COMPLETED"]) or time.monotonic() > deadline:
             break
         time.sleep(0.5)
     assert len(tasks) >= 15 and states == ["COMPLETED"], (len(tasks), states)
-    logs = httpx.post(f"{api}/logs/filter", json={
-        "logs": {"flow_run_id": {"any_": [str(run["id"])]}}, "limit": 200,
-        "sort": "TIMESTAMP_DESC"}).json()
+    logs = httpx.post(
+        f"{api}/logs/filter",
+        json={"logs": {"flow_run_id": {"any_": [str(run["id"])]}}, "limit": 200, "sort": "TIMESTAMP_DESC"},
+    ).json()
     # the flow run's own last line is logged moments before the process exits
-    assert any(entry["message"].startswith("Finished in state Completed") and not entry["task_run_id"]
-               for entry in logs), [entry["message"] for entry in logs][-5:]
-    artifacts = httpx.post(f"{api}/artifacts/filter", json={
-        "artifacts": {"flow_run_id": {"any_": [run["id"]]}}}).json()
+    assert any(
+        entry["message"].startswith("Finished in state Completed") and not entry["task_run_id"]
+        for entry in logs
+    ), [entry["message"] for entry in logs][-5:]
+    artifacts = httpx.post(
+        f"{api}/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run["id"]]}}}
+    ).json()
     # the report, the copy stages' progress (attached sync's too), and a table of the images each archive-sync copier
     # task copied (unkeyed)
     assert sorted(a["key"] for a in artifacts if a["key"]) == [
-        "archive-sync-progress", "attached-sync-progress", "package-sync-progress", "release-report"]
+        "archive-sync-progress",
+        "attached-sync-progress",
+        "package-sync-progress",
+        "release-report",
+    ]
     tables = [a for a in artifacts if not a["key"]]
     assert tables and all(a["type"] == "table" and a["task_run_id"] for a in tables), tables
 
@@ -245,23 +273,28 @@ def test_killed_at_a_later_stage(site, baseline, docker_client, stage):
     for attempt in range(5):  # a very short stage can be missed; try again, never pretend
         run = site.start(wd.root, out)
         if stage == "overlay-mounted":
-            _stop_when(run, lambda: run.saw(_finished("overlay-reset")))
+            _stop_when(run, lambda run=run: run.saw(_finished("overlay-reset")))
             ok = _mounted(wd.merged) and not run.saw(_finished("prune-manifests"))
         elif stage == "prune":
             # pruning writes whiteouts into upper while the overlay is briefly unmounted
             # (overlay.hide_in_upper): the kill may land with it mounted or not
-            _stop_when(run, lambda: run.saw(_finished("overlay-reset")) and whiteouts())
+            _stop_when(run, lambda run=run: run.saw(_finished("overlay-reset")) and whiteouts())
             ok = not run.saw(_finished("prune-manifests"))
         elif stage == "package-sync":
             # the first manifest the package registry wrote: a tags dir recreated in upper
-            _stop_when(run, lambda: run.saw(_finished("prune-manifests"))
-                       and any(True for _ in upper_repos.glob("**/_manifests/tags/*")))
+            _stop_when(
+                run,
+                lambda run=run: (
+                    run.saw(_finished("prune-manifests"))
+                    and any(True for _ in upper_repos.glob("**/_manifests/tags/*"))
+                ),
+            )
             ok = not run.saw(r"package sync: \d+ images written")
         elif stage == "gc":
-            _stop_when(run, lambda: run.saw(r"gc plan: "))
+            _stop_when(run, lambda run=run: run.saw(r"gc plan: "))
             ok = not run.saw(_finished("garbage-collect"))
         else:
-            _stop_when(run, lambda: bool(_partials(out)) or run.saw(_finished("write-tarball")))
+            _stop_when(run, lambda run=run: bool(_partials(out)) or run.saw(_finished("write-tarball")))
             ok = bool(_partials(out)) and not out.exists()
         _finish_kill(run)
         if ok:

@@ -47,8 +47,13 @@ def site(prefect_harness, ci_site) -> Site:
 
 def _request(source: str, images: Path, work: Path, output: Path, **kw) -> ReleaseRequest:
     return ReleaseRequest(
-        images=ListFromFile(path=str(images)), source=source, src_tls_verify=False,
-        work_dir=work, output=output, concurrency=4, **kw,
+        images=ListFromFile(path=str(images)),
+        source=source,
+        src_tls_verify=False,
+        work_dir=work,
+        output=output,
+        concurrency=4,
+        **kw,
     )
 
 
@@ -77,8 +82,10 @@ def test_ten_percent_faulted_requests_still_give_a_verified_package(site):
     assert 0.02 < len(faults) / len(proxy.events) < 0.3
     assert verify_tarball(out, imagelist.load(half)).ok
     assert report.images == len(site.rel.images[::2])
-    print(f"\n{len(faults)}/{len(proxy.events)} requests faulted: "
-          f"{sorted({f.fault.value for f in faults})}; run took {report.seconds:.1f} s")
+    print(
+        f"\n{len(faults)}/{len(proxy.events)} requests faulted: "
+        f"{sorted({f.fault.value for f in faults})}; run took {report.seconds:.1f} s"
+    )
 
 
 @pytest.mark.parametrize(
@@ -97,10 +104,15 @@ def test_one_image_always_failing_fails_bounded_naming_it_and_keeps_the_archive(
     out = site.out / f"never-{fault.value}.tar"
     rule = Rule(f"/v2/{victim.repository}/", fault)
     started = time.monotonic()
-    with FaultProxy(site.ci_host, rules=[rule], stall_seconds=60) as proxy, \
-            pytest.raises(LayoverError) as info:
-        release_flow(_request(proxy.host, site.images, site.work, out,
-                              copy_retries=retries, copy_timeout_seconds=timeout))
+    with (
+        FaultProxy(site.ci_host, rules=[rule], stall_seconds=60) as proxy,
+        pytest.raises(LayoverError) as info,
+    ):
+        release_flow(
+            _request(
+                proxy.host, site.images, site.work, out, copy_retries=retries, copy_timeout_seconds=timeout
+            )
+        )
     took = time.monotonic() - started
     message = str(info.value)
     assert f"{victim.repository}:{victim.tag}" in message
@@ -140,8 +152,11 @@ def test_a_source_that_is_down_stops_the_run_with_one_line_naming_it(site, tmp_p
         watcher.start()
         try:
             with pytest.raises(SourceUnreachableError) as info:
-                release_flow(_request(source, site.images, tmp_path / "work", out, copy_retries=1,
-                                      source_down_seconds=6))
+                release_flow(
+                    _request(
+                        source, site.images, tmp_path / "work", out, copy_retries=1, source_down_seconds=6
+                    )
+                )
         finally:
             stop.set()
             watcher.join(timeout=5)

@@ -90,8 +90,9 @@ def auth_ci(prefect_harness, module_registries, tmp_path_factory):
     require(htpasswd is not None, "htpasswd is missing (apt-get install apache2-utils; scripts/setup.sh)")
     base = tmp_path_factory.mktemp("faults-secrets")
     password = f"pw-{uuid.uuid4().hex}"
-    line = subprocess.run([htpasswd, "-nbB", USER, password], check=True, capture_output=True,
-                          text=True).stdout.strip()  # argv of a test helper, before any run
+    line = subprocess.run(
+        [htpasswd, "-nbB", USER, password], check=True, capture_output=True, text=True
+    ).stdout.strip()  # argv of a test helper, before any run
     (base / "htpasswd").write_text(line + "\n")
     (base / "ci").mkdir()
     # The CI registry is filled without auth, then restarted with it on the same storage.
@@ -128,7 +129,7 @@ def _flow_run_text(flow_run_id) -> str:
         fr = client.read_flow_run(flow_run_id)
         states = client.read_flow_run_states(flow_run_id)
         task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [flow_run_id]}))
-    parts = [l.message for l in logs]
+    parts = [entry.message for entry in logs]
     parts += [json.dumps(a.data, default=str) + str(a.description) for a in arts]
     parts += [fr.model_dump_json(), *(s.model_dump_json() for s in states)]
     parts += [t.model_dump_json() for t in task_runs]
@@ -139,12 +140,14 @@ def _flow_run_text(flow_run_id) -> str:
 @pytest.mark.parametrize(
     ("via", "copier"), [("authfile", "skopeo"), ("secret-block", "skopeo"), ("authfile", "native")]
 )
-def test_credentials_never_leak_and_registries_stay_on_loopback(auth_ci, docker_client, tmp_path, via, copier):
+def test_credentials_never_leak_and_registries_stay_on_loopback(
+    auth_ci, docker_client, tmp_path, via, copier
+):
     from prefect.blocks.system import Secret
 
     from flows.release import release as release_flow
 
-    ci, password, token, images, base = auth_ci
+    ci, password, token, images, _base = auth_ci
     auth_doc = {"auths": {ci.host: {"auth": token}}}
     kw = {}
     if via == "authfile":
@@ -162,8 +165,16 @@ def test_credentials_never_leak_and_registries_stay_on_loopback(auth_ci, docker_
     watch.start()
     try:
         state = release_flow(
-            ReleaseRequest(images=ListFromFile(path=str(images)), source=ci.host, src_tls_verify=False,
-                           work_dir=work, output=out, concurrency=2, copier=copier, **kw),
+            ReleaseRequest(
+                images=ListFromFile(path=str(images)),
+                source=ci.host,
+                src_tls_verify=False,
+                work_dir=work,
+                output=out,
+                concurrency=2,
+                copier=copier,
+                **kw,
+            ),
             return_state=True,
         )
     finally:
@@ -202,14 +213,21 @@ def test_a_failed_login_names_no_secret(auth_ci, tmp_path):
     """A wrong password fails at once (not retried) and its exception carries no credential."""
     from flows.release import release as release_flow
 
-    ci, password, token, images, base = auth_ci
+    ci, password, token, images, _base = auth_ci
     wrong = base64.b64encode(f"{USER}:{password}-wrong".encode()).decode()
     authfile = tmp_path / "auth.json"
     authfile.write_text(json.dumps({"auths": {ci.host: {"auth": wrong}}}))
     with pytest.raises(LayoverError) as info:
-        release_flow(ReleaseRequest(
-            images=ListFromFile(path=str(images)), source=ci.host, src_tls_verify=False,
-            work_dir=tmp_path / "work", output=tmp_path / "out.tar", src_authfile=authfile))
+        release_flow(
+            ReleaseRequest(
+                images=ListFromFile(path=str(images)),
+                source=ci.host,
+                src_tls_verify=False,
+                work_dir=tmp_path / "work",
+                output=tmp_path / "out.tar",
+                src_authfile=authfile,
+            )
+        )
     text = "".join(traceback.format_exception(info.value))
     assert "unauthorized" in text.lower() or "authentication required" in text.lower(), text[-2000:]
     for n in (password, token, wrong):

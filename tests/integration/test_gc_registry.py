@@ -41,9 +41,18 @@ def _blob_dirs(layout: StorageLayout) -> set[str]:
 def _pull(host: str, repo: str, tag: str, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run(
-        ["skopeo", "copy", "--all", "--preserve-digests", "--src-tls-verify=false",
-         f"docker://{host}/{repo}:{tag}", f"dir:{dest}"],
-        check=True, capture_output=True, timeout=120,
+        [
+            "skopeo",
+            "copy",
+            "--all",
+            "--preserve-digests",
+            "--src-tls-verify=false",
+            f"docker://{host}/{repo}:{tag}",
+            f"dir:{dest}",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
     )
 
 

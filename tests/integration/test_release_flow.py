@@ -33,7 +33,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 def tree_hash(root: Path) -> dict[str, str]:
     """Path -> sha256 of content (dirs marked), for byte-identity checks of the archive."""
     out: dict[str, str] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, _dirnames, filenames in os.walk(root):
         rel = os.path.relpath(dirpath, root)
         out[rel + "/"] = "dir"
         for f in filenames:
@@ -112,8 +112,9 @@ def test_release_2_copies_only_new_blobs_into_the_archive(scenario):
     # A blob the archive has, but not in this repository, may be uploaded again or mounted
     # across repositories, depending on skopeo's blob-info cache: that is the upper bound.
     in_repo_1 = {(i.repository, d.hex) for i in scenario.rel[1].images for d in i.blobs}
-    new_to_repo = {d.hex for i in scenario.rel[2].images for d in i.blobs
-                   if (i.repository, d.hex) not in in_repo_1} - manifests2
+    new_to_repo = {
+        d.hex for i in scenario.rel[2].images for d in i.blobs if (i.repository, d.hex) not in in_repo_1
+    } - manifests2
     copied = _stage(r2, "archive sync").blobs_copied
     assert len(new_anywhere) <= copied <= len(new_to_repo), (copied, new_anywhere, new_to_repo)
     assert _stage(scenario.reports["r2-again"], "archive sync").blobs_copied == 0
@@ -171,9 +172,17 @@ def test_tarball_holds_exactly_the_list_and_serves_it(scenario, module_registrie
         dest = tmp_path / "pull" / img.repository.replace("/", "_")
         dest.parent.mkdir(exist_ok=True)
         subprocess.run(
-            ["skopeo", "copy", "--all", "--preserve-digests", "--src-tls-verify=false",
-             f"docker://{served.host}/{img.repository}:{img.tag}", f"dir:{dest}"],
-            check=True, capture_output=True,
+            [
+                "skopeo",
+                "copy",
+                "--all",
+                "--preserve-digests",
+                "--src-tls-verify=false",
+                f"docker://{served.host}/{img.repository}:{img.tag}",
+                f"dir:{dest}",
+            ],
+            check=True,
+            capture_output=True,
         )
         for m in img.manifests:  # index children are untagged: they must survive GC anyway
             assert pkg.manifest_exists(img.repository, m.digest)

@@ -46,13 +46,27 @@ def assert_registry_serves(host: str, rel: Release) -> None:
                 assert api.get_blob(img.repository, digest) == data  # get_blob verifies the digest too
 
 
-def test_cli_push_then_read_back_with_client_and_skopeo(start_registry: StartRegistry, skopeo_bin: str,
-                                                         tmp_path: Path) -> None:
+def test_cli_push_then_read_back_with_client_and_skopeo(
+    start_registry: StartRegistry, skopeo_bin: str, tmp_path: Path
+) -> None:
     host = start_registry("ci")
     list_file = tmp_path / "images.list"
     t0 = time.monotonic()
-    out = run([sys.executable, "-m", "layover.testing", "push", "--registry", host, "--release", "1",
-               "--list-out", str(list_file)], timeout=120)
+    out = run(
+        [
+            sys.executable,
+            "-m",
+            "layover.testing",
+            "push",
+            "--registry",
+            host,
+            "--release",
+            "1",
+            "--list-out",
+            str(list_file),
+        ],
+        timeout=120,
+    )
     seconds = time.monotonic() - t0
     rel = release(1)
     assert "pushed release 1: 12 images" in out.text, out.text
@@ -66,19 +80,40 @@ def test_cli_push_then_read_back_with_client_and_skopeo(start_registry: StartReg
             assert api.tags(img.repository) == (img.tag,), "index children are pushed untagged"
         assert api.tags("no/such/repo") == ()
     for img in rel.images:
-        raw = run([skopeo_bin, "inspect", "--raw", "--tls-verify=false", f"docker://{host}/{img.repository}:{img.tag}"],
-                  timeout=60)
+        raw = run(
+            [
+                skopeo_bin,
+                "inspect",
+                "--raw",
+                "--tls-verify=false",
+                f"docker://{host}/{img.repository}:{img.tag}",
+            ],
+            timeout=60,
+        )
         assert raw.stdout == img.manifest, f"skopeo sees different bytes for {img}"
 
 
-def test_skopeo_copy_all_preserve_digests_keeps_every_digest(start_registry: StartRegistry, skopeo_bin: str) -> None:
+def test_skopeo_copy_all_preserve_digests_keeps_every_digest(
+    start_registry: StartRegistry, skopeo_bin: str
+) -> None:
     src, dst = start_registry("src"), start_registry("dst")
     rel = release(1)
     push_release(src, rel)
     for img in rel.images:
         ref = f"{img.repository}:{img.tag}"
-        run([skopeo_bin, "copy", "--all", "--preserve-digests", "--src-tls-verify=false", "--dest-tls-verify=false",
-             f"docker://{src}/{ref}", f"docker://{dst}/{ref}"], timeout=120)
+        run(
+            [
+                skopeo_bin,
+                "copy",
+                "--all",
+                "--preserve-digests",
+                "--src-tls-verify=false",
+                "--dest-tls-verify=false",
+                f"docker://{src}/{ref}",
+                f"docker://{dst}/{ref}",
+            ],
+            timeout=120,
+        )
     assert_registry_serves(dst, rel)
     with RegistryAPI(src) as a, RegistryAPI(dst) as b:
         assert sorted(b.catalog()) == sorted(a.catalog())

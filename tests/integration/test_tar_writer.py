@@ -44,7 +44,6 @@ pytestmark = pytest.mark.integration
 V2 = "docker/registry/v2"
 
 
-
 def _run(*argv: str | Path, cwd: Path | None = None) -> str:
     p = subprocess.run([str(a) for a in argv], cwd=cwd, capture_output=True, text=True)
     assert p.returncode == 0, f"{argv}: {p.stderr}"
@@ -293,22 +292,28 @@ def test_an_in_memory_first_member_and_ranges_of_another_tarball(scratch, reques
     does) extracts to the same files, and on XFS/btrfs clones its blocks out of the first."""
     files = build_registry(scratch / "src")
     note = b'{"what": "contents"}\n' * 400  # > 4 KiB: an aligned member written from memory
-    full = write_tarball(PlainTree(scratch / "src"), scratch / "full.tar",
-                         first=[MemoryFile("layover/contents.json", note)])
+    full = write_tarball(
+        PlainTree(scratch / "src"), scratch / "full.tar", first=[MemoryFile("layover/contents.json", note)]
+    )
     with tarfile.open(full.path) as tf:
         members = tf.getmembers()
         assert members[0].name == "layover/contents.json"
         assert tf.extractfile(members[0]).read() == note  # type: ignore[union-attr]
-    again = write_tarball(PlainTree(scratch / "src"), scratch / "again.tar",
-                          first=[MemoryFile("layover/contents.json", note)], data_paths=(DataPath.BUFFERED,))
+    again = write_tarball(
+        PlainTree(scratch / "src"),
+        scratch / "again.tar",
+        first=[MemoryFile("layover/contents.json", note)],
+        data_paths=(DataPath.BUFFERED,),
+    )
     assert again.sha256 == full.sha256
 
     listed = [ListedMember(Entry("layover", Kind.DIR)), ListedMember(Entry("layover/delta", Kind.DIR))]
     for m in members[1:]:
         entry = Entry(f"layover/delta/{m.name}", Kind.DIR if m.isdir() else Kind.FILE, m.size)
         listed.append(ListedMember(entry, full.path if m.isfile() else None, m.offset_data))
-    delta = write_tarball(ListedTree(tuple(listed)), scratch / "delta.tar",
-                          first=[MemoryFile("layover/contents.json", b"{}")])
+    delta = write_tarball(
+        ListedTree(tuple(listed)), scratch / "delta.tar", first=[MemoryFile("layover/contents.json", b"{}")]
+    )
     _check_sidecar(delta)
     out = scratch / "x"
     out.mkdir()
@@ -324,8 +329,9 @@ def test_an_in_memory_first_member_and_ranges_of_another_tarball(scratch, reques
 @pytest.mark.parametrize("scratch", ["xfs", "btrfs"], indirect=True)
 def test_a_clone_that_fails_midway_falls_back_without_corrupting_output(scratch):
     files = build_registry(scratch / "src")
-    reference = write_tarball(PlainTree(scratch / "src"), scratch / "ref.tar",
-                              data_paths=(DataPath.BUFFERED,))
+    reference = write_tarball(
+        PlainTree(scratch / "src"), scratch / "ref.tar", data_paths=(DataPath.BUFFERED,)
+    )
     calls = []
 
     def flaky_clone(src_fd: int, src_off: int, length: int, dst_fd: int, dst_off: int) -> None:
@@ -338,8 +344,7 @@ def test_a_clone_that_fails_midway_falls_back_without_corrupting_output(scratch)
             raise OSError(errno.EIO, "injected clone failure")
         ficlonerange(src_fd, src_off, length, dst_fd, dst_off)
 
-    res = write_tarball(PlainTree(scratch / "src"), scratch / "flaky.tar",
-                        ops=DataOps(clone=flaky_clone))
+    res = write_tarball(PlainTree(scratch / "src"), scratch / "flaky.tar", ops=DataOps(clone=flaky_clone))
     assert res.sha256 == reference.sha256
     assert res.fallbacks == 1
     assert res.bytes_cloned > 0 and res.bytes_kernel_copied > 0
@@ -361,12 +366,14 @@ def test_an_unsupported_path_is_not_retried_on_the_same_device(scratch):
         copies.append(args)
         raise OSError(errno.EXDEV, "cross device")
 
-    res = write_tarball(PlainTree(scratch / "src"), scratch / "r.tar",
-                        ops=DataOps(clone=no_clone, copy=no_copy))
+    res = write_tarball(
+        PlainTree(scratch / "src"), scratch / "r.tar", ops=DataOps(clone=no_clone, copy=no_copy)
+    )
     assert len(clones) == 1 and len(copies) == 1
     assert res.bytes_cloned == res.bytes_kernel_copied == 0
-    ref = write_tarball(PlainTree(scratch / "src"), scratch / "k.tar",
-                        ops=DataOps(clone=no_clone, copy=copy_range))
+    ref = write_tarball(
+        PlainTree(scratch / "src"), scratch / "k.tar", ops=DataOps(clone=no_clone, copy=copy_range)
+    )
     assert ref.sha256 == res.sha256
 
 
@@ -381,8 +388,7 @@ def test_disk_full_keeps_the_previous_release_and_leaves_no_temp_file(scratch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     with pytest.raises(DiskFullError, match="no space left"):
-        write_tarball(PlainTree(scratch / "src"), scratch / "r.tar",
-                      ops=DataOps(clone=full, copy=full))
+        write_tarball(PlainTree(scratch / "src"), scratch / "r.tar", ops=DataOps(clone=full, copy=full))
     assert old.path.read_bytes() == old_bytes
     _check_sidecar(old)
 
@@ -421,8 +427,15 @@ def overlay(request, root_tools) -> Iterator[OverlayTree]:
     build_registry(lower)
     mounted = False
     try:
-        _run("mount", "-t", "overlay", "overlay", "-o",
-             f"lowerdir={lower},upperdir={upper},workdir={work}", merged)
+        _run(
+            "mount",
+            "-t",
+            "overlay",
+            "overlay",
+            "-o",
+            f"lowerdir={lower},upperdir={upper},workdir={work}",
+            merged,
+        )
         mounted = True
         yield OverlayTree(merged=merged, upper=upper, lower=lower)
     finally:
@@ -462,8 +475,7 @@ def test_merged_overlay_view_with_whiteouts_and_opaque_dir(overlay, tmp_path):
     res = write_tarball(overlay, out / "release.tar")
     _check_sidecar(res)
     assert_extracts_to(res.path, snapshot(overlay.merged), tmp_path / "x")
-    plain = write_tarball(PlainTree(overlay.merged), tmp_path / "plain.tar",
-                          data_paths=(DataPath.BUFFERED,))
+    plain = write_tarball(PlainTree(overlay.merged), tmp_path / "plain.tar", data_paths=(DataPath.BUFFERED,))
     assert plain.sha256 == res.sha256
     if _run("stat", "-f", "-c", "%T", overlay.upper).strip() in ("xfs", "btrfs"):
         # cloning needs the real files: from the merged view it would fail with EXDEV
@@ -482,13 +494,17 @@ def test_resolver_hides_lower_below_whiteouts_and_opaque_dirs(overlay):
     deleted = next(p for p in (overlay.upper / V2 / "blobs/sha256").glob("*/*") if p.is_char_device())
     with pytest.raises(StorageError, match="neither upper nor lower"):  # a whited-out directory
         r.resolve(deleted.relative_to(overlay.upper).as_posix() + "/data")
-    deleted_link = next(p for p in (overlay.upper / V2 / "repositories/lib/_layers").rglob("link")
-                        if p.is_char_device())
+    deleted_link = next(
+        p for p in (overlay.upper / V2 / "repositories/lib/_layers").rglob("link") if p.is_char_device()
+    )
     with pytest.raises(StorageError, match="whited out"):  # a whited-out file
         r.resolve(deleted_link.relative_to(overlay.upper).as_posix())
     new_tag = f"{V2}/repositories/lib/_manifests/tags/v2/current/link"
     assert r.resolve(new_tag) == overlay.upper / new_tag
-    a_lower_blob = next(p for p in (overlay.lower / V2 / "blobs/sha256").glob("*/*/data")
-                        if not (overlay.upper / p.relative_to(overlay.lower)).parent.exists())
+    a_lower_blob = next(
+        p
+        for p in (overlay.lower / V2 / "blobs/sha256").glob("*/*/data")
+        if not (overlay.upper / p.relative_to(overlay.lower)).parent.exists()
+    )
     rel = a_lower_blob.relative_to(overlay.lower).as_posix()
     assert r.resolve(rel) == a_lower_blob

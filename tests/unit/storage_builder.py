@@ -78,33 +78,53 @@ class StorageBuilder:
     ) -> Digest:
         """Push config + layers (linked) and an image manifest; returns the manifest digest."""
         layers = [f"layer {repo} {salt}".encode()] if layers is None else layers
-        config = config if config is not None else json.dumps({"arch": "amd64", "salt": salt, "repo": repo}).encode()
+        config = (
+            config
+            if config is not None
+            else json.dumps({"arch": "amd64", "salt": salt, "repo": repo}).encode()
+        )
         cfg = self.push_blob(repo, config)
         descs = []
         for data in layers:
             d = self.push_blob(repo, data)
-            descs.append({"mediaType": OCI_LAYER if oci else DOCKER_LAYER, "size": len(data), "digest": str(d)})
+            descs.append(
+                {"mediaType": OCI_LAYER if oci else DOCKER_LAYER, "size": len(data), "digest": str(d)}
+            )
         for fd in foreign:
             desc = {"mediaType": OCI_NONDIST if oci else DOCKER_FOREIGN, "size": 1, "digest": fd}
             if foreign_with_urls:
-                desc = {"mediaType": OCI_LAYER, "size": 1, "digest": fd, "urls": ["https://example.invalid/x"]}
+                desc = {
+                    "mediaType": OCI_LAYER,
+                    "size": 1,
+                    "digest": fd,
+                    "urls": ["https://example.invalid/x"],
+                }
             descs.append(desc)
         doc: dict = {
             "schemaVersion": 2,
-            "config": {"mediaType": OCI_CONFIG if oci else DOCKER_CONFIG, "size": len(config), "digest": str(cfg)},
+            "config": {
+                "mediaType": OCI_CONFIG if oci else DOCKER_CONFIG,
+                "size": len(config),
+                "digest": str(cfg),
+            },
             "layers": descs,
         }
         if media_type:
             doc["mediaType"] = OCI_MANIFEST if oci else DOCKER_MANIFEST
         return self.push_manifest(repo, doc)
 
-    def index(self, repo: str, children: list[Digest], *, oci: bool = True, media_type: bool = True,
-              salt: str = "") -> Digest:
+    def index(
+        self, repo: str, children: list[Digest], *, oci: bool = True, media_type: bool = True, salt: str = ""
+    ) -> Digest:
         doc: dict = {
             "schemaVersion": 2,
             "manifests": [
-                {"mediaType": OCI_MANIFEST if oci else DOCKER_MANIFEST, "size": 1, "digest": str(c),
-                 "platform": {"architecture": f"arch{i}", "os": "linux"}}
+                {
+                    "mediaType": OCI_MANIFEST if oci else DOCKER_MANIFEST,
+                    "size": 1,
+                    "digest": str(c),
+                    "platform": {"architecture": f"arch{i}", "os": "linux"},
+                }
                 for i, c in enumerate(children)
             ],
         }
@@ -116,8 +136,14 @@ class StorageBuilder:
 
     def schema1(self, repo: str, layers: list[bytes]) -> Digest:
         sums = [{"blobSum": str(self.push_blob(repo, data))} for data in layers]
-        doc = {"schemaVersion": 1, "name": repo, "tag": "old", "architecture": "amd64",
-               "fsLayers": sums, "history": [{"v1Compatibility": "{}"} for _ in sums]}
+        doc = {
+            "schemaVersion": 1,
+            "name": repo,
+            "tag": "old",
+            "architecture": "amd64",
+            "fsLayers": sums,
+            "history": [{"v1Compatibility": "{}"} for _ in sums],
+        }
         return self.push_manifest(repo, doc)
 
     def tag(self, repo: str, tag: str, d: Digest, *, history: list[Digest] = ()) -> None:

@@ -37,8 +37,11 @@ def test_run_returns_output_and_timing():
 
 
 def test_run_passes_input_and_env_without_a_shell():
-    done = run([PY, "-c", "import os,sys; print(os.environ['X'], sys.stdin.read())"],
-               input=b"$HOME;", env={"X": "$(id)"})
+    done = run(
+        [PY, "-c", "import os,sys; print(os.environ['X'], sys.stdin.read())"],
+        input=b"$HOME;",
+        env={"X": "$(id)"},
+    )
     assert done.text.strip() == "$(id) $HOME;"
 
 
@@ -76,8 +79,10 @@ def test_run_missing_program_is_command_error():
 def test_run_redacts_secrets_in_log_and_error(caplog):
     caplog.set_level(logging.DEBUG, logger="layover.adapters.run")
     with pytest.raises(CommandError) as info:
-        run([PY, "-c", "import sys; sys.stderr.write(sys.argv[1]); sys.exit(1)", "pw=hunter2"],
-            secrets=["hunter2"])
+        run(
+            [PY, "-c", "import sys; sys.stderr.write(sys.argv[1]); sys.exit(1)", "pw=hunter2"],
+            secrets=["hunter2"],
+        )
     assert "hunter2" not in caplog.text and "pw=***" in caplog.text
     assert "hunter2" not in " ".join(info.value.argv) + info.value.stderr + str(info.value)
 
@@ -133,9 +138,12 @@ def test_classify_real_failures(name, error, hint):
     [
         ("src_manifest_unknown_repo", "reading manifest v1 in 127.0.0.1:15501/lib/missing: manifest unknown"),
         ("src_401_unauthorized", "reading manifest v1 in 127.0.0.1:15511/r401/img: unauthorized"),
-        ("dest_read_only_blob", "skopeo exited 1: writing blob: initiating layer upload to "
-                                "/v2/new/hello/blobs/uploads/ in 127.0.0.1:15502: StatusCode: 405, "
-                                "Method not allowed"),
+        (
+            "dest_read_only_blob",
+            "skopeo exited 1: writing blob: initiating layer upload to "
+            "/v2/new/hello/blobs/uploads/ in 127.0.0.1:15502: StatusCode: 405, "
+            "Method not allowed",
+        ),
     ],
 )
 def test_a_failed_copy_says_one_short_line_and_keeps_skopeos_text_for_the_log(name, line):
@@ -168,12 +176,16 @@ def test_classify_ignores_debug_noise_before_the_fatal_line():
 @pytest.mark.parametrize(
     ("message", "error"),
     [
-        ("reading blob sha256:aa: Get \"http://h/v2/x\": read tcp 127.0.0.1:1->127.0.0.1:2: "
-         "read: connection reset by peer", TransientCommandError),
-        ("pinging container registry h: Get \"https://h/v2/\": dial tcp: i/o timeout",
-         TransientCommandError),
-        ("writing manifest: uploading manifest v1 to h/x: manifest blob unknown: blob unknown "
-         "to registry", CommandError),
+        (
+            'reading blob sha256:aa: Get "http://h/v2/x": read tcp 127.0.0.1:1->127.0.0.1:2: '
+            "read: connection reset by peer",
+            TransientCommandError,
+        ),
+        ('pinging container registry h: Get "https://h/v2/": dial tcp: i/o timeout', TransientCommandError),
+        (
+            "writing manifest: uploading manifest v1 to h/x: manifest blob unknown: blob unknown to registry",
+            CommandError,
+        ),
         ("digest sha256:401403 ... unsupported", CommandError),  # digits in a digest are not 401
     ],
 )
@@ -189,11 +201,12 @@ def test_fatal_message_unescapes_quotes_and_falls_back_to_last_line():
 
 # --- ldd, registry config, mountinfo --------------------------------------------------------
 def test_parse_ldd():
-    out = ("\tlinux-vdso.so.1 (0x00007ffc)\n"
-           "\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007fd9)\n"
-           "\t/lib64/ld-linux-x86-64.so.2 (0x00007fd9)\n")
-    assert parse_ldd(out) == [Path("/lib/x86_64-linux-gnu/libc.so.6"),
-                              Path("/lib64/ld-linux-x86-64.so.2")]
+    out = (
+        "\tlinux-vdso.so.1 (0x00007ffc)\n"
+        "\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007fd9)\n"
+        "\t/lib64/ld-linux-x86-64.so.2 (0x00007fd9)\n"
+    )
+    assert parse_ldd(out) == [Path("/lib/x86_64-linux-gnu/libc.so.6"), Path("/lib64/ld-linux-x86-64.so.2")]
 
 
 def test_registry_config_has_no_stale_cache_and_no_upload_purging():
@@ -212,10 +225,13 @@ def test_registry_config_has_no_stale_cache_and_no_upload_purging():
 def test_registry_config_tls_and_auth_sections():
     import yaml
 
-    cfg = yaml.safe_load(render_config(5001, read_only=False, validation_urls_allow=(), tls=True,
-                                       auth_htpasswd=True))
-    assert cfg["http"] == {"addr": "127.0.0.1:5001", "tls": {"certificate": "/etc/docker/registry/tls.crt",
-                                                             "key": "/etc/docker/registry/tls.key"}}
+    cfg = yaml.safe_load(
+        render_config(5001, read_only=False, validation_urls_allow=(), tls=True, auth_htpasswd=True)
+    )
+    assert cfg["http"] == {
+        "addr": "127.0.0.1:5001",
+        "tls": {"certificate": "/etc/docker/registry/tls.crt", "key": "/etc/docker/registry/tls.key"},
+    }
     assert cfg["auth"]["htpasswd"]["path"] == "/etc/docker/registry/htpasswd"
     assert "tls" not in yaml.safe_load(render_config(5001, read_only=False, validation_urls_allow=()))["http"]
 

@@ -12,6 +12,7 @@ def _names_back_to_prefect():
     yield
     naming.use("prefect")  # `layover run` switched this process to flag names
 
+
 runner = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1"})
 
 
@@ -23,8 +24,17 @@ def test_run_lists_every_bad_line_and_exits_3_before_anything_starts(tmp_path):
     bad = tmp_path / "images.list"
     bad.write_text("ok/a:1\nBad/a:1\n\nno-tag\n")
     work = tmp_path / "work"
-    r = _run("run", "--images", str(bad), "--source", "127.0.0.1:5000", "--work-dir", str(work),
-             "--output", str(tmp_path / "r.tar"))
+    r = _run(
+        "run",
+        "--images",
+        str(bad),
+        "--source",
+        "127.0.0.1:5000",
+        "--work-dir",
+        str(work),
+        "--output",
+        str(tmp_path / "r.tar"),
+    )
     assert r.exit_code == 3  # input error
     assert r.output.startswith("layover: error: ")
     assert f"{bad}:2:" in r.output and f"{bad}:4:" in r.output
@@ -34,18 +44,43 @@ def test_run_lists_every_bad_line_and_exits_3_before_anything_starts(tmp_path):
 def test_run_rejects_a_scheme_in_source(tmp_path):
     lst = tmp_path / "images.list"
     lst.write_text("a:1\n")
-    r = _run("run", "--images", str(lst), "--source", "https://ci:5000", "--work-dir",
-             str(tmp_path / "w"), "--output", str(tmp_path / "r.tar"))
+    r = _run(
+        "run",
+        "--images",
+        str(lst),
+        "--source",
+        "https://ci:5000",
+        "--work-dir",
+        str(tmp_path / "w"),
+        "--output",
+        str(tmp_path / "r.tar"),
+    )
     assert r.exit_code == 2 and "without a scheme" in r.output  # usage
 
 
 def test_run_has_exactly_the_documented_options():
     r = _run("run", "--help")
     assert r.exit_code == 0
-    for opt in ("--images", "--images-git", "--images-ref", "--images-path", "--source", "--registry-map",
-                "--work-dir", "--output", "--concurrency", "--src-tls-verify", "--no-src-tls-verify",
-                "--src-authfile", "--src-cert-dir", "--src-credentials-block", "--lock-wait",
-                "--copy-timeout", "--copy-retries", "--heartbeat-seconds"):
+    for opt in (
+        "--images",
+        "--images-git",
+        "--images-ref",
+        "--images-path",
+        "--source",
+        "--registry-map",
+        "--work-dir",
+        "--output",
+        "--concurrency",
+        "--src-tls-verify",
+        "--no-src-tls-verify",
+        "--src-authfile",
+        "--src-cert-dir",
+        "--src-credentials-block",
+        "--lock-wait",
+        "--copy-timeout",
+        "--copy-retries",
+        "--heartbeat-seconds",
+    ):
         assert opt in r.output
 
 
@@ -70,8 +105,17 @@ def test_a_layover_variable_of_the_wrong_type_is_a_usage_error(tmp_path, monkeyp
     lst = tmp_path / "images.list"
     lst.write_text("a:1\n")
     monkeypatch.setenv("LAYOVER_CONCURRENCY", "many")
-    r = _run("run", "--images", str(lst), "--source", "ci:5000", "--work-dir", str(tmp_path / "w"),
-             "--output", str(tmp_path / "r.tar"))
+    r = _run(
+        "run",
+        "--images",
+        str(lst),
+        "--source",
+        "ci:5000",
+        "--work-dir",
+        str(tmp_path / "w"),
+        "--output",
+        str(tmp_path / "r.tar"),
+    )
     assert r.exit_code == 2 and "LAYOVER_CONCURRENCY: Input should be a valid integer" in r.output
 
 
@@ -79,8 +123,19 @@ def test_run_rejects_a_heartbeat_prefect_would_refuse(tmp_path):
     lst = tmp_path / "images.list"
     lst.write_text("a:1\n")
     work = tmp_path / "w"
-    r = _run("run", "--images", str(lst), "--source", "ci:5000", "--work-dir", str(work),
-             "--output", str(tmp_path / "r.tar"), "--heartbeat-seconds", "10")
+    r = _run(
+        "run",
+        "--images",
+        str(lst),
+        "--source",
+        "ci:5000",
+        "--work-dir",
+        str(work),
+        "--output",
+        str(tmp_path / "r.tar"),
+        "--heartbeat-seconds",
+        "10",
+    )
     assert r.exit_code == 2 and "--heartbeat-seconds 10: Prefect needs 30 or more" in r.output
     assert not work.exists()
 

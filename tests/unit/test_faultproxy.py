@@ -14,7 +14,7 @@ BODY = b"x" * 10000
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802 - http.server's naming
+    def do_GET(self):
         self.send_response(200)
         self.send_header("Content-Length", str(len(BODY)))
         self.end_headers()
@@ -56,9 +56,11 @@ def test_each_fault_breaks_only_the_matching_requests(upstream, fault):
 
 
 def test_stall_outlasts_the_client_timeout(upstream):
-    with FaultProxy(upstream, rules=[Rule("/v2/", Fault.STALL)], stall_seconds=30) as p:
-        with pytest.raises(httpx.ReadTimeout):
-            httpx.get(f"http://{p.host}/v2/x", timeout=0.5)
+    with (
+        FaultProxy(upstream, rules=[Rule("/v2/", Fault.STALL)], stall_seconds=30) as p,
+        pytest.raises(httpx.ReadTimeout),
+    ):
+        httpx.get(f"http://{p.host}/v2/x", timeout=0.5)
 
 
 def test_rate_is_roughly_honoured(upstream):

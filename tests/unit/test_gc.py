@@ -32,8 +32,11 @@ def snapshot(sb: StorageBuilder) -> dict[str, bytes]:
 
 def image_files(repo: str, manifest: Digest, blobs: list[Digest]) -> set[str]:
     """The files a pushed image owns in its repository plus the blobs themselves."""
-    return ({revision_path(repo, manifest), blob_path(manifest)}
-            | {layer_path(repo, b) for b in blobs} | {blob_path(b) for b in blobs})
+    return (
+        {revision_path(repo, manifest), blob_path(manifest)}
+        | {layer_path(repo, b) for b in blobs}
+        | {blob_path(b) for b in blobs}
+    )
 
 
 def gc(sb: StorageBuilder, **kw):
@@ -61,8 +64,13 @@ def test_exact_surviving_paths_for_a_moved_tag_with_strays(sb):
     assert not os.path.exists(sb.layout.blob_dir(stray))
     assert not os.path.exists(sb.layout.blob_dir(old))
     kinds = {d.kind for d in plan.deletions}
-    assert kinds == {DeletionKind.UPLOADS, DeletionKind.TAG_INDEX, DeletionKind.REVISION,
-                     DeletionKind.LAYER_LINK, DeletionKind.BLOB}
+    assert kinds == {
+        DeletionKind.UPLOADS,
+        DeletionKind.TAG_INDEX,
+        DeletionKind.REVISION,
+        DeletionKind.LAYER_LINK,
+        DeletionKind.BLOB,
+    }
     # empty blob prefix dirs are gone; the kept repo keeps its structure
     assert all(os.listdir(sb.layout.blobs / p) for p in os.listdir(sb.layout.blobs))
 
@@ -93,9 +101,12 @@ def test_tagged_index_keeps_untagged_children(sb, oci, media_type):
     sb.tag("multi", "1.0", idx)
     dropped = sb.image("multi", salt="old")
     gc(sb)
-    expected = ({revision_path("multi", idx), blob_path(idx)} | tag_paths("multi", "1.0", idx)
-                | image_files("multi", amd, layers_of(sb, "multi", "amd64"))
-                | image_files("multi", arm, layers_of(sb, "multi", "arm64")))
+    expected = (
+        {revision_path("multi", idx), blob_path(idx)}
+        | tag_paths("multi", "1.0", idx)
+        | image_files("multi", amd, layers_of(sb, "multi", "amd64"))
+        | image_files("multi", arm, layers_of(sb, "multi", "arm64"))
+    )
     assert sb.files() == expected
     assert not sb.layout.blob_dir(dropped).exists()
 
@@ -106,8 +117,12 @@ def test_nested_index(sb):
     outer = sb.index("n", [inner], media_type=False, salt="outer")
     sb.tag("n", "t", outer)
     gc(sb)
-    assert sb.files() == ({revision_path("n", d) for d in (inner, outer)} | {blob_path(d) for d in (inner, outer)}
-                          | image_files("n", leaf, layers_of(sb, "n", "leaf")) | tag_paths("n", "t", outer))
+    assert sb.files() == (
+        {revision_path("n", d) for d in (inner, outer)}
+        | {blob_path(d) for d in (inner, outer)}
+        | image_files("n", leaf, layers_of(sb, "n", "leaf"))
+        | tag_paths("n", "t", outer)
+    )
 
 
 def test_untagged_index_whose_children_are_tagged(sb):
@@ -118,8 +133,12 @@ def test_untagged_index_whose_children_are_tagged(sb):
     sb.tag("r", "b", b)
     gc(sb)
     assert not sb.layout.blob_dir(idx).exists()
-    assert sb.files() == (image_files("r", a, layers_of(sb, "r", "a")) | image_files("r", b, layers_of(sb, "r", "b"))
-                          | tag_paths("r", "a", a) | tag_paths("r", "b", b))
+    assert sb.files() == (
+        image_files("r", a, layers_of(sb, "r", "a"))
+        | image_files("r", b, layers_of(sb, "r", "b"))
+        | tag_paths("r", "a", a)
+        | tag_paths("r", "b", b)
+    )
 
 
 def test_blob_shared_by_kept_and_dropped_repo(sb):
@@ -145,8 +164,12 @@ def test_nested_repositories(sb):
     sb.image("top/sub", salt="s")
     sb.upload("top/sub")
     gc(sb)
-    assert sb.files() == (image_files("lib/a", a, layers_of(sb, "lib/a", "a")) | tag_paths("lib/a", "v", a)
-                          | image_files("top", t, layers_of(sb, "top", "t")) | tag_paths("top", "v", t))
+    assert sb.files() == (
+        image_files("lib/a", a, layers_of(sb, "lib/a", "a"))
+        | tag_paths("lib/a", "v", a)
+        | image_files("top", t, layers_of(sb, "top", "t"))
+        | tag_paths("top", "v", t)
+    )
     assert sorted(os.listdir(sb.layout.repo("lib"))) == ["a"]
     assert not sb.layout.repo("top/sub").exists()
     assert sb.layout.repository_names() == ["lib/a", "top"]
@@ -162,7 +185,9 @@ def test_repo_with_manifests_but_no_layers_keeps_its_blobs(sb):
     (sb.layout.layers("r")).rmdir()
     (sb.layout.layers("r")).parent.rmdir()
     plan = gc(sb)
-    assert sb.files() == {revision_path("r", m), blob_path(m), *map(blob_path, blobs)} | tag_paths("r", "v", m)
+    assert sb.files() == {revision_path("r", m), blob_path(m), *map(blob_path, blobs)} | tag_paths(
+        "r", "v", m
+    )
     assert len(plan.warnings) == 2 and all("not linked" in w.message for w in plan.warnings)
 
 
@@ -187,8 +212,12 @@ def test_foreign_layers_need_no_data(sb):
     sb.link_layer("win", Digest.parse(f2))  # dangling link to a foreign layer: dropped
     plan = gc(sb)
     assert plan.warnings == ()
-    assert sb.files() == (image_files("win", m, layers_of(sb, "win", "1")) | image_files("win", n, layers_of(sb, "win", "2"))
-                          | tag_paths("win", "1", m) | tag_paths("win", "2", n))
+    assert sb.files() == (
+        image_files("win", m, layers_of(sb, "win", "1"))
+        | image_files("win", n, layers_of(sb, "win", "2"))
+        | tag_paths("win", "1", m)
+        | tag_paths("win", "2", n)
+    )
 
 
 def test_foreign_layer_present_is_kept(sb):
@@ -214,7 +243,9 @@ def test_schema1(sb):
     sb.tag("old", "v1", m)
     sb.schema1("old", [b"l3"])
     gc(sb)
-    assert sb.files() == image_files("old", m, [digest_of(b"l1"), digest_of(b"l2")]) | tag_paths("old", "v1", m)
+    assert sb.files() == image_files("old", m, [digest_of(b"l1"), digest_of(b"l2")]) | tag_paths(
+        "old", "v1", m
+    )
 
 
 def test_signature_and_referrer_tags_are_ordinary_tags(sb):
@@ -225,9 +256,14 @@ def test_signature_and_referrer_tags_are_ordinary_tags(sb):
     sb.tag("s", f"sha256-{m.hex}.sig", sig)
     sb.tag("s", f"sha256-{m.hex}", ref)
     gc(sb)
-    assert sb.files() == (image_files("s", m, layers_of(sb, "s", "img")) | image_files("s", sig, layers_of(sb, "s", "sig"))
-                          | {revision_path("s", ref), blob_path(ref)} | tag_paths("s", "v", m)
-                          | tag_paths("s", f"sha256-{m.hex}.sig", sig) | tag_paths("s", f"sha256-{m.hex}", ref))
+    assert sb.files() == (
+        image_files("s", m, layers_of(sb, "s", "img"))
+        | image_files("s", sig, layers_of(sb, "s", "sig"))
+        | {revision_path("s", ref), blob_path(ref)}
+        | tag_paths("s", "v", m)
+        | tag_paths("s", f"sha256-{m.hex}.sig", sig)
+        | tag_paths("s", f"sha256-{m.hex}", ref)
+    )
 
 
 def test_extra_roots_pin_digest_only_images(sb):
@@ -278,10 +314,19 @@ def _tag_without_current(sb, m):
     sb.layout.tag_index("r", "ghost").mkdir(parents=True)
 
 
-@pytest.mark.parametrize("breakage", [
-    _corrupt_tag_link, _tag_to_missing_data, _tag_without_revision, _corrupt_manifest, _unknown_manifest,
-    _missing_index_child, _corrupt_revision_link, _tag_without_current,
-])
+@pytest.mark.parametrize(
+    "breakage",
+    [
+        _corrupt_tag_link,
+        _tag_to_missing_data,
+        _tag_without_revision,
+        _corrupt_manifest,
+        _unknown_manifest,
+        _missing_index_child,
+        _corrupt_revision_link,
+        _tag_without_current,
+    ],
+)
 def test_marking_errors_abort_with_nothing_deleted(sb, breakage):
     m = sb.image("r", salt="1")
     sb.tag("r", "v", m)
@@ -314,7 +359,9 @@ def test_dry_run_changes_nothing_and_plan_is_typed(sb):
     before = snapshot(sb)
     plan = plan_gc(sb.layout)
     assert snapshot(sb) == before
-    assert plan.deletions == tuple(sorted(plan.deletions, key=lambda d: (list(DeletionKind).index(d.kind), d.path)))
+    assert plan.deletions == tuple(
+        sorted(plan.deletions, key=lambda d: (list(DeletionKind).index(d.kind), d.path))
+    )
     assert plan.kept_blobs == {m, *layers_of(sb, "r", "1")}
     assert plan.counts.blobs == 9 and plan.counts.blobs_kept == 3 and plan.counts.blobs_deleted == 6
     assert plan.bytes_freed == sum(d.size for d in plan.deletions) > 0
@@ -342,6 +389,7 @@ def test_gc_after_prune_drops_everything_not_resynced(sb):
     keep = sb.image("keep", salt="1")
     sb.image("drop", salt="1")
     import shutil
+
     for name in ("keep", "drop"):
         shutil.rmtree(sb.layout.manifests(name))
     sb.revision("keep", keep)
@@ -399,9 +447,13 @@ def test_keep_set_deletes_every_tag_it_does_not_name_and_what_only_they_reached(
     sb.tag("app", "1.0", dropped)
     sb.tag("other", "1", other)
     plan = gc(sb, keep=KeepSet(tags=frozenset({("app", "2.0")})))
-    assert sb.files() == image_files("app", kept, layers_of(sb, "app", "kept")) | tag_paths("app", "2.0", kept)
+    assert sb.files() == image_files("app", kept, layers_of(sb, "app", "kept")) | tag_paths(
+        "app", "2.0", kept
+    )
     assert plan.counts.tags_deleted == 2  # app:1.0 and other:1, which goes with its repository
-    assert [d.path for d in plan.deletions if d.kind is DeletionKind.TAG] == [sb.layout.strings().tag_dir("app", "1.0")]
+    assert [d.path for d in plan.deletions if d.kind is DeletionKind.TAG] == [
+        sb.layout.strings().tag_dir("app", "1.0")
+    ]
     assert plan.removed_repositories == ("other",)
     assert plan.missing == ()
 
@@ -410,8 +462,13 @@ def test_keep_set_reports_what_it_names_but_the_tree_lacks(sb):
     kept = sb.image("app", salt="kept")
     sb.tag("app", "2.0", kept)
     absent = Digest("f" * 64)
-    plan = plan_gc(sb.layout, keep=KeepSet(tags=frozenset({("app", "2.0"), ("app", "9.9"), ("gone", "1")}),
-                                           digests=frozenset({("app", absent)})))
+    plan = plan_gc(
+        sb.layout,
+        keep=KeepSet(
+            tags=frozenset({("app", "2.0"), ("app", "9.9"), ("gone", "1")}),
+            digests=frozenset({("app", absent)}),
+        ),
+    )
     assert plan.missing == ("app:9.9", f"app@{absent}", "gone:1")
 
 

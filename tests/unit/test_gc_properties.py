@@ -35,13 +35,30 @@ def build(data: st.DataObject, root: Path) -> StorageBuilder:
             if kind == "schema1":
                 manifests.append(sb.schema1(repo, layers or [b"L1"]))
             elif kind == "index" and manifests:
-                children = data.draw(st.lists(st.sampled_from(manifests), min_size=1, max_size=3, unique=True))
-                manifests.append(sb.index(repo, children, oci=data.draw(st.booleans()),
-                                          media_type=data.draw(st.booleans()), salt=f"{i}"))
+                children = data.draw(
+                    st.lists(st.sampled_from(manifests), min_size=1, max_size=3, unique=True)
+                )
+                manifests.append(
+                    sb.index(
+                        repo,
+                        children,
+                        oci=data.draw(st.booleans()),
+                        media_type=data.draw(st.booleans()),
+                        salt=f"{i}",
+                    )
+                )
             else:
                 config = data.draw(st.sampled_from([None, b"{}"]))  # {} is shared across repos
-                manifests.append(sb.image(repo, layers, config=config, oci=kind == "oci",
-                                          media_type=data.draw(st.booleans()), salt=f"{i}"))
+                manifests.append(
+                    sb.image(
+                        repo,
+                        layers,
+                        config=config,
+                        oci=kind == "oci",
+                        media_type=data.draw(st.booleans()),
+                        salt=f"{i}",
+                    )
+                )
         if not manifests:
             continue
         for tag in data.draw(st.lists(st.sampled_from(TAGS), max_size=3, unique=True), f"{repo} tags"):

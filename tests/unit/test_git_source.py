@@ -13,9 +13,13 @@ from layover.errors import GitSourceError, LayoverError
 
 def git(cwd: Path, *args: str) -> str:
     env = {
-        "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid",
-        "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.invalid",
-        "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_CONFIG_NOSYSTEM": "1", "PATH": "/usr/bin:/bin",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.invalid",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.invalid",
+        "GIT_CONFIG_GLOBAL": "/dev/null",
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "PATH": "/usr/bin:/bin",
     }
     return subprocess.run(
         ["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True
@@ -122,10 +126,10 @@ def test_errors_name_repo_ref_and_path(
 def test_not_a_repository(tmp_path: Path) -> None:
     plain = tmp_path / "plain"
     plain.mkdir()
-    with pytest.raises(GitSourceError, match="not a git repository"):
-        # GIT_CEILING_DIRECTORIES stops git from finding a repository above tmp_path
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
+    # GIT_CEILING_DIRECTORIES stops git from finding a repository above tmp_path
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
+        with pytest.raises(GitSourceError, match="not a git repository"):
             read_list_at(str(plain), "main", "images.list")
 
 

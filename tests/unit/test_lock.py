@@ -25,7 +25,8 @@ def hold(tmp_path):
     def start(seconds: float) -> subprocess.Popen:
         p = subprocess.Popen(
             [sys.executable, "-c", HOLDER, str(tmp_path / "lock"), str(seconds)],
-            stdout=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         procs.append(p)
         assert p.stdout.readline().strip() == "ready"

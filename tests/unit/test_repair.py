@@ -23,8 +23,12 @@ def _tree(tmp_path):
     layout = StorageLayout(tmp_path / "lower")
     layer = _blob(layout, b"layer-bytes" * 100)
     config = _blob(layout, b'{"architecture":"amd64"}')
-    manifest = _blob(layout, json.dumps({"schemaVersion": 2, "config": {"digest": str(config)},
-                                         "layers": [{"digest": str(layer)}]}).encode())
+    manifest = _blob(
+        layout,
+        json.dumps(
+            {"schemaVersion": 2, "config": {"digest": str(config)}, "layers": [{"digest": str(layer)}]}
+        ).encode(),
+    )
     for d in (layer, config):
         write_link(layout.layer_link("lib/app", d), d)
     write_link(layout.revision_link("lib/app", manifest), manifest)
@@ -56,7 +60,9 @@ def test_truncated_blob_garbage_link_and_non_json_manifest_are_found_and_removed
     assert str(layout.layer_link("lib/app", config)) in plan.summary()
     # the cheap per-repository scan names the link and the manifest, not the layer
     assert {f.path for f in scan_repository(layout, "lib/app")} == {
-        layout.layer_link("lib/app", config), layout.blob_data(manifest)}
+        layout.layer_link("lib/app", config),
+        layout.blob_data(manifest),
+    }
     truncated = layout.blob_data(layer).read_bytes()
     done = repair(plan, tmp_path / "quarantine")
     assert len(done.moved) == 3 and done.fetched == () and done.lost == ()
@@ -79,7 +85,7 @@ def test_a_link_with_a_trailing_newline_is_damage(tmp_path):
 
 
 def test_a_scan_of_named_blobs_hashes_only_those_and_no_links(tmp_path):
-    layout, layer, config, manifest = _tree(tmp_path)
+    layout, layer, config, _manifest = _tree(tmp_path)
     for d in (layer, config):
         layout.blob_data(d).write_bytes(b"rot")
     layout.layer_link("lib/app", config).write_bytes(b"garbage")
@@ -91,8 +97,13 @@ def test_a_scan_of_named_blobs_hashes_only_those_and_no_links(tmp_path):
 def test_needed_by_names_the_images_and_where_the_source_may_have_the_blob(tmp_path):
     layout, layer, config, manifest = _tree(tmp_path)
     # a second repository that holds the same layer, under an image the list does not name
-    other = _blob(layout, json.dumps({"schemaVersion": 2, "config": {"digest": str(config)},
-                                      "layers": [{"digest": str(layer)}]}).encode() + b" ")
+    other = _blob(
+        layout,
+        json.dumps(
+            {"schemaVersion": 2, "config": {"digest": str(config)}, "layers": [{"digest": str(layer)}]}
+        ).encode()
+        + b" ",
+    )
     for d in (layer, config):
         write_link(layout.layer_link("mirror/app", d), d)
     write_link(layout.revision_link("mirror/app", other), other)
@@ -108,7 +119,7 @@ def test_needed_by_names_the_images_and_where_the_source_may_have_the_blob(tmp_p
 
 
 def test_a_damaged_manifest_is_not_read_and_what_only_it_names_is_found_by_its_links(tmp_path):
-    layout, layer, config, manifest = _tree(tmp_path)
+    layout, layer, _config, manifest = _tree(tmp_path)
     layout.blob_data(manifest).write_bytes(b"{}")  # parses, names nothing
     needs = needed_by(layout, parse_bytes(b"lib/app:1.0\n", "list").refs, [manifest, layer])
     assert needs[manifest].images == ("lib/app:1.0",)

@@ -10,8 +10,12 @@ def _report():
         ImageCopy("b:1", None, 0, 4, 0, 0.2, attempts=2),
     ]
     return ReleaseReport(
-        list_source="rel.list", list_commit="f" * 40, images=2, output="/o/r.tar",
-        sha256="e" * 64, tarball_bytes=10 * 1024 * 1024,
+        list_source="rel.list",
+        list_commit="f" * 40,
+        images=2,
+        output="/o/r.tar",
+        sha256="e" * 64,
+        tarball_bytes=10 * 1024 * 1024,
         stages=(StageReport.from_copies("archive sync", 1.25, copies), StageReport("gc", 0.5, detail="x")),
     )
 

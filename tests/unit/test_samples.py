@@ -83,7 +83,7 @@ def test_another_process_with_another_hash_seed_gives_identical_digests() -> Non
 
 def test_layers_are_reproducible_tars_with_fixed_metadata() -> None:
     img = release(1, SMALL).image("apps/team-a/web")
-    for digest, data in img.blobs.items():
+    for _digest, data in img.blobs.items():
         if data[:2] != b"\x1f\x8b":
             continue  # the config
         assert data[4:8] == b"\0\0\0\0", "gzip mtime must be 0"
@@ -125,8 +125,9 @@ def test_every_referenced_blob_exists_with_its_digest_and_size(n: int) -> None:
                 assert digest_of(data) == d and len(data) == desc["size"], f"{img}: {d}"
                 referenced.add(d)
             config = json.loads(img.blobs[Digest.parse(doc["config"]["digest"])])
-            diff_ids = [str(digest_of(gzip.decompress(img.blobs[Digest.parse(x["digest"])])))
-                        for x in doc["layers"]]
+            diff_ids = [
+                str(digest_of(gzip.decompress(img.blobs[Digest.parse(x["digest"])]))) for x in doc["layers"]
+            ]
             assert config["rootfs"]["diff_ids"] == diff_ids
         assert referenced == set(img.blobs), f"{img}: blobs must be exactly what it references"
 
@@ -175,14 +176,20 @@ def test_release_2_changes_a_few_top_layers_drops_two_adds_two_keeps_the_rest() 
         old, new = one[repo], two[repo]
         assert old.tag != new.tag, "a changed image gets a new tag"
         assert old.media_type == new.media_type
-        for a, b in zip(old.manifests[:-1] or (old.manifests[-1],),
-                        new.manifests[:-1] or (new.manifests[-1],), strict=True):
+        for a, b in zip(
+            old.manifests[:-1] or (old.manifests[-1],),
+            new.manifests[:-1] or (new.manifests[-1],),
+            strict=True,
+        ):
             la, lb = a.json()["layers"], b.json()["layers"]
             assert la[:-1] == lb[:-1], f"{repo}: only the top layer changes"
             assert la[-1]["digest"] != lb[-1]["digest"]
     for repo in (set(one) & set(two)) - changed:
         assert (one[repo].tag, one[repo].manifest, dict(one[repo].blobs)) == (
-            two[repo].tag, two[repo].manifest, dict(two[repo].blobs))
+            two[repo].tag,
+            two[repo].manifest,
+            dict(two[repo].blobs),
+        )
     assert len((set(one) & set(two)) - changed) >= 6, "most images are unchanged"
 
 

@@ -126,7 +126,11 @@ def test_every_flow_parameter_is_reachable_from_the_cli():
     }
     assert set(ReleaseRequest.model_fields) == settable
     assert (req.copier, req.package_sync, req.source_down_seconds, req.stage_deadline_seconds) == (
-        "skopeo", "registry", 30, 600)
+        "skopeo",
+        "registry",
+        30,
+        600,
+    )
     assert (req.attached, req.delta_from) == ("require", ("v1.0",))
 
 

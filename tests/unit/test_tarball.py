@@ -73,8 +73,7 @@ def test_order_does_not_depend_on_input_order():
     assert plan(entries) == plan(list(reversed(entries)))
 
 
-@pytest.mark.parametrize("bad", ["/abs", "a/../b", "..", "a//b", "./a", "a/.", "", "a\x00b",
-                                 "bad\udcff"])
+@pytest.mark.parametrize("bad", ["/abs", "a/../b", "..", "a//b", "./a", "a/.", "", "a\x00b", "bad\udcff"])
 def test_unsafe_member_names_are_refused(bad):
     with pytest.raises(StorageError):
         plan([Entry(bad, Kind.FILE, 1)])
@@ -155,13 +154,19 @@ def test_plan_depends_on_mtime_only_through_headers():
 
 
 _names = st.text(alphabet="abcdefgh-_.0123456789é", min_size=1, max_size=70).filter(
-    lambda s: s not in (".", ".."))
+    lambda s: s not in (".", "..")
+)
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.dictionaries(st.lists(_names, min_size=1, max_size=4).map("/".join),
-                       st.one_of(st.integers(0, 600), st.integers(ALIGN - 2, ALIGN + 2),
-                                 st.integers(0, 3 * ALIGN)), min_size=1, max_size=12))
+@given(
+    st.dictionaries(
+        st.lists(_names, min_size=1, max_size=4).map("/".join),
+        st.one_of(st.integers(0, 600), st.integers(ALIGN - 2, ALIGN + 2), st.integers(0, 3 * ALIGN)),
+        min_size=1,
+        max_size=12,
+    )
+)
 def test_any_tree_round_trips_through_tarfile_with_aligned_data(files):
     dirs = directories_of(list(files))
     files = {n: s for n, s in files.items() if n not in dirs}  # a name cannot be both
@@ -189,12 +194,15 @@ def test_leading_files_come_first_in_the_given_order_and_the_tree_stays_aligned(
     assert set(members) == {e.name for e in [*first, *tree]}
 
 
-@pytest.mark.parametrize("bad", [
-    [Entry("docker", Kind.FILE, 1)],  # clashes with the tree's directory
-    [Entry("layover/x", Kind.DIR)],  # only files lead
-    [Entry("a", Kind.FILE, 1), Entry("a", Kind.FILE, 2)],
-    [Entry("../contents.json", Kind.FILE, 1)],
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        [Entry("docker", Kind.FILE, 1)],  # clashes with the tree's directory
+        [Entry("layover/x", Kind.DIR)],  # only files lead
+        [Entry("a", Kind.FILE, 1), Entry("a", Kind.FILE, 2)],
+        [Entry("../contents.json", Kind.FILE, 1)],
+    ],
+)
 def test_bad_leading_members_are_refused(bad):
     with pytest.raises(StorageError):
         plan(_tree({"docker/x": 1}), first=bad)

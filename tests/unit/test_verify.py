@@ -30,7 +30,7 @@ class Tree:
         self.pinned = sb.image("lib/pinned", layers=[b""], config=b"{}", foreign=["sha256:" + "f" * 64])
         self.tp = sb.image("lib", salt="tp")
         sb.tag("lib", "v", self.tp)
-        self.text = (f"app:1.0\nmulti:2\nlib/pinned@{self.pinned}\nlib:v@{self.tp}  # pinned tag\n")
+        self.text = f"app:1.0\nmulti:2\nlib/pinned@{self.pinned}\nlib:v@{self.tp}  # pinned tag\n"
         self.images = parse_text(self.text)
         apply_gc(plan_gc(sb.layout, extra_roots=[("lib/pinned", self.pinned)]))
 
@@ -59,8 +59,9 @@ def test_good_tree_passes(tree, mode):
     assert report.images == 4
     assert report.manifests == 6
     assert report.blobs == len([f for f in tree.sb.files() if f.startswith("blobs/")])
-    assert report.bytes_hashed == sum((tree.sb.layout.v2 / f).stat().st_size
-                                      for f in tree.sb.files() if f.startswith("blobs/"))
+    assert report.bytes_hashed == sum(
+        (tree.sb.layout.v2 / f).stat().st_size for f in tree.sb.files() if f.startswith("blobs/")
+    )
     report.raise_for_problems()
     assert json.loads(report.to_json())["ok"] is True
     assert "OK" in report.summary().splitlines()[0]
@@ -116,22 +117,35 @@ def _uploads(t):
 def _missing_tag(t):
     shutil.rmtree(t.sb.layout.tag_dir("multi", "2"))
     # what only the tag reached: its blobs, its revisions and its links
-    return {ProblemKind.MISSING_TAG, ProblemKind.UNREFERENCED_BLOB, ProblemKind.EXTRA_REVISION,
-            ProblemKind.EXTRA_LINK}
+    return {
+        ProblemKind.MISSING_TAG,
+        ProblemKind.UNREFERENCED_BLOB,
+        ProblemKind.EXTRA_REVISION,
+        ProblemKind.EXTRA_LINK,
+    }
 
 
 def _moved_pinned_tag(t):
     t.sb.tag("lib", "v", t.app)
     t.sb.revision("lib", t.app)
-    return {ProblemKind.TAG_MISMATCH, ProblemKind.MISSING_LINK, ProblemKind.UNREFERENCED_BLOB,
-            ProblemKind.EXTRA_REVISION, ProblemKind.EXTRA_LINK,  # what the old digest reached
-            ProblemKind.STALE_TAG_INDEX}
+    return {
+        ProblemKind.TAG_MISMATCH,
+        ProblemKind.MISSING_LINK,
+        ProblemKind.UNREFERENCED_BLOB,
+        ProblemKind.EXTRA_REVISION,
+        ProblemKind.EXTRA_LINK,  # what the old digest reached
+        ProblemKind.STALE_TAG_INDEX,
+    }
 
 
 def _corrupt_tag_link(t):
     t.sb.layout.tag_current_link("app", "1.0").write_bytes(b"sha256:abc")
-    return {ProblemKind.CORRUPT_LINK, ProblemKind.UNREFERENCED_BLOB, ProblemKind.EXTRA_REVISION,
-            ProblemKind.EXTRA_LINK}
+    return {
+        ProblemKind.CORRUPT_LINK,
+        ProblemKind.UNREFERENCED_BLOB,
+        ProblemKind.EXTRA_REVISION,
+        ProblemKind.EXTRA_LINK,
+    }
 
 
 def _missing_index_child(t):
@@ -162,11 +176,27 @@ def _missing_repository(t):
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("breakage", [
-    _missing_blob, _corrupt_blob_same_size, _missing_layer_link, _missing_revision, _extra_repo, _extra_tag,
-    _unreferenced_blob, _uploads, _missing_tag, _moved_pinned_tag, _corrupt_tag_link, _missing_index_child,
-    _missing_repository, _extra_revision, _extra_layer_link, _stale_tag_index,
-])
+@pytest.mark.parametrize(
+    "breakage",
+    [
+        _missing_blob,
+        _corrupt_blob_same_size,
+        _missing_layer_link,
+        _missing_revision,
+        _extra_repo,
+        _extra_tag,
+        _unreferenced_blob,
+        _uploads,
+        _missing_tag,
+        _moved_pinned_tag,
+        _corrupt_tag_link,
+        _missing_index_child,
+        _missing_repository,
+        _extra_revision,
+        _extra_layer_link,
+        _stale_tag_index,
+    ],
+)
 def test_each_problem_reported(tree, mode, breakage):
     expected = breakage(tree)
     report = tree.verify(mode)
