@@ -209,6 +209,10 @@ def _shrink_to(mnt: Path, free: int) -> Path:
     return filler
 
 
+def _partial_tarballs(directory: Path) -> list[Path]:
+    return list(directory.glob(".*.partial"))
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -263,8 +267,15 @@ def test_one_disk_for_work_dir_and_output_full_during_the_tarball_write(site, di
     free = upper * 3 // 2 + size // 4
     assert free < size - upper, (upper, size)
     filler = _shrink_to(disk, free)
-
     out = disk / "release.tar"
+    # With the last release's record, preflight refuses before anything starts ...
+    refused = release_flow(_request(site, wd.root, out), return_state=True)
+    assert refused.is_failed()
+    with pytest.raises(DiskFullError, match="estimated from the last release"):
+        refused.result()
+    assert snapshot(wd.lower) == before and not _partial_tarballs(disk)
+    # ... without it (as on a first run) the disk fills during the tarball write itself
+    shutil.rmtree(wd.releases)
     state = release_flow(_request(site, wd.root, out), return_state=True)
     assert state.is_failed()
     with pytest.raises(DiskFullError) as info:
@@ -288,7 +299,8 @@ def test_work_dir_disk_full_during_package_sync_is_one_line_and_leaves_nothing(
 ):
     """`layover run` frozen right after pruning, its work dir's disk filled, then let go: the
     links package sync writes into the overlay's upper dir find no space."""
-    disk = disks.make("work-pkg", 16 * 1024)
+    # above preflight's floor for a first release (256 MiB; a CLI run has it), filled mid-run
+    disk = disks.make("work-pkg", 400 * 1024)
     wd = WorkDir.at(disk / "work")
     out = tmp_path / "out" / "release.tar"
     argv = [
