@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from layover.reference import Digest
 
-# Exit codes, documented in the README's command-line section.
+# Exit codes, documented in docs/cli.md (summary in the README).
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INPUT = 3

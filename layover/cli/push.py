@@ -55,7 +55,9 @@ def push(
     sha256: Annotated[
         str | None, typer.Option(help="The package's sha256 [default: read from PACKAGE.sha256].")
     ] = None,
-    no_checksum: Annotated[bool, typer.Option(help="Do not check the package's sha256 first.")] = False,
+    no_checksum: Annotated[
+        bool, typer.Option("--no-checksum", help="Do not check the package's sha256 first.")
+    ] = False,
     report: Annotated[Path | None, typer.Option(help="Write the push report (JSON) here.")] = None,
     progress_seconds: Annotated[
         float, typer.Option(min=0.2, help="How often to print progress on stderr.")
