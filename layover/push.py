@@ -56,6 +56,7 @@ from layover.errors import (
     UsageError,
 )
 from layover.manifest import DOCKER_SCHEMA1_SIGNED, media_type_of, parse_manifest
+from layover.progress import NULL, Progress
 from layover.reference import HEX64, Digest, ImageRef
 from layover.storage.hashing import sha256_file
 from layover.storage.layout import LINK_SIZE, StorageLayout, parse_link
@@ -118,32 +119,6 @@ class _Fetched(Protocol):
 
     @property
     def digest(self) -> Digest: ...
-
-
-class Progress(Protocol):
-    """What a push reports as it goes (the same calls as a run's stages report)."""
-
-    def stage_started(self, stage: str, *, images: int = 0, bytes_total: int | None = None) -> None: ...
-
-    def image_started(self, stage: str, image: str) -> None: ...
-
-    def image_done(self, stage: str, image: str, *, bytes_copied: int = 0, ok: bool = True) -> None: ...
-
-    def stage_finished(self, stage: str, *, ok: bool = True) -> None: ...
-
-
-class _Silent:
-    def stage_started(self, stage: str, *, images: int = 0, bytes_total: int | None = None) -> None:
-        pass
-
-    def image_started(self, stage: str, image: str) -> None:
-        pass
-
-    def image_done(self, stage: str, image: str, *, bytes_copied: int = 0, ok: bool = True) -> None:
-        pass
-
-    def stage_finished(self, stage: str, *, ok: bool = True) -> None:
-        pass
 
 
 # --- values ------------------------------------------------------------------------------------
@@ -479,7 +454,7 @@ def push(
     roots: Iterable[Root] | None = None,
 ) -> PushReport:
     """Push every image of `package` (or `roots`) to `client`'s registry under options.destination."""
-    return _Push(package, client, options, progress or _Silent()).run(roots)
+    return _Push(package, client, options, progress or NULL).run(roots)
 
 
 class _Push:
