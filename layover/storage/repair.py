@@ -87,17 +87,9 @@ def scan(layout: StorageLayout, digests: Iterable[Digest] | None = None) -> Repa
         if not data.exists():
             continue  # a foreign layer, or a blob GC removed: nothing to check
         blobs += 1
-        actual, size = sha256_file(data)
-        if actual != digest.hex:
-            findings.append(
-                Finding(
-                    Damage.BLOB_DIGEST,
-                    data,
-                    layout.blob_dir(digest),
-                    f"{size} bytes hashing to sha256:{actual[:12]}...; truncated or overwritten",
-                    digest,
-                )
-            )
+        damaged = _misnamed_blob(layout, digest, "")
+        if damaged is not None:
+            findings.append(damaged)
     if digests is None:
         link_findings, links = _scan_links(layout.repositories)
         findings += link_findings
@@ -113,22 +105,27 @@ def scan_repository(layout: StorageLayout, repository: str) -> tuple[Finding, ..
     for digest in layout.digest_dirs(layout.revisions(repository)):
         if layout.revision_link(repository, digest) in bad:
             continue
-        data = layout.blob_data(digest)
-        if not data.is_file():
+        if not layout.blob_data(digest).is_file():
             continue
-        actual, size = sha256_file(data)
-        if actual != digest.hex:
-            findings.append(
-                Finding(
-                    Damage.BLOB_DIGEST,
-                    data,
-                    layout.blob_dir(digest),
-                    f"manifest of {repository}: {size} bytes hashing to "
-                    f"sha256:{actual[:12]}...; truncated or overwritten",
-                    digest,
-                )
-            )
+        damaged = _misnamed_blob(layout, digest, f"manifest of {repository}: ")
+        if damaged is not None:
+            findings.append(damaged)
     return tuple(findings)
+
+
+def _misnamed_blob(layout: StorageLayout, digest: Digest, what: str) -> Finding | None:
+    """A finding if the blob's data does not hash to its name (hashes the whole file)."""
+    data = layout.blob_data(digest)
+    actual, size = sha256_file(data)
+    if actual == digest.hex:
+        return None
+    return Finding(
+        Damage.BLOB_DIGEST,
+        data,
+        layout.blob_dir(digest),
+        f"{what}{size} bytes hashing to sha256:{actual[:12]}...; truncated or overwritten",
+        digest,
+    )
 
 
 def _scan_links(top: Path) -> tuple[list[Finding], int]:

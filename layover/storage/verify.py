@@ -182,15 +182,7 @@ def verify_storage(
             found += part
             view.bytes_hashed += total
     problems += sorted(found, key=lambda p: p.path)
-    return VerifyReport(
-        str(layout.root),
-        tuple(problems),
-        len(images),
-        len(checker.manifests),
-        len(view.blob_sizes),
-        view.bytes_hashed,
-        time.monotonic() - start,
-    )
+    return _report(layout, problems, images, checker, len(view.blob_sizes), view, start)
 
 
 def _verify_listed(
@@ -212,12 +204,24 @@ def _verify_listed(
             found += part
             view.bytes_hashed += total
     problems += sorted(found, key=lambda p: p.path)
+    return _report(layout, problems, images, checker, len(needed), view, start)
+
+
+def _report(
+    layout: StorageLayout,
+    problems: list[Problem],
+    images: ImageList,
+    checker: _Checker,
+    blobs: int,
+    view: _DirView,
+    start: float,
+) -> VerifyReport:
     return VerifyReport(
         str(layout.root),
         tuple(problems),
         len(images),
         len(checker.manifests),
-        len(needed),
+        blobs,
         view.bytes_hashed,
         time.monotonic() - start,
     )
