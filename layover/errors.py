@@ -44,10 +44,6 @@ from __future__ import annotations
 
 import signal as _signal
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from layover.reference import Digest
 
 # Exit codes, documented in docs/cli.md (summary in the README).
 EXIT_FAILURE = 1
@@ -221,7 +217,8 @@ class ArchiveDamagedError(StorageError):
     flow catches it and heals the archive once (tasks/heal.py); it reaches the user only if the
     damage is still there after that."""
 
-    def __init__(self, path: str, reason: str, blobs: Sequence[Digest]) -> None:
+    def __init__(self, path: str, reason: str, blobs: Sequence[str]) -> None:
+        # blobs: the damaged blobs' sha256 hex names (what their storage dirs are called)
         super().__init__(path, reason)
         self.blobs = tuple(blobs)
 

@@ -47,7 +47,7 @@ def heal_archive(
     logger.warning("archive heal: %s", damage)
     if overlay.is_mounted(wd.merged):
         overlay.unmount(wd.merged)
-    plan = scan(wd.archive, damage.blobs)
+    plan = scan(wd.archive, [Digest(h) for h in damage.blobs])
     needs = needed_by(wd.archive, images.refs, [f.digest for f in plan.findings if f.digest is not None])
     archive = regs.serve_archive()
     try:

@@ -15,7 +15,6 @@ from layover.attached import AttachedRecord
 from layover.attached_storage import attached_differences
 from layover.errors import ArchiveDamagedError, VerifyError
 from layover.imagelist import ImageList
-from layover.reference import Digest
 from layover.report import StageReport
 from layover.storage.images import mismatches
 from layover.storage.verify import verify_storage
@@ -32,7 +31,7 @@ def verify_package(wd: WorkDir, images: ImageList, attached: AttachedRecord | No
         raise ArchiveDamagedError(
             first.path,
             f"verify: {len(report.damaged_blobs)} blob(s) do not hash to their names; first: {first.message}",
-            [Digest(h) for h in report.damaged_blobs],
+            sorted(report.damaged_blobs),
         )
     report.raise_for_problems()
     wrong = mismatches(wd.archive, wd.package, images)

@@ -71,7 +71,7 @@ def publish(archive: StorageLayout, package: StorageLayout, ref: ImageRef) -> Pu
                 data_path,
                 f"{ref}: manifest sha256:{hex_} holds {len(data)} bytes hashing to sha256:{actual[:12]}...; "
                 "the archive's copy is damaged",
-                [Digest(hex_)],
+                [hex_],
             )
         manifest = parse_manifest(data, data_path)
         if manifest.kind is ManifestKind.INDEX:
