@@ -111,7 +111,14 @@ def _stats(xs: list[float]) -> str:
 def measure(a: argparse.Namespace, root: Path) -> str:
     b = Bench(
         argparse.Namespace(
-            scale=a.scale, cache_dir=a.cache_dir, deb_dir=a.deb_dir, work_root=str(root), keep=a.keep
+            scale=a.scale,
+            cache_dir=a.cache_dir,
+            deb_dir=a.deb_dir,
+            work_root=str(root),
+            keep=a.keep,
+            fixture="debs",
+            images=0,
+            profile=None,
         )
     )
     try:
