@@ -1,8 +1,10 @@
 """Install a package into a registry's storage directory: every check first, then additive and
 crash-safe writes (docs/customer.md).
 
-    1. checksum  the tarball's sha256 against PACKAGE.sha256 (or --sha256), before any member
-                 is read: one sequential read of the file
+    1. checksum  the tarball's sha256 against PACKAGE.sha256 (or --sha256): one sequential read
+                 of the file on a thread of its own, started first and running alongside steps
+                 2-5 (which read the same pages); nothing is placed (6) before it has matched,
+                 and a refusal while it runs is the checksum's if the checksum fails too
     2. members   headers only (no data read): regular files and directories, plain relative
                  names, no setuid/setgid/sticky bits, no duplicates, inside the file, the
                  contents file first; every member declared by the contents file with the size
@@ -12,15 +14,16 @@ crash-safe writes (docs/customer.md).
     3. base      (delta) every assumed blob is in DIR with its size (`deep`: and its sha256)
     4. space     free bytes and inodes for what DIR does not hold yet
        -- up to here nothing in DIR has changed: a refusal is a PackageError (exit 3) or a
-          DiskFullError (exit 5) naming the member or the path, and what to do
+          DiskFullError (exit 5) naming the member or the path, and what to do; from here to
+          the checksum's match only the staging dir is written, and it goes on any refusal
     5. stage     new blobs into DIR/.layover-install/ (cloned out of the tarball on XFS/btrfs,
                  else copied in-kernel), each hashed from the tarball as it is copied; links
                  staged too. A blob that does not hash to its name: the staging dir goes,
                  nothing else was touched
-    6. place     syncfs; then rename into place in FileKind order: blobs, `_layers` links,
-                 revisions, tag-index entries, tags last; syncfs. A new leaf directory (a blob,
-                 a link's digest dir, a whole new tag) appears by one rename, so a registry
-                 serving DIR never sees a tag, or a blob, half there
+    6. place     syncfs; the checksum's match waited for; then rename into place in FileKind
+                 order: blobs, `_layers` links, revisions, tag-index entries, tags last; syncfs.
+                 A new leaf directory (a blob, a link's digest dir, a whole new tag) appears by
+                 one rename, so a registry serving DIR never sees a tag, or a blob, half there
     7. prune     (`prune`) the GC plan of a KeepSet of the package's images, applied
     8. verify    the verifier (storage/verify.py) on the listed images; exact after a prune
 
@@ -29,9 +32,9 @@ what is in place already is recognised (size checked, links compared) and kept.
 
 Failpoints, for the crash tests only: with LAYOVER_FAILPOINTS=<name>[,<name>...] in the
 environment the process stops itself (SIGSTOP) at that point, so a test can freeze it at an
-exact moment, look at DIR and SIGKILL it. Names: install.checked (every check passed, nothing
-written), install.staged, install.blobs-midway, install.links (blobs and links in place, no tag
-yet), install.tags-midway.
+exact moment, look at DIR and SIGKILL it. Names: install.checked (every check passed but the
+checksum, which may still run; nothing written), install.staged (the checksum matched too),
+install.blobs-midway, install.links (blobs and links in place, no tag yet), install.tags-midway.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ import os
 import shutil
 import signal
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -234,6 +238,7 @@ class Plan:
     checks: list[str] = field(default_factory=list)
     clone: bool = False
     phases: dict[str, float] = field(default_factory=dict)
+    checksum: _Checksum | None = None  # running until confirmed (then `sha256` is set)
 
     @property
     def blobs(self) -> list[_Place]:
@@ -247,7 +252,8 @@ class Plan:
 def plan_install(
     package: Path, storage: Path, opts: InstallOptions, progress: Progress = lambda _: None
 ) -> Plan:
-    """Steps 1-4: check everything, decide every file to write. Reads only."""
+    """Steps 1-4: check everything, decide every file to write. Reads only. The checksum is
+    started here and runs on (`plan.checksum`): `install` confirms it before it places anything."""
     package, storage = Path(package).absolute(), Path(storage).absolute()
     if not package.is_file():
         raise UsageError(f"{package}: no such package tarball")
@@ -255,47 +261,119 @@ def plan_install(
         raise UsageError(f"--storage {storage}: not a directory; create it (empty for a new registry)")
     fd = os.open(package, os.O_RDONLY | os.O_CLOEXEC)
     phases: dict[str, float] = {}
+    checksum: _Checksum | None = None
     try:
         st = os.fstat(fd)
-        sha = None
-        checks = []
-        mark = time.monotonic()
         if opts.checksum:
             want = expected_sha256(package, opts.sha256)
-            progress(f"checksum: hashing {human_bytes(st.st_size)}")
-            h = hashlib.sha256()
-            if update_from_fd(h, fd, 0, st.st_size) != st.st_size:
-                raise refuse(package, "the file shrank while it was read")
-            sha = h.hexdigest()
-            if sha != want:
-                raise refuse(
-                    package,
-                    f"its sha256 is {sha}, the checksum says {want}: the file is damaged "
-                    "or not the package the checksum is for; fetch it again",
-                )
-            checks.append("checksum")
-        phases["checksum"] = time.monotonic() - mark
-        mark = time.monotonic()
-        members = scan_members(package, fd, st.st_size)
-        contents = _contents(package, fd, members[0])
-        plan = Plan(package, StorageLayout(storage), contents, sha, checks=checks, phases=phases)
-        progress(f"members: {len(members)} checked against {CONTENTS_MEMBER}")
-        files = _check_members(plan, members)
-        plan.checks.append("members")
-        _check_links_and_manifests(plan, fd, files)
-        plan.checks.append("manifests")
-        _decide(plan, files, opts)
-        if contents.kind == "delta":
-            plan.checks.append("base")
-        plan.clone = _can_clone(fd, storage, [p.member for p in plan.blobs if p.member])
-        _check_space(plan)
-        plan.checks.append("space")
-        if os.fstat(fd).st_mtime_ns != st.st_mtime_ns or os.fstat(fd).st_size != st.st_size:
-            raise refuse(package, "the file changed while it was checked")
-        phases["checks"] = time.monotonic() - mark
+            progress(f"checksum: hashing {human_bytes(st.st_size)}, alongside the checks and staging")
+            checksum = _Checksum(package, fd, st.st_size, want)
+        with _checksum_first(checksum):
+            mark = time.monotonic()
+            members = scan_members(package, fd, st.st_size)
+            contents = _contents(package, fd, members[0])
+            plan = Plan(package, StorageLayout(storage), contents, None, phases=phases, checksum=checksum)
+            progress(f"members: {len(members)} checked against {CONTENTS_MEMBER}")
+            files = _check_members(plan, members)
+            plan.checks.append("members")
+            _check_links_and_manifests(plan, fd, files)
+            plan.checks.append("manifests")
+            _decide(plan, files, opts)
+            if contents.kind == "delta":
+                plan.checks.append("base")
+            plan.clone = _can_clone(fd, storage, [p.member for p in plan.blobs if p.member])
+            _check_space(plan)
+            plan.checks.append("space")
+            if os.fstat(fd).st_mtime_ns != st.st_mtime_ns or os.fstat(fd).st_size != st.st_size:
+                raise refuse(package, "the file changed while it was checked")
+            phases["checks"] = time.monotonic() - mark
         return plan
     finally:
         os.close(fd)
+
+
+class _Checksum:
+    """The tarball's sha256, computed on a thread of its own from the start: one sequential read
+    of the file, alongside the member checks and the staging, which read the same pages and hash
+    the blobs on other threads. Until `confirm` has matched it, nothing is placed: the checks
+    only read, and staging writes only the staging dir, which goes on any refusal."""
+
+    STEP = 64 << 20  # between two looks at the stop flag
+
+    def __init__(self, package: Path, fd: int, size: int, want: str) -> None:
+        self.package, self.size, self.want = package, size, want
+        self.seconds = 0.0
+        self._fd = os.dup(fd)  # the same open file the checks read, closed by the thread
+        self._stop = threading.Event()
+        self._got: str | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="layover-checksum", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        start = time.monotonic()
+        try:
+            h = hashlib.sha256()
+            done = 0
+            while done < self.size and not self._stop.is_set():
+                n = min(self.STEP, self.size - done)
+                got = update_from_fd(h, self._fd, done, n)
+                done += got
+                if got < n:
+                    break
+            if done == self.size:
+                self._got = h.hexdigest()
+        except BaseException as e:  # noqa: BLE001 - handed to the thread that confirms
+            self._error = e
+        finally:
+            os.close(self._fd)
+            self.seconds = time.monotonic() - start
+
+    def confirm(self) -> str:
+        """Wait for the sha256; refuse the package unless it matches."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        if self._got is None:
+            raise refuse(self.package, "the file shrank while it was read")
+        if self._got != self.want:
+            raise refuse(
+                self.package,
+                f"its sha256 is {self._got}, the checksum says {self.want}: the file is damaged "
+                "or not the package the checksum is for; fetch it again",
+            )
+        return self._got
+
+    def cancel(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@contextmanager
+def _checksum_first(checksum: _Checksum | None) -> Iterator[None]:
+    """A refusal while the checksum still runs is the checksum's if that fails too: a damaged or
+    wrong file is named as such, whichever check it tripped first."""
+    try:
+        yield
+    except LayoverError:
+        if checksum is not None:
+            checksum.confirm()
+        raise
+    except BaseException:
+        if checksum is not None:
+            checksum.cancel()
+        raise
+
+
+def _confirm_checksum(plan: Plan) -> None:
+    """Step 1's verdict, waited for: nothing is placed before it."""
+    if plan.checksum is None or plan.sha256 is not None:
+        return
+    mark = time.monotonic()
+    plan.sha256 = plan.checksum.confirm()
+    plan.phases["checksum"] = plan.checksum.seconds  # on its own thread, alongside checks and stage
+    plan.phases["checksum wait"] = time.monotonic() - mark  # what the install waited for it after
+    plan.checks.insert(0, "checksum")
 
 
 def _contents(package: Path, fd: int, first: Member) -> Contents:
@@ -544,9 +622,11 @@ def install(
         written = _Written()
         prune: PruneSummary | None = None
         verify: VerifySummary | None = None
-        if not opts.dry_run:
-            _failpoint("install.checked")
-            _write(plan, written, progress)
+        with _checksum_first(plan.checksum):
+            if not opts.dry_run:
+                _failpoint("install.checked")
+                _write(plan, written, progress)
+            _confirm_checksum(plan)
         if opts.prune:
             mark = time.monotonic()
             prune = _prune(plan, dry_run=opts.dry_run, progress=progress)
@@ -654,6 +734,7 @@ def _write(plan: Plan, written: _Written, progress: Progress) -> None:
         mark = time.monotonic()
         syncfs(stage)
         plan.phases["sync"] = time.monotonic() - mark
+        _confirm_checksum(plan)
         _failpoint("install.staged")
         mark = time.monotonic()
         _place(plan, staged, written, owner, progress)
