@@ -47,7 +47,7 @@ from typing import Protocol, TypeVar
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from layover.attached import TagMerge, merge_attachment_tag
+from layover.attached import TagMerge, attachment_tag_subject, merge_attachment_tag
 from layover.contents import CONTENTS_MEMBER, MAX_CONTENTS_BYTES, Contents
 from layover.contents import Image as ContentsImage
 from layover.contents import parse as parse_contents
@@ -662,7 +662,7 @@ class _Push:
     def _merges(self, root: Root, current: Digest | None) -> bool:
         """An attachment tag of the target at another digest that the package's can replace or
         be united with, losing nothing the target has (layover.attached.merge_attachment_tag)."""
-        if root.tag is None or current is None:
+        if root.tag is None or current is None or attachment_tag_subject(root.tag) is None:
             return False
         ours = self._root_manifest(root)
         if ours is None:
