@@ -32,6 +32,7 @@ them as ordinary images of the package.
 from __future__ import annotations
 
 import enum
+import json
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -109,6 +110,67 @@ def attachment_tag_subject(tag: str) -> tuple[Digest, str] | None:
         return None
     text = f"sha256:{hex_}"
     return (Digest.parse(text), suffix) if Digest.is_valid(text) else None
+
+
+# --- an attachment tag the target already holds (layover push, docs/attached.md) -----------
+class TagMerge(enum.Enum):
+    """How a target's attachment tag at another digest relates to the package's."""
+
+    COVERED = "covered"  # the package's holds everything the target's does: moving it loses nothing
+    MERGED = "merged"  # a referrers index listing referrers the package's lacks: write the union
+    CONFLICT = "conflict"  # moving the tag would drop something only the target has
+
+
+@dataclass(frozen=True)
+class MergedTag:
+    outcome: TagMerge
+    data: bytes  # what to write under the tag: the package's bytes, or the union (MERGED)
+
+
+def merge_attachment_tag(tag: str, package: bytes, target: bytes) -> MergedTag:
+    """What pushing the package's manifest `package` onto the target's tag, which holds `target`,
+    must write (docs/attached.md, "At the customer site"). Pure; both are manifest bytes.
+
+    A referrers tag-schema index (`sha256-<hex>`) is a list a client rewrites whenever it adds a
+    referrer: the result is the package's index with the target's referrers it lacks appended,
+    what cosign and oras do when they add one. A cosign tag (`.sig`, `.att`, `.sbom`) is one
+    manifest whose layers are the signatures (cosign appends a layer to sign again): covered when
+    every layer descriptor of the target's, annotations included (cosign keeps the signature
+    there), is in the package's; otherwise a conflict. Any other tag, or a tag whose content is not
+    the shape its name promises, is a conflict."""
+    found = attachment_tag_subject(tag)
+    if found is None:
+        return MergedTag(TagMerge.CONFLICT, package)
+    ours, theirs = _json(package), _json(target)
+    if ours is None or theirs is None:
+        return MergedTag(TagMerge.CONFLICT, package)
+    if found[1] == "":
+        mine, other = ours.get("manifests"), theirs.get("manifests")
+        if not isinstance(mine, list) or not isinstance(other, list) or "layers" in theirs:
+            return MergedTag(TagMerge.CONFLICT, package)
+        have = {d.get("digest") for d in mine if isinstance(d, dict)}
+        extra = [d for d in other if isinstance(d, dict) and d.get("digest") not in have]
+        if not extra:
+            return MergedTag(TagMerge.COVERED, package)
+        union = {**ours, "manifests": [*mine, *extra]}
+        return MergedTag(TagMerge.MERGED, json.dumps(union, separators=(",", ":")).encode())
+    mine_layers, their_layers = ours.get("layers"), theirs.get("layers")
+    if not isinstance(mine_layers, list) or not isinstance(their_layers, list):
+        return MergedTag(TagMerge.CONFLICT, package)
+    covered = {_canonical(d) for d in their_layers} <= {_canonical(d) for d in mine_layers}
+    return MergedTag(TagMerge.COVERED if covered else TagMerge.CONFLICT, package)
+
+
+def _json(data: bytes) -> dict | None:
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _canonical(obj: object) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
 # --- the reader ----------------------------------------------------------------------------
@@ -520,6 +582,41 @@ def package_list(images: ImageList, record: AttachedRecord) -> ImageList:
                 continue
             keys.add(ref.key)
             entries.append(Entry(ref, 0))
+    return ImageList(images.source, tuple(entries), images.duplicates)
+
+
+def recorded_attachments(contents: Contents, images: ImageList) -> ImageList:
+    """`images` plus every image of the package that its contents file records as attached to one
+    of them (what `layover verify --images` accepts beyond the list; docs/attached.md): a tag or
+    digest whose manifest is in a listed image's `attached`, or a referrers tag-schema index
+    (`sha256-<hex>`) whose subject is a listed image, one of its platforms or one of those
+    artifacts, all in the image's own repository. Anything else the package holds stays extra."""
+    wanted = {ref.key for ref in images.refs}
+    subjects: set[tuple[str, str]] = set()
+    artifacts: set[tuple[str, str]] = set()
+    for img in contents.images:
+        if img.ref.key in wanted:
+            subjects.add((img.repository, img.digest))
+            subjects.update((img.repository, p.digest) for p in img.platforms)
+            artifacts.update((img.repository, a.digest) for a in img.attached)
+    entries = list(images.entries)
+    for img in contents.images:
+        key = (img.repository, img.digest)
+        if img.ref.key in wanted:
+            continue
+        if img.tag is None:
+            accepted = key in artifacts
+        else:
+            named = attachment_tag_subject(img.tag)
+            about = (img.repository, str(named[0])) if named else None
+            accepted = (
+                named is not None
+                and about in subjects | artifacts
+                and (key in artifacts if named[1] else True)  # an index is not itself an artifact
+            )
+        if accepted:
+            wanted.add(img.ref.key)
+            entries.append(Entry(img.ref, 0))
     return ImageList(images.source, tuple(entries), images.duplicates)
 
 

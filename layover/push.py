@@ -7,7 +7,10 @@ package itself (docs/customer.md says why; docs/benchmarks.md has the numbers).
     images   the contents file's images (layover/contents.py); a package made before contents
              files existed: its tags and untagged root manifests (digest-pinned listed images)
     check    nothing is written yet. Every tag is looked up in the target and --on-existing-tag
-             decides (fail: one conflict refuses the whole push). A delta: every blob and
+             decides (fail: one conflict refuses the whole push). An attachment tag the target
+             holds at another digest is a conflict only when moving it would drop something the
+             target has (docs/attached.md, "At the customer site"); a referrers tag-schema index
+             is merged instead, whatever the policy. A delta: every blob and
              manifest it leaves out must be in the target already (in the image's repository or
              another of the package's), or the push is refused naming them and the base package
     plan     each image walked with the one reachability walk: its manifests children first,
@@ -16,7 +19,9 @@ package itself (docs/customer.md says why; docs/benchmarks.md has the numbers).
     push     images in parallel: each blob is present, mounted from a repository of the target
              that holds it, or uploaded once from the tarball (later users mount it); then the
              image's manifests by digest, index children first
-    tags     last, once every image has landed: a refused or failed push tags nothing new
+    tags     last, once every image has landed: a refused or failed push tags nothing new. A
+             merged referrers index is read from the target again just before it is written,
+             so a referrer added there meanwhile is kept too
 
 Retries: each unit (one blob, one manifest, one tag, one HEAD) is retried on Transient errors
 here, with tenacity, because no Prefect task wraps a push: retries stay one layer deep
@@ -42,6 +47,7 @@ from typing import Protocol, TypeVar
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
+from layover.attached import TagMerge, attachment_tag_subject, merge_attachment_tag
 from layover.contents import CONTENTS_MEMBER, MAX_CONTENTS_BYTES, Contents
 from layover.contents import Image as ContentsImage
 from layover.contents import parse as parse_contents
@@ -200,6 +206,7 @@ class Action(enum.Enum):
     PRESENT = "present"  # the target's tag already is the package's digest: nothing to do
     SKIP = "skip"  # conflict, --on-existing-tag skip
     OVERWRITE = "overwrite"  # conflict, --on-existing-tag overwrite
+    MERGE = "merge"  # an attachment tag at another digest that loses nothing: no conflict
 
 
 @dataclass(frozen=True)
@@ -208,7 +215,8 @@ class ImageResult:
     target: str  # where it went: PREFIX/repo:tag
     digest: str
     action: str
-    previous: str | None = None  # what a conflicting tag pointed at
+    previous: str | None = None  # what a conflicting (or merged) tag pointed at
+    written: str | None = None  # what the tag points at now, when not `digest`: a merged index
 
 
 @dataclass
@@ -237,7 +245,8 @@ class PushReport:
         lines = [
             f"pushed {self.package} to {self.target} in {total:.2f} s",
             f"images: {len(self.images)} ({self.count(Action.PUSH)} pushed, {self.count(Action.PRESENT)} "
-            f"already there, {self.count(Action.OVERWRITE)} overwritten, {self.count(Action.SKIP)} skipped)",
+            f"already there, {self.count(Action.OVERWRITE)} overwritten, {self.count(Action.SKIP)} skipped, "
+            f"{self.count(Action.MERGE)} attachment tag(s) merged)",
             f"blobs: {self.blobs_uploaded} uploaded ({human_bytes(self.bytes_uploaded)}), "
             f"{self.blobs_mounted} mounted, {self.blobs_present} already there",
             f"manifests: {self.manifests_pushed} pushed, {self.manifests_present} already there; "
@@ -470,6 +479,7 @@ class _Push:
         self._present: dict[Digest, set[str]] = {}  # blob -> target repositories known to hold it
         self._locks: dict[Digest, threading.Lock] = {}
         self._fetched: dict[Digest, bytes] = {}  # manifests read from the target (deltas)
+        self._written: dict[Root, Digest] = {}  # tags set to a merged manifest, not the package's
         self._mutex = threading.Lock()
 
     # --- retries -----------------------------------------------------------------------------
@@ -516,7 +526,7 @@ class _Push:
         for r in roots:
             self._target_ref(r)  # every name fits the target's grammar, before any request
         actions = self._check_tags(roots)
-        work_roots = [r for r in roots if actions[r][0] in (Action.PUSH, Action.OVERWRITE)]
+        work_roots = [r for r in roots if actions[r][0] in (Action.PUSH, Action.OVERWRITE, Action.MERGE)]
         self._check_assumed(work_roots)
         t = self._timed("check", t)
 
@@ -567,6 +577,7 @@ class _Push:
                     str(root.digest),
                     action.value,
                     str(previous) if previous else None,
+                    str(self._written[root]) if root in self._written else None,
                 )
             )
         self.report.uploaded.sort()
@@ -627,6 +638,8 @@ class _Push:
                 actions[root] = (Action.PUSH, None)
             elif current == root.digest:
                 actions[root] = (Action.PRESENT, None)
+            elif self._merges(root, current):
+                actions[root] = (Action.MERGE, current)
             else:
                 assert current is not None
                 conflicts.append((root, current))
@@ -645,6 +658,22 @@ class _Push:
                 "nothing was pushed. Pass --on-existing-tag skip to leave them, or overwrite to move them"
             )
         return actions
+
+    def _merges(self, root: Root, current: Digest | None) -> bool:
+        """An attachment tag of the target at another digest that the package's can replace or
+        be united with, losing nothing the target has (layover.attached.merge_attachment_tag)."""
+        if root.tag is None or current is None or attachment_tag_subject(root.tag) is None:
+            return False
+        ours = self._root_manifest(root)
+        if ours is None:
+            return False
+        repo = self.dest.repository(root.repository)
+        theirs = self._retry(lambda: self.client.get_manifest(repo, current)).data
+        return merge_attachment_tag(root.tag, ours, theirs).outcome is not TagMerge.CONFLICT
+
+    def _root_manifest(self, root: Root) -> bytes | None:
+        """The package's manifest for `root`; a delta that leaves it to its base: from the target."""
+        return self.pkg.manifest_bytes(root.digest) or self._fetch_from_target(root.repository, root.digest)
 
     def _check_assumed(self, roots: list[Root]) -> None:
         """A delta: every blob and manifest it leaves out, that the images to push use, must be
@@ -801,14 +830,34 @@ class _Push:
     def _tag(self, img: PlannedImage, action: Action) -> None:
         if img.root.tag is None:
             return
-        repo = self.dest.repository(img.root.repository)
+        repo, tag = self.dest.repository(img.root.repository), img.root.tag
         top = img.top
         data = self.pkg.manifest_bytes(top.digest) if top.carried else self._fetched.get(top.digest)
         assert data is not None  # _manifest had it
-        self._retry(lambda: self.client.put_manifest(repo, img.root.tag or "", data, top.media_type))
+        if action is Action.MERGE:
+            data = self._merged(repo, tag, data)
+        written = self._retry(lambda: self.client.put_manifest(repo, tag, data, top.media_type))
+        if written != top.digest:
+            with self._mutex:
+                self._written[img.root] = written
         self._add(tags_written=1)
         if action is Action.OVERWRITE:
             log.warning("push: moved %s/%s:%s to %s", self.client.host, repo, img.root.tag, top.digest)
+
+    def _merged(self, repo: str, tag: str, ours: bytes) -> bytes:
+        """The target's tag read again right before the write (a client may have added a referrer
+        since the check) and united with the package's; a tag gone meanwhile gets the package's."""
+        try:
+            theirs = self._retry(lambda: self.client.get_manifest(repo, tag)).data
+        except ImageNotFoundError:
+            return ours
+        merged = merge_attachment_tag(tag, ours, theirs)
+        if merged.outcome is TagMerge.CONFLICT:
+            raise TagConflictError(
+                f"{self.client.host}/{repo}:{tag} changed during the push into something the package's cannot be "
+                "merged with; run the push again to re-check the tags"
+            )
+        return merged.data
 
     def _provider(self) -> str:
         return self.opt.provider or self.pkg.provider or "the package this one was made from"

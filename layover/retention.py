@@ -300,6 +300,8 @@ class RecordedRelease:
     added_blobs: int  # what its archive sync copied: what this release added to the archive
     added_bytes: int
     recorded: float  # when the report was written (epoch seconds)
+    kind: str = "full"  # "delta": made from a full package against a base (its sidecar is the record)
+    base_sha256: str | None = None  # a delta's base package
 
 
 @dataclass(frozen=True)
@@ -347,7 +349,9 @@ class ArchiveStatus:
                 (
                     _when(r.recorded),
                     str(r.images),
-                    f"{r.added_blobs} blobs, {human_bytes(r.added_bytes)}",
+                    f"delta from {r.base_sha256[:12]}"
+                    if r.kind == "delta" and r.base_sha256
+                    else f"{r.added_blobs} blobs, {human_bytes(r.added_bytes)}",
                     human_bytes(r.package_bytes),
                     r.sha256[:12],
                     r.list_source + (f" @ {r.list_commit[:12]}" if r.list_commit else ""),
@@ -392,6 +396,23 @@ def recorded_releases(directory: Path) -> tuple[list[RecordedRelease], list[str]
         path = directory / name
         try:
             doc = json.loads(path.read_bytes())
+            if doc.get("kind") == "delta":  # a delta's sidecar (layover/delta.py): it adds nothing
+                contents = doc["contents"]
+                found.append(
+                    RecordedRelease(
+                        sha256=str(doc["sha256"]),
+                        list_source=str(contents["list_source"]),
+                        list_commit=contents.get("list_commit"),
+                        images=int(contents["totals"]["images"]),
+                        package_bytes=int(doc.get("tarball_bytes", 0)),
+                        added_blobs=0,
+                        added_bytes=0,
+                        recorded=path.stat().st_mtime,
+                        kind="delta",
+                        base_sha256=str(doc["base_sha256"]),
+                    )
+                )
+                continue
             sync: dict[str, Any] = next(
                 (s for s in doc.get("stages", ()) if s.get("name") == "archive sync"), {}
             )

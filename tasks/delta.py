@@ -16,6 +16,7 @@ from layover.report import StageReport
 from layover.settings import ListFromGit, ReleaseRequest
 from layover.units import human_bytes
 from layover.workdir import WorkDir
+from tasks.report import record_release
 
 
 @task(name="write-deltas", cache_policy=NO_CACHE)
@@ -28,6 +29,7 @@ def write_deltas(wd: WorkDir, request: ReleaseRequest, sha256: str) -> list[Stag
             request.output, base, default_output(request.output, base, label), new_sha256=sha256
         )
         get_run_logger().info("%s", result.summary())
+        record_release(wd, result.tar.sha256, result.to_json())  # `layover archive status` lists it
         t = result.contents.totals
         detail = (
             f"{result.tar.path.name}: {t.carried_blobs} blobs carried ({human_bytes(t.carried_bytes)}), "

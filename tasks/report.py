@@ -1,7 +1,8 @@
 """Publish the run's report, on success and on failure alike: a markdown artifact in Prefect, a
 JSON sidecar by the output (FILE.json beside the tarball; FILE.failed.json when there is none)
 and, for a package built, a copy under the work dir's releases/ named by its sha256 (what
-`layover archive status` reads, and where a delta finds the base package a git tag names).
+`layover archive status` reads, and where a delta finds the base package a git tag names);
+tasks/delta.py records each delta there too, as its sidecar.
 """
 
 from __future__ import annotations
@@ -21,12 +22,18 @@ from layover.workdir import WorkDir
 def publish_report(report: ReleaseReport, wd: WorkDir | None = None) -> None:
     publish(report)
     if wd is not None and report.ok and report.sha256:
-        wd.releases.mkdir(exist_ok=True)
-        record = wd.releases / f"{report.sha256}.json"  # the first build of a package: what it added
-        if not record.exists():
-            tmp = record.with_name(f".{record.name}.tmp")
-            tmp.write_text(report.to_json())
-            os.replace(tmp, record)
+        record_release(wd, report.sha256, report.to_json())
+
+
+def record_release(wd: WorkDir, sha256: str, text: str) -> None:
+    """A package this work dir built, under releases/ by its sha256 (a full package's run report,
+    a delta's sidecar), written whole. The first build of a package is kept: what it added."""
+    wd.releases.mkdir(exist_ok=True)
+    record = wd.releases / f"{sha256}.json"
+    if not record.exists():
+        tmp = record.with_name(f".{record.name}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, record)
 
 
 def publish(report: ReleaseReport) -> None:

@@ -14,10 +14,19 @@ from layover.errors import LayoverError, UsageError
 @app.command()
 def verify(
     target: Annotated[Path, typer.Argument(help="Registry root dir, or a release tarball.")],
-    images: Annotated[Path, typer.Option(help="The images.list the package must hold exactly.")],
+    images: Annotated[
+        Path,
+        typer.Option(
+            help="The images.list the package must hold exactly; a tarball may also hold the "
+            "attached artifacts its contents file records (docs/attached.md)."
+        ),
+    ],
     json_out: Annotated[bool, typer.Option("--json", help="Print the JSON report.")] = False,
 ) -> None:
-    """Check a package: every listed image complete, every blob's sha256, nothing extra."""
+    """Check a package: every listed image complete, every blob's sha256, nothing extra.
+
+    A delta tarball lacks its base's blob data: verify checks everything else and says how many
+    blobs it left to `layover install`."""
     from layover import imagelist
     from layover.storage.layout import StorageLayout
     from layover.storage.verify import verify_storage, verify_tarball

@@ -13,7 +13,16 @@ only the listed images' checks, and only the blobs they reference are hashed; th
 else" checks are skipped. `hashed`: blobs the caller has checked itself, not hashed again.
 
 A tarball's contents file (`layover/contents.json`, its first member) is not storage and not
-a stray; layover/install.py checks it against the tree.
+a stray; layover/install.py checks it against the tree. Verify reads two things from it:
+  - the attached artifacts it records (signatures, SBOMs, referrers indexes of the listed
+    images, layover.attached.recorded_attachments): accepted as images of the package, so
+    checking a package against the images.list it was made from passes; any other tag is extra;
+  - a delta's assumed blobs: a delta lacks its base's blob data by design (layover/delta.py).
+    Its manifests, tags and links are checked as usual, and every blob with no data must be one
+    the contents file declares assumed; those are counted, not checked (`layover install`
+    checks them against the storage dir the base was installed into). Below a manifest the
+    delta does not carry, the contents file's lists of the image's manifests and blobs stand in
+    for the walk that cannot read it.
 
 Two sources share those checks through a small read-only view of the storage tree:
   verify_storage  a directory; blobs are hashed on a thread pool (hashlib drops the GIL)
@@ -39,10 +48,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from layover.errors import StorageError, VerifyError
+from layover.attached import recorded_attachments
+from layover.contents import DELTA_README, MAX_CONTENTS_BYTES, Contents
+from layover.contents import parse as parse_contents
+from layover.errors import PackageError, StorageError, VerifyError
 from layover.imagelist import ImageList
 from layover.manifest import parse_manifest
-from layover.reference import HEX64
+from layover.reference import HEX64, Digest
 from layover.storage.hashing import CHUNK, sha256_file
 from layover.storage.layout import V2, StorageLayout, parse_link
 from layover.storage.walk import Refs, walk
@@ -70,6 +82,7 @@ class ProblemKind(enum.Enum):
     UNREFERENCED_BLOB = "unreferenced-blob"
     UPLOADS = "uploads"
     STRAY = "stray"  # something in the tree that is not registry storage
+    BAD_CONTENTS = "bad-contents"  # the tarball's contents file cannot be read
 
 
 @dataclass(frozen=True)
@@ -93,6 +106,10 @@ class VerifyReport:
     blobs: int
     bytes_hashed: int
     seconds: float
+    attached: int = 0  # images accepted beyond the list: attachments the contents file records
+    kind: str = "full"  # "delta": blob data its base provides is not in it
+    assumed: int = 0  # a delta's blobs that are not in it, as its contents file declares
+    base: str = ""  # a delta's base release, for people
 
     @property
     def ok(self) -> bool:
@@ -113,6 +130,9 @@ class VerifyReport:
                 "blobs": self.blobs,
                 "bytes_hashed": self.bytes_hashed,
                 "seconds": round(self.seconds, 3),
+                "attached": self.attached,
+                "kind": self.kind,
+                "assumed": self.assumed,
                 "problems": [
                     {"kind": p.kind.value, "path": p.path, "repo": p.repo, "message": p.message}
                     for p in self.problems
@@ -128,6 +148,17 @@ class VerifyReport:
             f"  {self.images} images, {self.manifests} manifests, {self.blobs} blobs, "
             f"{self.bytes_hashed / 2**20:.1f} MiB hashed in {self.seconds:.2f}s ({rate:.0f} MiB/s)",
         ]
+        if self.attached:
+            lines.append(
+                f"  {self.attached} of the images are attached artifacts the contents file records "
+                "(signatures, attestations, SBOMs, referrers indexes)"
+            )
+        if self.kind == "delta":
+            lines.append(
+                f"  a delta of {self.base or 'its base package'}: its manifests, tags and links are checked; "
+                f"{self.assumed} blob(s) its base provides are not in it and were not checked "
+                "(layover install checks them against the storage dir, --deep hashes them)"
+            )
         if self.problems:
             by_kind: dict[str, int] = {}
             for p in self.problems:
@@ -235,31 +266,60 @@ def verify_tarball(path: Path, images: ImageList, *, workers: int = 4) -> Verify
         view = _TarView(path)
     except (OSError, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as e:  # truncated/corrupt
         raise StorageError(str(path), f"cannot read the tarball ({e}); rebuild it") from None
-    return _finish(str(path), view, StorageLayout(Path(".")), images, list(view.problems), start)
+    problems = list(view.problems)
+    contents: Contents | None = None
+    if view.contents is not None:
+        try:
+            contents = parse_contents(view.contents, f"{path}:{CONTENTS_MEMBER}")
+        except PackageError as e:
+            problems.append(Problem(ProblemKind.BAD_CONTENTS, CONTENTS_MEMBER, None, str(e)))
+    return _finish(str(path), view, StorageLayout(Path(".")), images, problems, start, contents)
 
 
 # --- the checks, shared by both views -----------------------------------------------------
 def _finish(
-    source: str, view: _View, layout: StorageLayout, images: ImageList, problems: list[Problem], start: float
+    source: str,
+    view: _View,
+    layout: StorageLayout,
+    images: ImageList,
+    problems: list[Problem],
+    start: float,
+    contents: Contents | None = None,
 ) -> VerifyReport:
-    checker = _Checker(view, layout, problems)
-    checker.run(images)
+    checked = recorded_attachments(contents, images) if contents is not None else images
+    delta = contents if contents is not None and contents.delta is not None else None
+    checker = _Checker(view, layout, problems, delta=delta)
+    checker.run(checked)
     return VerifyReport(
         source,
         tuple(problems),
-        len(images),
+        len(checked),
         len(checker.manifests),
         len(view.blob_sizes),
         view.bytes_hashed,
         time.monotonic() - start,
+        attached=len(checked) - len(images),
+        kind="delta" if delta is not None else "full",
+        assumed=len(delta.assumed) if delta is not None else 0,
+        base=delta.delta.base.release if delta is not None and delta.delta is not None else "",
     )
 
 
 class _Checker:
     def __init__(
-        self, view: _View, layout: StorageLayout, problems: list[Problem], *, listed_only: bool = False
+        self,
+        view: _View,
+        layout: StorageLayout,
+        problems: list[Problem],
+        *,
+        listed_only: bool = False,
+        delta: Contents | None = None,
     ) -> None:
         self.listed_only = listed_only
+        # a delta: blobs whose data may be absent, and each image's manifests and blobs as its
+        # contents file lists them (the walk cannot read below a manifest the delta lacks)
+        self.assumed = frozenset(delta.assumed) if delta is not None else frozenset()
+        self.declared = {i.ref.key: i for i in delta.images} if delta is not None else {}
         self.view = view
         self.layout = layout
         self.paths = layout.strings()
@@ -292,6 +352,7 @@ class _Checker:
             if ref.tag is None:
                 assert ref.digest is not None  # the parser guarantees a tag or a digest
                 self._walk(repo, ref.digest.hex, f"{ref}")
+                self._declared(ref.key, repo, f"{ref}")
                 continue
             tags.add(ref.tag)
             link = paths.tag_current_link(repo, ref.tag)
@@ -307,6 +368,7 @@ class _Checker:
                     f"{ref}: tag points at sha256:{hex_}, the list pins {ref.digest}",
                 )
             self._walk(repo, hex_, f"{ref}")
+            self._declared(ref.key, repo, f"{ref}")
         if self.listed_only:
             return
 
@@ -394,6 +456,8 @@ class _Checker:
                 )
             data_path = paths.blob_data(hex_)
             data = view.manifest_bytes(hex_)
+            if data is None and hex_ in self.assumed:
+                return None  # its base provides it: _declared checks what lies below
             if data is None:
                 self.add(
                     ProblemKind.MISSING_BLOB,
@@ -411,28 +475,47 @@ class _Checker:
             return refs
 
         reach = walk([(root, what)], load, seen=self.walked.setdefault(repo, set()))
-        checked = self.blobs_checked.setdefault(repo, set())
         for hex_, named_by in reach.blobs.items():
-            self.referenced.add(hex_)
-            if hex_ in checked:
-                continue
-            checked.add(hex_)
-            link = paths.layer_link(repo, hex_)
-            got = self._link(link, repo, f"{named_by}: blob sha256:{hex_}", ProblemKind.MISSING_LINK)
-            if got is not None and got != hex_:
-                self.add(
-                    ProblemKind.CORRUPT_LINK, link, repo, f"layer link names sha256:{got}, not sha256:{hex_}"
-                )
-            if hex_ not in view.blob_sizes:
-                self.add(
-                    ProblemKind.MISSING_BLOB,
-                    paths.blob_data(hex_),
-                    repo,
-                    f"{named_by}: blob sha256:{hex_} has no data",
-                )
+            self._blob(repo, hex_, named_by)
         # A foreign layer's data may be absent; when present it is referenced, not stray.
         self.referenced.update(reach.foreign)
         self.foreign.update(reach.foreign)
+
+    def _blob(self, repo: str, hex_: str, named_by: str) -> None:
+        """A config or layer: its `_layers` link, and its data (or, in a delta, declared assumed)."""
+        paths = self.paths
+        self.referenced.add(hex_)
+        checked = self.blobs_checked.setdefault(repo, set())
+        if hex_ in checked:
+            return
+        checked.add(hex_)
+        link = paths.layer_link(repo, hex_)
+        got = self._link(link, repo, f"{named_by}: blob sha256:{hex_}", ProblemKind.MISSING_LINK)
+        if got is not None and got != hex_:
+            self.add(
+                ProblemKind.CORRUPT_LINK, link, repo, f"layer link names sha256:{got}, not sha256:{hex_}"
+            )
+        if hex_ not in self.view.blob_sizes and hex_ not in self.assumed:
+            what = "has no data" + (" and the delta does not declare it assumed" if self.declared else "")
+            self.add(
+                ProblemKind.MISSING_BLOB,
+                paths.blob_data(hex_),
+                repo,
+                f"{named_by}: blob sha256:{hex_} {what}",
+            )
+
+    def _declared(self, key: tuple[str, str | None, Digest | None], repo: str, what: str) -> None:
+        """A delta: the image's manifests and blobs as its contents file lists them, those the walk
+        did not reach (below a manifest its base provides) checked the same way."""
+        image = self.declared.get(key)
+        if image is None:
+            return
+        walked = self.walked.setdefault(repo, set())
+        for d in image.manifests:
+            if d[7:] not in walked:
+                self._walk(repo, d[7:], what)
+        for d in image.blobs:
+            self._blob(repo, d[7:], what)
 
 
 def _repositories(view: _View, top: str) -> Iterable[str]:
@@ -542,11 +625,17 @@ class _TarView(_View):
         self.files: dict[str, bytes | None] = {}
         self.dirs: dict[str, set[str]] = {}
         self.json_blobs: dict[str, bytes] = {}
+        self.contents: bytes | None = None  # the contents file, when the tarball has one
         anchor = V2.as_posix()
         with tarfile.open(path, "r|*") as tf:
             for member in tf:
                 name = member.name.removeprefix("./").strip("/")
                 if name == CONTENTS_MEMBER and member.isreg():
+                    f = tf.extractfile(member)
+                    assert f is not None
+                    self.contents = f.read(MAX_CONTENTS_BYTES + 1)
+                    continue
+                if name == DELTA_README and member.isreg():
                     continue
                 cut = name.find(anchor)
                 if cut < 0 or (cut > 0 and name[cut - 1] != "/"):

@@ -23,10 +23,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -328,9 +331,45 @@ def test_the_package_list_verifies_from_the_tarball(scenario):
     refs = [ImageRef.parse(r) for row in rows for r in row.references]
     text = scenario.lists[2].read_text() + "".join(f"{r}\n" for r in refs)
     assert verify_tarball(scenario.out / "r2.tar", imagelist.parse_text(text)).ok
-    # and the plain list alone is not enough: the attachments are extra to it
-    plain = verify_tarball(scenario.out / "r2.tar", imagelist.load(scenario.lists[2]))
-    assert not plain.ok and {p.kind.value for p in plain.problems} >= {"extra-tag"}
+
+
+def _verify(package: Path, images: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "layover.cli", "verify", str(package), "--images", str(images), *extra],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+
+
+def test_verify_with_the_release_list_accepts_the_recorded_attachments(scenario):
+    """The customer's check: `layover verify PACKAGE --images images.list` with the list the
+    release was made from. The attachments its contents file records are not "extra"."""
+    p = _verify(scenario.out / "r2.tar", scenario.lists[2], "--json")
+    assert p.returncode == 0, p.stdout
+    doc = json.loads(p.stdout)
+    contents = read_record(scenario.out / "r2.tar").contents
+    listed = {str(r) for r in imagelist.load(scenario.lists[2]).refs}
+    assert doc["ok"] and doc["attached"] == len([i for i in contents.images if i.reference not in listed]) > 0
+
+
+def test_verify_still_flags_an_attachment_tag_the_contents_file_does_not_record(scenario, tmp_path):
+    """A cosign-looking tag added to the package after it was made (a signature of a listed
+    image, but not one the release recorded) is an extra tag."""
+    java = scenario.rel[2].image(UNSIGNED_IN_R1)
+    tag = f"sha256-{'0' * 64}.sig"
+    copy = tmp_path / "r2-plus.tar"
+    shutil.copy(scenario.out / "r2.tar", copy)
+    layout = StorageLayout(Path("."))
+    link = layout.tag_current_link(java.repository, tag).as_posix()
+    with tarfile.open(copy, "a") as tf:
+        data = f"{java.digest}".encode()
+        info = tarfile.TarInfo(link)
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+    p = _verify(copy, scenario.lists[2], "--json")
+    assert p.returncode == 1, p.stdout
+    problems = json.loads(p.stdout)["problems"]
+    assert [(x["kind"], x["repo"]) for x in problems] == [("extra-tag", java.repository)]
+    assert tag in problems[0]["message"]
 
 
 # --- the customer side: contents file, delta + install, push ------------------------------------
@@ -390,3 +429,125 @@ def test_push_carries_the_attachments_into_an_empty_registry(scenario, module_re
     )  # fmt: skip
     assert p.returncode == 0, p.stderr
     _discovered_everywhere(host, scenario, "r2")
+
+
+def _push(package: Path, to: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "layover.cli", "push", str(package), "--to", to, "--no-dest-tls-verify", *extra],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+
+
+def _customer_sbom(api: RegistryAPI, repository: str, image: Digest):
+    """The customer attaches their own SBOM to an image in their registry, as oras does on a
+    registry without the referrers API: the referrer by digest, then the tag-schema index
+    rewritten with it appended."""
+    fetched = api.manifest(repository, image)
+    sbom = spdx_sbom(
+        repository, Subject(image, fetched.media_type, len(fetched.data)), package="customer-scan"
+    )
+    push_artifact(api, sbom)
+    tag = f"sha256-{image.hex}"
+    index = json.loads(api.manifest(repository, tag).data)
+    index["manifests"].append(sbom.referrer_descriptor())
+    api.put_manifest(repository, tag, json.dumps(index).encode(), index["mediaType"])
+    return sbom
+
+
+def test_push_of_release_2_onto_release_1_keeps_every_referrer_of_both(scenario, module_registries, tmp_path):
+    """Release 2 rewrote base/debian's referrers index (a second SBOM) and the customer added an
+    SBOM of their own to it since release 1: the default --on-existing-tag fail does not stop at
+    the index, and the target's index ends up listing the package's referrers and the customer's."""
+    (tmp_path / "target").mkdir()
+    host = module_registries.start("push-onto-r1", tmp_path / "target").host
+    assert _push(scenario.out / "r1.tar", host).returncode == 0
+    debian = scenario.rel[2].image(NEW_SBOM_IN_R2)
+    with RegistryAPI(host) as api:
+        mine = _customer_sbom(api, debian.repository, debian.digest)
+    report_file = tmp_path / "report.json"
+    p = _push(scenario.out / "r2.tar", host, "--report", str(report_file))
+    assert p.returncode == 0, p.stderr
+    with RegistryAPI(host) as api:
+        reader = RegistryAttachmentReader(api)
+        for img in scenario.rel[2].images:
+            want = scenario.expected["r2"][str(img.ref)]
+            got = discover(reader, img.ref)
+            assert got.problems == ()
+            if img.repository != debian.repository:
+                assert (got.digests, got.tags) == (want.digests, want.tags), img.ref
+        found = discover(reader, debian.ref)
+    want = scenario.expected["r2"][str(debian.ref)]
+    assert {a.digest for a in found.artifacts} == {a.digest for a in want.artifacts} | {mine.digest}
+    assert set(found.tags) == set(want.tags)
+    [index], [package_index] = found.referrers_indexes, want.referrers_indexes
+    assert index.referrers == (*package_index.referrers, mine.digest)  # the package's, then the target's
+    assert index.digest != package_index.digest  # the union is a new index
+    assert found.counts.sboms == 3
+    images = {i["target"]: i for i in json.loads(report_file.read_text())["images"]}
+    merged = images[f"{debian.repository}:sha256-{debian.digest.hex}"]
+    assert merged["action"] == "merge" and merged["written"] == str(index.digest)
+    assert merged["previous"] not in (None, str(index.digest), str(package_index.digest))
+
+
+def test_push_onto_a_target_whose_cosign_signature_differs_is_a_conflict(
+    scenario, module_registries, tmp_path
+):
+    """The customer signed base/debian with their own key since release 1 (cosign replaced the
+    .sig): release 2's .sig lacks that signature, so moving the tag would drop it. That is a
+    real conflict: refused by default, naming the tag."""
+    (tmp_path / "target").mkdir()
+    host = module_registries.start("push-sig-conflict", tmp_path / "target").host
+    assert _push(scenario.out / "r1.tar", host).returncode == 0
+    debian = scenario.rel[2].image(NEW_SBOM_IN_R2)
+    with RegistryAPI(host) as api:
+        theirs = push_artifact(
+            api, cosign_signature(Signer("customer-key"), debian.repository, debian.digest)
+        )
+    p = _push(scenario.out / "r2.tar", host)
+    assert p.returncode == 3, p.stderr
+    assert f"{debian.repository}:sha256-{debian.digest.hex}.sig is {theirs}" in p.stderr
+    assert "nothing was pushed" in p.stderr
+
+
+@pytest.fixture(scope="module")
+def delta_r2(scenario, tmp_path_factory) -> Path:
+    from layover.delta import write_delta
+
+    out = tmp_path_factory.mktemp("delta") / "r2.from-r1.tar"
+    write_delta(scenario.out / "r2.tar", read_record(scenario.out / "r1.tar"), out)
+    return out
+
+
+def test_verify_of_a_delta_checks_what_it_carries_and_says_what_it_cannot(scenario, delta_r2):
+    """A delta lacks its base's blobs by design: verify checks its manifests and links, that
+    every blob it lacks is one its contents file declares assumed, and says what it left unchecked."""
+    contents = read_record(delta_r2, need_sha256=False).contents
+    assert contents.delta is not None and contents.assumed
+    p = _verify(delta_r2, scenario.lists[2], "--json")
+    assert p.returncode == 0, p.stdout
+    doc = json.loads(p.stdout)
+    assert doc["kind"] == "delta" and doc["assumed"] == len(contents.assumed)
+    text = _verify(delta_r2, scenario.lists[2])
+    assert text.returncode == 0, text.stdout
+    assert f"{len(contents.assumed)} blob(s) its base provides" in text.stdout
+    assert "layover install" in text.stdout
+
+
+def test_verify_of_a_delta_missing_a_carried_blob_names_it(scenario, delta_r2, tmp_path):
+    """A blob the delta should carry (not declared assumed) that is not in it is damage."""
+    contents = read_record(delta_r2, need_sha256=False).contents
+    carried = sorted(set(contents.blob_sizes) - set(contents.assumed))
+    layer = next(
+        h for h in carried if contents.blob_sizes[h] > 4096
+    )  # a layer: its absence must show up as a missing blob
+    damaged = tmp_path / "damaged.tar"
+    with tarfile.open(delta_r2) as src, tarfile.open(damaged, "w") as dst:
+        for m in src:
+            if m.name.endswith(f"/{layer}/data") or m.name.endswith(f"/{layer}"):
+                continue
+            dst.addfile(m, src.extractfile(m) if m.isreg() else None)
+    p = _verify(damaged, scenario.lists[2], "--json")
+    assert p.returncode == 1, p.stdout
+    problems = json.loads(p.stdout)["problems"]
+    assert {x["kind"] for x in problems} == {"missing-blob"}
+    assert all(layer in x["message"] for x in problems)

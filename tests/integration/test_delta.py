@@ -8,10 +8,12 @@ mid-apply, a plain `tar -xf`, and the flow's `delta_from` by path and by git tag
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import tarfile
 import uuid
 from collections.abc import Iterator
@@ -31,6 +33,7 @@ from layover.settings import ListFromFile, ListFromGit, ReleaseRequest
 from layover.storage.layout import StorageLayout
 from tests.integration.customer_site import (
     LAYOVER,
+    REPO,
     Packages,
     build_packages,
     install,
@@ -250,6 +253,17 @@ def test_the_flow_writes_deltas_from_a_package_path_and_from_a_git_tag(packages,
         == hashlib.sha256(deltas["2->3"].read_bytes()).hexdigest()
     )
     assert (packages.work / "releases" / f"{report.sha256}.json").is_file()
+    # the delta is recorded beside the packages: `layover archive status` lists it
+    delta_sha = read_record(made).sha256
+    status = subprocess.run(
+        [sys.executable, "-m", "layover.cli", "archive", "status", str(packages.work), "--json"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert status.returncode == 0, status.stderr
+    releases = {r["sha256"]: r for r in json.loads(status.stdout)["releases"]}
+    assert releases[delta_sha]["kind"] == "delta"
+    assert releases[delta_sha]["base_sha256"] == read_record(packages.tars[2]).sha256
+    assert releases[report.sha256]["kind"] == "full" and json.loads(status.stdout)["unreadable"] == []
 
     # by git tag: the list's repository has tags v2 and v3; v2 was built on this work dir
     repo = tmp_path / "lists"

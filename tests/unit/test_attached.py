@@ -16,10 +16,12 @@ from layover.attached import (
     AttachmentCounts,
     AttachmentKind,
     FoundBy,
+    TagMerge,
     attachment_tag_subject,
     classify,
     cosign_tag,
     discover,
+    merge_attachment_tag,
     referrers_tag,
 )
 from layover.errors import ImageNotFoundError
@@ -424,3 +426,64 @@ def test_counts_add_and_print():
         REPO, Digest("2" * 64), Digest("3" * 64), OTHER, FoundBy.REFERRERS_API, None, None, None
     )
     assert AttachmentCounts.of([one, one]) == AttachmentCounts(other=2)
+
+
+# --- an attachment tag the push target already holds -------------------------------------------
+IMAGE = Digest(hashlib.sha256(b"image").hexdigest())
+IMAGE_SUBJECT = Subject(IMAGE, OCI_MANIFEST, 123)
+
+
+def cosign_with_layers(*signers: str) -> bytes:
+    """A `.sig` manifest holding one signature layer per signer, as cosign appends them."""
+    docs = [json.loads(cosign_signature(Signer(s), REPO, IMAGE).manifest) for s in signers]
+    return json.dumps({**docs[0], "layers": [d["layers"][0] for d in docs]}).encode()
+
+
+def test_a_referrers_index_the_package_extends_is_covered_and_keeps_the_packages_bytes():
+    one = spdx_sbom(REPO, IMAGE_SUBJECT, package="a")
+    two = spdx_sbom(REPO, IMAGE_SUBJECT, package="b")
+    target = referrers_index(REPO, IMAGE, [one]).manifest
+    package = referrers_index(REPO, IMAGE, [one, two]).manifest
+    got = merge_attachment_tag(referrers_tag(IMAGE), package, target)
+    assert got == type(got)(TagMerge.COVERED, package)
+
+
+def test_a_referrers_index_with_referrers_the_package_lacks_is_united_package_first():
+    mine, theirs, shared = (spdx_sbom(REPO, IMAGE_SUBJECT, package=p) for p in ("mine", "theirs", "shared"))
+    package = referrers_index(REPO, IMAGE, [shared, mine]).manifest
+    target = referrers_index(REPO, IMAGE, [theirs, shared]).manifest
+    got = merge_attachment_tag(referrers_tag(IMAGE), package, target)
+    assert got.outcome is TagMerge.MERGED
+    union = parse_manifest(got.data, "union")
+    assert union.children == (shared.digest, mine.digest, theirs.digest)
+    assert [d.artifact_type for d in union.descriptors] == ["application/spdx+json"] * 3
+    assert union.kind.value == "index" and json.loads(got.data)["mediaType"] == OCI_INDEX
+
+
+def test_a_referrers_tag_holding_something_else_is_a_conflict():
+    package = referrers_index(REPO, IMAGE, [spdx_sbom(REPO, IMAGE_SUBJECT)]).manifest
+    assert (
+        merge_attachment_tag(referrers_tag(IMAGE), package, image_manifest("x")).outcome is TagMerge.CONFLICT
+    )
+
+
+def test_a_cosign_tag_whose_signatures_the_package_holds_all_of_is_covered():
+    package = cosign_with_layers("vendor", "vendor-2")
+    for target in (cosign_with_layers("vendor"), cosign_with_layers("vendor-2", "vendor")):
+        assert merge_attachment_tag(cosign_tag(IMAGE, ".sig"), package, target).outcome is TagMerge.COVERED
+
+
+def test_a_cosign_tag_with_a_signature_the_package_lacks_is_a_conflict():
+    tag = cosign_tag(IMAGE, ".sig")
+    package = cosign_with_layers("vendor")
+    # the customer's own signature, alone or appended: moving the tag would drop it
+    for target in (cosign_with_layers("customer"), cosign_with_layers("vendor", "customer")):
+        assert merge_attachment_tag(tag, package, target).outcome is TagMerge.CONFLICT
+    # the customer's layer is the same payload blob as the vendor's: only the annotation (where
+    # cosign keeps the signature) tells them apart, and it is compared too
+    layer = [json.loads(m)["layers"][0]["digest"] for m in (package, cosign_with_layers("customer"))]
+    assert layer[0] == layer[1]
+
+
+def test_an_ordinary_tag_at_another_digest_is_always_a_conflict():
+    assert merge_attachment_tag("1.0", image_manifest("a"), image_manifest("b")).outcome is TagMerge.CONFLICT
