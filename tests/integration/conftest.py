@@ -5,8 +5,12 @@ prefect_api        (module) a standing `prefect server start` on 127.0.0.1; yiel
                    environment for CLI runs and workers against it (tests/integration/cli_runs.py)
 module_registries  (module) RegistryManager with a unique label scope; containers removed at
                    module end
+cached_registries  (module) the same with the registry's in-memory blob-descriptor cache on (as a
+                   customer's may run)
 ci_site            (module) factory(name, *, scale, number=1) -> CiSite: a CI registry (from
                    module_registries) holding sample release `number`, and its images.list
+packages           (module) three releases built by the flow on one work dir
+                   (tests/integration/customer_site.py build_packages)
 """
 
 from __future__ import annotations
@@ -34,17 +38,35 @@ def prefect_harness(tmp_path_factory):
         yield
 
 
-@pytest.fixture(scope="module")
-def module_registries(docker_client, registry_image):
-    """Registry factory shared by one module's tests; removes its containers at module end."""
+def _module_manager(docker_client, registry_image, **options):
     from layover.adapters.registry import RegistryManager
 
-    mgr = RegistryManager(docker_client, registry_image, f"test-{uuid.uuid4().hex[:12]}")
+    mgr = RegistryManager(docker_client, registry_image, f"test-{uuid.uuid4().hex[:12]}", **options)
     try:
         yield mgr
     finally:
         mgr.remove_scope()
         mgr.close()
+
+
+@pytest.fixture(scope="module")
+def module_registries(docker_client, registry_image):
+    """Registry factory shared by one module's tests; removes its containers at module end."""
+    yield from _module_manager(docker_client, registry_image)
+
+
+@pytest.fixture(scope="module")
+def cached_registries(docker_client, registry_image):
+    """Registries with the in-memory blob-descriptor cache on; removed at module end."""
+    yield from _module_manager(docker_client, registry_image, blob_cache=True)
+
+
+@pytest.fixture(scope="module")
+def packages(prefect_harness, module_registries, skopeo_bin, tmp_path_factory):
+    """Releases 1, 2 and 3 built by the flow (tests/integration/customer_site.py)."""
+    from tests.integration.customer_site import build_packages
+
+    return build_packages(module_registries, tmp_path_factory.mktemp("vendor"), skopeo_bin)
 
 
 @dataclass(frozen=True)

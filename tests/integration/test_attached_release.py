@@ -40,7 +40,6 @@ from layover.errors import MissingSignatureError
 from layover.package import read_record
 from layover.reference import Digest, ImageRef
 from layover.report import ReleaseReport
-from layover.settings import ListFromFile, ReleaseRequest
 from layover.storage.layout import StorageLayout
 from layover.storage.verify import verify_tarball
 from layover.testing.attached import (
@@ -57,6 +56,7 @@ from layover.testing.attached import (
 from layover.testing.images import SampleImage
 from layover.testing.push import push_release
 from layover.testing.releases import Release, release
+from tests.integration.flow_requests import release_request
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -76,18 +76,6 @@ class Scenario:
     expected: dict[str, dict[str, ImageAttachments]]
     orphans: set[tuple[str, Digest]]  # signatures in the CI that sign nothing listed
     require_error: MissingSignatureError | None = None
-
-
-def _request(ci: str, images: Path, work: Path, output: Path, attached: str = "copy") -> ReleaseRequest:
-    return ReleaseRequest(
-        images=ListFromFile(path=str(images)),
-        source=ci,
-        src_tls_verify=False,
-        work_dir=work,
-        output=output,
-        concurrency=4,
-        attached=attached,  # type: ignore[arg-type]
-    )
 
 
 def _sign(api: RegistryAPI, img: SampleImage) -> None:
@@ -125,9 +113,9 @@ def scenario(prefect_harness, module_registries, tmp_path_factory) -> Scenario:
     sc.orphans.add((gone.repository, gone.digest))
 
     sc.expected["r1"] = _discover_all(api, rel[1])
-    sc.reports["r1"] = release_flow(_request(ci, lists[1], work, sc.out / "r1.tar"))
+    sc.reports["r1"] = release_flow(release_request(ci, lists[1], work, sc.out / "r1.tar"))
     with pytest.raises(MissingSignatureError) as info:
-        release_flow(_request(ci, lists[1], work, sc.out / "require.tar", "require"))
+        release_flow(release_request(ci, lists[1], work, sc.out / "require.tar", attached="require"))
     sc.require_error = info.value
 
     push_release(ci, rel[2])
@@ -149,8 +137,10 @@ def scenario(prefect_harness, module_registries, tmp_path_factory) -> Scenario:
     push_artifact(api, second)
     push_artifact(api, referrers_index(debian.repository, debian.digest, [first, second]))
     sc.expected["r2"] = _discover_all(api, rel[2])
-    sc.reports["r2"] = release_flow(_request(ci, lists[2], work, sc.out / "r2.tar"))
-    sc.reports["none"] = release_flow(_request(ci, lists[2], work, sc.out / "none.tar", "none"))
+    sc.reports["r2"] = release_flow(release_request(ci, lists[2], work, sc.out / "r2.tar"))
+    sc.reports["none"] = release_flow(
+        release_request(ci, lists[2], work, sc.out / "none.tar", attached="none")
+    )
     api.close()
     return sc
 

@@ -23,12 +23,13 @@ import pytest
 from layover import imagelist
 from layover.adapters import overlay
 from layover.errors import DiskFullError, LayoverError
-from layover.settings import ListFromFile, ReleaseRequest
+from layover.settings import ReleaseRequest
 from layover.storage.verify import verify_tarball
 from layover.workdir import WorkDir
 from tests.conftest import require
 from tests.integration.cli_runs import BIN, finished, resume, start_cli, stop_when
 from tests.integration.conftest import CiSite
+from tests.integration.flow_requests import release_request
 from tests.integration.test_release_flow import tree_hash
 from tests.snapshot import assert_unchanged, snapshot
 
@@ -110,15 +111,7 @@ def disks(tmp_path, docker_client) -> Iterator[LoopDisks]:
 
 
 def _request(site: CiSite, work: Path, output: Path) -> ReleaseRequest:
-    return ReleaseRequest(
-        images=ListFromFile(path=str(site.images)),
-        source=site.ci_host,
-        src_tls_verify=False,
-        work_dir=work,
-        output=output,
-        concurrency=4,
-        copy_retries=1,
-    )
+    return release_request(site.ci_host, site.images, work, output, copy_retries=1)
 
 
 def _leftovers(out: Path) -> list[str]:
