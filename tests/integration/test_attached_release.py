@@ -50,13 +50,13 @@ from layover.testing.attached import (
     push_artifact,
     referrers_index,
     spdx_sbom,
-    verify_attestation,
     verify_cosign_signature,
 )
 from layover.testing.images import SampleImage
 from layover.testing.push import push_release
 from layover.testing.releases import Release, release
 from tests.integration.flow_requests import release_request
+from tests.integration.signatures import verify_found
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -185,18 +185,13 @@ def test_every_signature_verifies_with_the_public_key(scenario, served, name):
             if name == "r1" and img.repository == UNSIGNED_IN_R1:
                 assert found.counts.total == 0
                 continue
-            verified = set()
-            for a in found.artifacts:
-                if a.kind not in (AttachmentKind.SIGNATURE, AttachmentKind.ATTESTATION):
-                    continue
-                verify = verify_cosign_signature if a.kind is AttachmentKind.SIGNATURE else verify_attestation
-                result = verify(
-                    SIGNER.public_key_pem,
-                    pkg.manifest(img.repository, a.digest).data,
-                    functools.partial(pkg.get_blob, img.repository),
-                    pkg.manifest(img.repository, a.subject).data,  # the subject as pulled from the package
-                )
-                verified |= {(a.kind, v.subject) for v in result}
+            assert found.repository == img.repository
+            # each subject as pulled from the package
+            verified = {
+                (a.kind, v.subject)
+                for a, result in verify_found(SIGNER.public_key_pem, pkg, found)
+                for v in result
+            }
             # the image itself, each platform of an index, and the attestation on the image
             assert (AttachmentKind.SIGNATURE, img.digest) in verified, img.ref
             assert {(AttachmentKind.SIGNATURE, c.digest) for c in img.children} <= verified
