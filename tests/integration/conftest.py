@@ -1,8 +1,8 @@
 """Fixtures for flow-level integration tests: one Prefect engine per session, registries per module.
 
 prefect_harness    (session) a temporary Prefect server
-prefect_api        (module) a standing `prefect server start` on 127.0.0.1; yields the
-                   environment for CLI runs and workers against it (tests/integration/cli_runs.py)
+prefect_api        (module) a standing `prefect server start` on 127.0.0.1: a started
+                   tests/cli_runs.py PrefectServer; .env() for CLI runs and workers against it
 module_registries  (module) RegistryManager with a unique label scope; containers removed at
                    module end
 cached_registries  (module) the same with the registry's in-memory blob-descriptor cache on (as a
@@ -98,12 +98,12 @@ def ci_site(module_registries, tmp_path_factory) -> Callable[..., CiSite]:
 
 @pytest.fixture(scope="module")
 def prefect_api(tmp_path_factory):
-    """`prefect server start` on 127.0.0.1; yields the environment for CLI runs against it."""
-    from tests.integration.cli_runs import PrefectServer
+    """`prefect server start` on 127.0.0.1 for this module's runs: the PrefectServer."""
+    from tests.cli_runs import PrefectServer
 
     server = PrefectServer(tmp_path_factory.mktemp("prefect-home"))
     try:
         server.start()
-        yield server.env
+        yield server
     finally:
         server.stop()

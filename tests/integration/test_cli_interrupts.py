@@ -36,15 +36,7 @@ import pytest
 from layover.testing.push import push_release
 from layover.testing.releases import release
 from layover.workdir import WorkDir
-from tests.cli_runs import (
-    Cli,
-    base_env,
-    descendants,
-    layover,
-    mounted_under,
-    standing_prefect,
-    started_servers,
-)
+from tests.cli_runs import Cli, base_env, descendants, layover, mounted_under, started_servers
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -99,9 +91,8 @@ class Site:
 
 
 @pytest.fixture(scope="module")
-def site(module_registries, docker_client, require_root_overlay, skopeo_bin) -> Iterator[Site]:
+def site(prefect_api, module_registries, docker_client, require_root_overlay, skopeo_bin) -> Iterator[Site]:
     base = Path(tempfile.mkdtemp(prefix="layover-cli-interrupts-"))
-    stop = None
     s: Site | None = None
     try:
         (base / "ci").mkdir()
@@ -110,16 +101,13 @@ def site(module_registries, docker_client, require_root_overlay, skopeo_bin) -> 
         push_release(ci.host, rel)
         images = base / "release-1.list"
         images.write_text(rel.list_text())
-        env, stop = standing_prefect(base / "prefect-home")
-        s = Site(ci.host, images, base, env, docker_client)
+        s = Site(ci.host, images, base, prefect_api.env(), docker_client)
         yield s
     finally:
         for cli in s.runs if s else ():
             cli.kill()
         for wd in base.glob("work*"):
             _cleanup(docker_client, WorkDir.at(wd))
-        if stop is not None:
-            stop()
         shutil.rmtree(base, ignore_errors=True)
         if EXIT_TIMES:
             print("\nseconds from the signal to the exit of `layover run`:")
@@ -190,8 +178,7 @@ def _stop_at(site: Site, stage: str, sig: int, wd: WorkDir, out: Path, *, tty: b
         for stale in (out, out.with_name(out.name + ".sha256")):
             stale.unlink(missing_ok=True)
         cli = site.start(wd.root, out, tty=tty, embedded=tty)
-        cli.wait_until(_moment(site, stage, cli, wd, out), what=stage)
-        cli.freeze()
+        cli.freeze_at(_moment(site, stage, cli, wd, out), what=stage)
         if sig == signal.SIGINT:
             cli.ctrl_c()  # the terminal signals the frozen group; it is delivered on thaw
         else:

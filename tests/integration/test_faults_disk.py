@@ -26,8 +26,8 @@ from layover.errors import DiskFullError, LayoverError
 from layover.settings import ReleaseRequest
 from layover.storage.verify import verify_tarball
 from layover.workdir import WorkDir
+from tests.cli_runs import Cli, finished, layover
 from tests.conftest import require
-from tests.integration.cli_runs import BIN, finished, resume, start_cli, stop_when
 from tests.integration.conftest import CiSite
 from tests.integration.flow_requests import release_request
 from tests.integration.test_release_flow import tree_hash
@@ -296,8 +296,7 @@ def test_work_dir_disk_full_during_package_sync_is_one_line_and_leaves_nothing(
     disk = disks.make("work-pkg", 400 * 1024)
     wd = WorkDir.at(disk / "work")
     out = tmp_path / "out" / "release.tar"
-    argv = [
-        str(BIN / "layover"),
+    argv = layover(
         "run",
         "--images",
         str(site.images),
@@ -310,19 +309,20 @@ def test_work_dir_disk_full_during_package_sync_is_one_line_and_leaves_nothing(
         str(out),
         "--concurrency",
         "4",
-    ]
-    first = start_cli(argv, prefect_api)
+    )
+    env = prefect_api.env(task_logs=True)
+    first = Cli(argv, env)
     assert first.wait(timeout=240) == 0, first.text()[-3000:]
     want = _sha256(out)
     for p in out.parent.glob(f"{out.name}*"):
         p.unlink()
     before = snapshot(wd.lower)
 
-    run = start_cli(argv, prefect_api)
-    stop_when(run, lambda: run.saw(finished("prune-manifests")))
+    run = Cli(argv, env)
+    run.freeze_at(lambda: run.saw(finished("prune-manifests")), what="pruning done")
     assert not run.saw(r"package sync: \d+ images written")
     filler = _fill(disk)
-    resume(run)
+    run.thaw()
     assert run.wait(timeout=240) == 5, run.text()[-3000:]
     errors = [line for line in run.text().splitlines() if line.startswith("layover: error:")]
     print(f"\n{errors}")
@@ -333,6 +333,6 @@ def test_work_dir_disk_full_during_package_sync_is_one_line_and_leaves_nothing(
     _nothing_left(wd, docker_client)
 
     filler.unlink()
-    again = start_cli(argv, prefect_api)
+    again = Cli(argv, env)
     assert again.wait(timeout=240) == 0, again.text()[-3000:]
     assert _sha256(out) == want
