@@ -9,6 +9,7 @@ cached_registries  (module) the same with the registry's in-memory blob-descript
                    customer's may run)
 ci_site            (module) factory(name, *, scale, number=1) -> CiSite: a CI registry (from
                    module_registries) holding sample release `number`, and its images.list
+                   (ci_release(registries, base, ...) does it in a dir of the caller's)
 packages           (module) three releases built by the flow on one work dir
                    (tests/integration/customer_site.py build_packages)
 """
@@ -84,16 +85,21 @@ def ci_site(module_registries, tmp_path_factory) -> Callable[..., CiSite]:
     at `scale` and writes base / "release-N.list"."""
 
     def make(name: str, *, scale: float, number: int = 1) -> CiSite:
-        base = tmp_path_factory.mktemp(name)
-        (base / "ci").mkdir()
-        ci = module_registries.start("ci", base / "ci")
-        rel = release(number, scale=scale)
-        push_release(ci.host, rel)
-        images = base / f"release-{number}.list"
-        images.write_text(rel.list_text())
-        return CiSite(ci.host, rel, images, base)
+        return ci_release(module_registries, tmp_path_factory.mktemp(name), scale=scale, number=number)
 
     return make
+
+
+def ci_release(registries, base: Path, *, scale: float, number: int = 1) -> CiSite:
+    """A "ci" registry (storage base / "ci") holding sample release `number` at `scale`, and
+    base / "release-N.list"."""
+    (base / "ci").mkdir()
+    ci = registries.start("ci", base / "ci")
+    rel = release(number, scale=scale)
+    push_release(ci.host, rel)
+    images = base / f"release-{number}.list"
+    images.write_text(rel.list_text())
+    return CiSite(ci.host, rel, images, base)
 
 
 @pytest.fixture(scope="module")

@@ -33,10 +33,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from layover.testing.push import push_release
-from layover.testing.releases import release
 from layover.workdir import WorkDir
 from tests.cli_runs import Cli, base_env, descendants, layover, mounted_under, started_servers
+from tests.integration.conftest import ci_release
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -95,13 +94,8 @@ def site(prefect_api, module_registries, docker_client, require_root_overlay, sk
     base = Path(tempfile.mkdtemp(prefix="layover-cli-interrupts-"))
     s: Site | None = None
     try:
-        (base / "ci").mkdir()
-        ci = module_registries.start("ci", base / "ci")
-        rel = release(1, scale=SCALE)
-        push_release(ci.host, rel)
-        images = base / "release-1.list"
-        images.write_text(rel.list_text())
-        s = Site(ci.host, images, base, prefect_api.env(), docker_client)
+        ci = ci_release(module_registries, base, scale=SCALE)
+        s = Site(ci.ci_host, ci.images, base, prefect_api.env(), docker_client)
         yield s
     finally:
         for cli in s.runs if s else ():

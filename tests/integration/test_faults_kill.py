@@ -25,10 +25,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from layover.testing.push import push_release
-from layover.testing.releases import Release, release
+from layover.testing.releases import Release
 from layover.workdir import WorkDir
 from tests.cli_runs import Cli, finished, layover
+from tests.integration.conftest import ci_release
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -75,13 +75,8 @@ def site(prefect_api, module_registries, tmp_path_factory) -> Iterator[Site]:
     base = Path(tempfile.mkdtemp(prefix="layover-faults-kill-"))
     s: Site | None = None
     try:
-        (base / "ci").mkdir()
-        ci = module_registries.start("ci", base / "ci")
-        rel = release(1, scale=SCALE)
-        push_release(ci.host, rel)
-        images = base / "release-1.list"
-        images.write_text(rel.list_text())
-        s = Site(ci.host, rel, images, base, prefect_api.env(task_logs=True))
+        ci = ci_release(module_registries, base, scale=SCALE)
+        s = Site(ci.ci_host, ci.rel, ci.images, base, prefect_api.env(task_logs=True))
         yield s
     finally:
         try:
