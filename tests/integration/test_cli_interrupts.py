@@ -17,7 +17,6 @@ uninterrupted run's sha256.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -36,6 +35,7 @@ import pytest
 from layover.workdir import WorkDir
 from tests.cli_runs import Cli, base_env, descendants, layover, mounted_under, started_servers
 from tests.integration.conftest import ci_release
+from tests.snapshot import sha256_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -116,19 +116,11 @@ def _cleanup(client, wd: WorkDir) -> None:
         subprocess.run(["umount", "-l", m], check=False)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 @pytest.fixture(scope="module")
 def baseline(site) -> str:
     out = site.base / "out" / "baseline.tar"
     site.complete(site.base / "work-baseline", out)
-    return _sha256(out)
+    return sha256_of(out)
 
 
 def _moment(site: Site, stage: str, cli: Cli, wd: WorkDir, out: Path) -> Callable[[], bool]:
@@ -243,7 +235,7 @@ def test_stopped_at_three_stages_cleans_up_reports_and_resumes(site, baseline, s
         assert (report["status"], report["failed_stage"], report["sha256"]) == ("interrupted", stage, "")
         assert _recorded_end(site, cli) == "CRASHED", "the server recorded the run's end"
         again = site.complete(wd.root, out)
-        assert _sha256(out) == baseline, "a re-run gives the uninterrupted run's tarball"
+        assert sha256_of(out) == baseline, "a re-run gives the uninterrupted run's tarball"
         assert not out.with_name(out.name + ".failed.json").exists(), "a success removes the failure report"
         assert "archive sync" in again.text()
 
@@ -268,4 +260,4 @@ def test_a_second_ctrl_c_exits_at_once_and_the_next_run_cleans_up(site, baseline
         time.sleep(0.2)
     assert not started_servers(cli.home)
     site.complete(wd.root, out)
-    assert _sha256(out) == baseline
+    assert sha256_of(out) == baseline

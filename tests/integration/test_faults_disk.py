@@ -10,7 +10,6 @@ right after pruning), and one disk holding work dir and output, full during the 
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import shutil
 import subprocess
@@ -31,7 +30,7 @@ from tests.conftest import require
 from tests.integration.conftest import CiSite
 from tests.integration.flow_requests import release_request
 from tests.integration.test_release_flow import tree_hash
-from tests.snapshot import assert_unchanged, snapshot
+from tests.snapshot import assert_unchanged, sha256_of, snapshot
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -206,10 +205,6 @@ def _partial_tarballs(directory: Path) -> list[Path]:
     return list(directory.glob(".*.partial"))
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _du(path: Path) -> int:
     return sum(os.lstat(os.path.join(d, n)).st_blocks * 512 for d, ds, fs in os.walk(path) for n in ds + fs)
 
@@ -284,7 +279,7 @@ def test_one_disk_for_work_dir_and_output_full_during_the_tarball_write(site, di
 
     filler.unlink()
     again = release_flow(_request(site, wd.root, out))
-    assert again.sha256 == first.sha256 == _sha256(out)
+    assert again.sha256 == first.sha256 == sha256_of(out)
 
 
 def test_work_dir_disk_full_during_package_sync_is_one_line_and_leaves_nothing(
@@ -313,7 +308,7 @@ def test_work_dir_disk_full_during_package_sync_is_one_line_and_leaves_nothing(
     env = prefect_api.env(task_logs=True)
     first = Cli(argv, env)
     assert first.wait(timeout=240) == 0, first.text()[-3000:]
-    want = _sha256(out)
+    want = sha256_of(out)
     for p in out.parent.glob(f"{out.name}*"):
         p.unlink()
     before = snapshot(wd.lower)
@@ -335,4 +330,4 @@ def test_work_dir_disk_full_during_package_sync_is_one_line_and_leaves_nothing(
     filler.unlink()
     again = Cli(argv, env)
     assert again.wait(timeout=240) == 0, again.text()[-3000:]
-    assert _sha256(out) == want
+    assert sha256_of(out) == want

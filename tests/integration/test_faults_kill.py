@@ -12,7 +12,6 @@ apart from what archive sync added.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -29,6 +28,7 @@ from layover.testing.releases import Release
 from layover.workdir import WorkDir
 from tests.cli_runs import Cli, finished, layover
 from tests.integration.conftest import ci_release
+from tests.snapshot import sha256_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -100,18 +100,10 @@ def _mounted(path: Path) -> bool:
     return any(line.split()[1] == str(path) for line in Path("/proc/self/mounts").read_text().splitlines())
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _blobs(lower: Path) -> dict[str, str]:
     """Archive content: blob path -> sha256 of its data (uploads and links aside)."""
     root = lower / "docker/registry/v2/blobs"
-    return {str(p.relative_to(root)): _sha256(p) for p in root.rglob("data")} if root.exists() else {}
+    return {str(p.relative_to(root)): sha256_of(p) for p in root.rglob("data")} if root.exists() else {}
 
 
 def _tree(lower: Path) -> dict[str, str]:
@@ -120,7 +112,7 @@ def _tree(lower: Path) -> dict[str, str]:
         rel = os.path.relpath(dirpath, lower)
         out[rel + "/"] = "dir"
         for f in files:
-            out[os.path.join(rel, f)] = _sha256(Path(dirpath, f))
+            out[os.path.join(rel, f)] = sha256_of(Path(dirpath, f))
     return out
 
 
@@ -129,7 +121,7 @@ def baseline(site) -> tuple[str, Path]:
     """An uninterrupted run: the sha256 every recovered run must reproduce, and its work dir."""
     work, out = site.base / "work-baseline", site.base / "out" / "baseline.tar"
     site.complete(work, out)
-    return _sha256(out), work
+    return sha256_of(out), work
 
 
 # --- the kill ----------------------------------------------------------------------------------
@@ -146,7 +138,7 @@ def _partials(out: Path) -> list[Path]:
 
 def _assert_recovered(site: Site, docker_client, wd: WorkDir, out: Path, want_sha: str) -> Cli:
     again = site.complete(wd.root, out)
-    assert _sha256(out) == want_sha, "a recovered run must give the uninterrupted run's tarball"
+    assert sha256_of(out) == want_sha, "a recovered run must give the uninterrupted run's tarball"
     assert (out.with_name(out.name + ".sha256")).read_text().split()[0] == want_sha
     assert not _partials(out)
     assert not _scope_containers(docker_client, wd)
