@@ -1,21 +1,35 @@
 """Running `layover` as a user does, for the CLI's integration tests: a standing Prefect server,
 the CLI in a pipe or in a pseudo-terminal, and ways to catch a run at a moment.
 
-    standing_prefect(home)        -> (env for CLI runs against it, stop)
-    Cli(argv, env, tty=False)     a running `layover ...`; .text(), .wait(), .freeze(), .thaw()
-    descendants(pid)              every process below pid (for "nothing left running")
-    started_servers(home)         Prefect server processes started with PREFECT_HOME=home
+    PrefectServer(home)        `prefect server start` on 127.0.0.1 in its own session, SQLite under
+                               `home`; .start(), .stop(), .env() for runs against it (one per
+                               module: the prefect_api fixture, tests/integration/conftest.py)
+    base_env(home)             the environment of a run or server with PREFECT_HOME=home and none
+                               of this host's PREFECT_/LAYOVER_ settings
+    Cli(argv, env, tty=False)  a running `layover ...` in its own session; .text(), .saw(),
+                               .wait(), .wait_until(), .freeze(), .thaw(), .freeze_at(), .kill()
+    kill_group(pgid)           SIGKILL a process group (a session leader's pid)
+    finished(task)             the log line of a task run that completed (needs task_logs=True)
+    descendants(pid)           every process below pid (for "nothing left running")
+    started_servers(home)      Prefect server processes started with PREFECT_HOME=home
+    mounted_under(path)        mount points at or below path
+
+Waits are for events (a process state, a log line, an HTTP answer, an empty pipe), never a fixed
+sleep that hopes the event happened.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pty
 import re
 import select
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 from collections.abc import Callable
@@ -34,7 +48,10 @@ def layover(*args: str) -> list[str]:
     return [sys.executable, "-m", "layover.cli", *args]
 
 
-def base_env(home: Path) -> dict[str, str]:
+def base_env(home: Path, *, task_logs: bool = False) -> dict[str, str]:
+    """task_logs: Prefect's INFO console lines (a task run's "Finished in state Completed") in
+    the CLI's output, for tests that watch a run's tasks; without it the CLI keeps Prefect's
+    console quiet (layover/cli/app.py), which is what a user sees."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "LAYOVER_"))}
     env.update(
         PREFECT_HOME=str(home),
@@ -44,45 +61,86 @@ def base_env(home: Path) -> dict[str, str]:
         PYTHONPATH=str(REPO),
         COLUMNS="100",
     )
+    if task_logs:
+        env["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = "INFO"
     return env
 
 
-def standing_prefect(home: Path) -> tuple[dict[str, str], Callable[[], None]]:
-    """`prefect server start` on 127.0.0.1 in its own session; the env to point runs at it."""
-    home.mkdir(parents=True, exist_ok=True)
-    env = base_env(home)
-    port = free_port()
-    log = open(home / "server.log", "wb")  # noqa: SIM115 - closed by stop()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    api = f"http://127.0.0.1:{port}/api"
+def finished(task: str) -> str:
+    """The log line of a task run that completed."""
+    return rf"Task run '{task}[^']*' - Finished in state Completed"
 
-    def stop() -> None:
-        try:
-            os.killpg(server.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        server.wait(timeout=30)
+
+def kill_group(pgid: int) -> None:
+    """SIGKILL every process in group `pgid` (stopped ones too); a group already gone is fine.
+    The caller reaps its own child."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+class PrefectServer:
+    """`prefect server start` on 127.0.0.1 in its own session (a frozen or killed run's group
+    never includes it); a restart keeps the port and the database."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.port = free_port()
+        self.api = f"http://127.0.0.1:{self.port}/api"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def env(self, *, task_logs: bool = False) -> dict[str, str]:
+        """The environment for clients (the CLI, workers) of this server."""
+        return {**base_env(self.home, task_logs=task_logs), "PREFECT_API_URL": self.api}
+
+    def start(self, timeout: float = 180) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.starts += 1
+        log = open(self.home / f"server-{self.starts}.log", "wb")  # noqa: SIM115 - the child keeps it
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "prefect",
+                "server",
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ],
+            env=base_env(self.home, task_logs=True),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         log.close()
+        deadline = time.monotonic() + timeout
+        while not self.healthy():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError(
+                    f"prefect server did not answer within {timeout:g} s:\n{self.log()[-3000:]}"
+                )
+            time.sleep(0.2)
 
-    deadline = time.monotonic() + 180
-    while True:
+    def healthy(self) -> bool:
         try:
-            if httpx.get(f"{api}/health", timeout=2).status_code == 200:
-                break
+            return httpx.get(f"{self.api}/health", timeout=2).status_code == 200
         except httpx.HTTPError:
-            pass
-        if server.poll() is not None or time.monotonic() > deadline:
-            stop()
-            raise AssertionError((home / "server.log").read_text()[-3000:])
-        time.sleep(0.3)
-    return {**env, "PREFECT_API_URL": api}, stop
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            kill_group(self.proc.pid)
+            self.proc.wait(timeout=30)
+            self.proc = None
+
+    def log(self) -> str:
+        return (self.home / f"server-{self.starts}.log").read_text(errors="replace")
 
 
 class Cli:
@@ -97,6 +155,7 @@ class Cli:
         self.started = time.monotonic()
         self.ended: float | None = None
         self._chunks: list[bytes] = []
+        self._reading = threading.Lock()  # held from a read to its append (see _drain)
         self.tty = tty
         if tty:
             pid, fd = pty.fork()
@@ -125,16 +184,36 @@ class Cli:
         while True:
             try:
                 ready, _, _ = select.select([self._fd], [], [], 0.2)
-                if not ready:
-                    if self.returncode is not None:
-                        return
-                    continue
-                data = os.read(self._fd, 65536)
-            except OSError:  # EIO: the pty's other end is gone
+            except OSError:
                 return
-            if not data:
+            if not ready:
+                if self.returncode is not None:
+                    return
+                continue
+            with self._reading:
+                try:
+                    data = os.read(self._fd, 65536)
+                except OSError:  # EIO: the pty's other end is gone
+                    return
+                if not data:
+                    return
+                self._chunks.append(data)
+
+    def _drain(self, timeout: float = 10) -> None:
+        """Until the reader has taken everything written so far (the run is frozen)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                waiting = struct.unpack("i", fcntl.ioctl(self._fd, termios.FIONREAD, b"\0" * 4))[0]
+            except OSError:  # closed: the reader has had it all
                 return
-            self._chunks.append(data)
+            if waiting == 0:
+                break
+            if time.monotonic() > deadline:
+                raise AssertionError("the reader did not take the run's output")
+            time.sleep(0.005)
+        with self._reading:  # a read already under way has appended what it took
+            pass
 
     def text(self) -> str:
         """Everything printed so far, terminal control sequences removed."""
@@ -158,7 +237,7 @@ class Cli:
                 self.kill()
                 raise AssertionError(f"layover did not end within {timeout:g} s:\n{self.text()[-3000:]}")
             time.sleep(0.02)
-        self._reader.join(timeout=5)
+        self._reader.join(timeout=10)
         assert self.returncode is not None
         return self.returncode
 
@@ -167,16 +246,23 @@ class Cli:
         deadline = time.monotonic() + timeout
         while not moment():
             if self.poll() is not None:
-                raise AssertionError(f"the run ended before {what}:\n{self.text()[-3000:]}")
+                raise AssertionError(f"the run ended before {what}:\n{self.text()[-4000:]}")
             if time.monotonic() > deadline:
                 self.kill()
-                raise AssertionError(f"{what} never came within {timeout:g} s:\n{self.text()[-3000:]}")
-            time.sleep(0.005)
+                raise AssertionError(f"{what} never came within {timeout:g} s:\n{self.text()[-4000:]}")
+            time.sleep(0.002)
 
     def freeze(self) -> None:
         """SIGSTOP the whole process group (the CLI and its commands; not a server in a session
-        of its own): the moment stays as it is until thaw()."""
+        of its own); returns once every member is stopped and the output so far is read. The
+        moment stays as it is until thaw()."""
         os.killpg(self.pid, signal.SIGSTOP)
+        _wait_stopped(self.pid)
+        self._drain()
+
+    def freeze_at(self, moment: Callable[[], bool], timeout: float = 180, what: str = "the moment") -> None:
+        self.wait_until(moment, timeout, what)
+        self.freeze()
 
     def thaw(self) -> None:
         os.killpg(self.pid, signal.SIGCONT)
@@ -186,32 +272,51 @@ class Cli:
         assert self.tty, "Ctrl-C needs the pseudo-terminal"
         os.write(self._fd, b"\x03")
 
-    def kill(self) -> None:
-        try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.poll()
+    def kill(self, timeout: float = 30) -> None:
+        """SIGKILL the group (frozen or not) and reap the CLI."""
+        kill_group(self.pid)
+        deadline = time.monotonic() + timeout
+        while self.poll() is None:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"layover (pid {self.pid}) outlived SIGKILL for {timeout:g} s")
+            time.sleep(0.005)
+        self._reader.join(timeout=10)
 
 
-def descendants(pid: int) -> list[tuple[int, str]]:
-    """(pid, command line) of every live process below `pid`."""
-    parents: dict[int, int] = {}
-    cmdlines: dict[int, str] = {}
+def _processes() -> dict[int, list[str]]:
+    """pid -> the fields of /proc/<pid>/stat after the command name: state, ppid, pgrp, ..."""
+    found = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+            found[int(entry)] = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
-        cmdlines[int(entry)] = cmd
+    return found
+
+
+def _wait_stopped(pgid: int, timeout: float = 10) -> None:
+    """Until every live member of process group `pgid` is in state T (stopped)."""
+    deadline = time.monotonic() + timeout
+    while any(f[0] not in ("T", "t", "Z", "X") for f in _processes().values() if int(f[2]) == pgid):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"process group {pgid} did not stop")
+        time.sleep(0.005)
+
+
+def descendants(pid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of every live process below `pid`."""
+    parents = {p: int(f[1]) for p, f in _processes().items()}
     found, frontier = [], {pid}
     while frontier:
         children = {p for p, pp in parents.items() if pp in frontier}
-        found += [(p, cmdlines[p]) for p in children]
+        for p in children:
+            try:
+                cmd = Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+            except OSError:  # gone meanwhile
+                continue
+            found.append((p, cmd))
         frontier = children
     return found
 

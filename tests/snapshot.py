@@ -47,14 +47,19 @@ def _xattrs(path: str) -> tuple[tuple[str, bytes], ...]:
     return tuple(sorted((n, os.getxattr(path, n, follow_symlinks=False)) for n in names))
 
 
+def sha256_of(path: str | os.PathLike[str]) -> str:
+    """The hex sha256 of a file's content, read in 1 MiB chunks (tarballs are large)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def _entry(path: str) -> Entry:
     st = os.lstat(path)
     if stat.S_ISREG(st.st_mode):
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        kind, digest = "file", h.hexdigest()
+        kind, digest = "file", sha256_of(path)
     else:
         kind = "dir" if stat.S_ISDIR(st.st_mode) else "symlink" if stat.S_ISLNK(st.st_mode) else "other"
         digest = os.readlink(path) if kind == "symlink" else ""

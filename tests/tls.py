@@ -1,11 +1,18 @@
 """What tests need to stand up a registry the way a customer runs one: a CA made here with
-openssl, a server certificate for 127.0.0.1 signed by it, and a containers-auth.json."""
+openssl, a server certificate for 127.0.0.1 signed by it, an htpasswd file, and a
+containers-auth.json.
+
+    secure_registry_files(base, user) -> SecureFiles   all of it for a TLS + basic-auth registry
+"""
 
 from __future__ import annotations
 
 import base64
 import json
+import shutil
 import subprocess
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -44,3 +51,34 @@ def write_authfile(path: Path, host: str, user: str, password: str) -> Path:
     path.write_text(json.dumps({"auths": {host: {"auth": token}}}))
     path.chmod(0o600)
     return path
+
+
+def write_htpasswd(path: Path, user: str, password: str) -> Path:
+    """A bcrypt htpasswd file with one user (docker-registry's basic auth reads only bcrypt)."""
+    line = subprocess.run(
+        ["htpasswd", "-nbB", user, password], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    path.write_text(line + "\n")
+    return path
+
+
+@dataclass(frozen=True)
+class SecureFiles:
+    ca_dir: Path  # holds ca.crt only: a containers-certs.d directory
+    cert: Path  # the server's, for 127.0.0.1
+    key: Path
+    htpasswd: Path
+    password: str
+
+
+def secure_registry_files(base: Path, user: str) -> SecureFiles:
+    """Under `base`: certs/ (CA and server certificate), ca/ca.crt, and htpasswd holding `user`
+    with a fresh password."""
+    certs = base / "certs"
+    certs.mkdir()
+    ca, cert, key = make_certificates(certs)
+    ca_dir = base / "ca"
+    ca_dir.mkdir()
+    shutil.copy(ca, ca_dir / "ca.crt")
+    password = f"pw-{uuid.uuid4().hex}"
+    return SecureFiles(ca_dir, cert, key, write_htpasswd(base / "htpasswd", user, password), password)

@@ -42,6 +42,7 @@ from layover.testing.attached import (
 from layover.testing.images import SampleImage
 from layover.testing.push import push_release
 from layover.testing.releases import release
+from tests.integration.signatures import verify_found
 
 pytestmark = pytest.mark.integration
 
@@ -61,20 +62,10 @@ def ci(registries, tmp_path: Path):
 
 def verify_all(api: RegistryAPI, found: ImageAttachments) -> int:
     """Run the independent verifier over every signature and attestation found; returns how many."""
-    verified = 0
-    for a in found.artifacts:
-        if a.kind not in (AttachmentKind.SIGNATURE, AttachmentKind.ATTESTATION):
-            continue
-        verify = verify_cosign_signature if a.kind is AttachmentKind.SIGNATURE else verify_attestation
-        result = verify(
-            SIGNER.public_key_pem,
-            api.manifest(found.repository, a.digest).data,
-            functools.partial(api.get_blob, found.repository),
-            api.manifest(found.repository, a.subject).data,
-        )
+    verified = verify_found(SIGNER.public_key_pem, api, found)
+    for a, result in verified:
         assert [v.subject for v in result] == [a.subject]
-        verified += 1
-    return verified
+    return len(verified)
 
 
 def test_discovery_finds_exactly_what_was_attached_and_every_signature_verifies(ci):

@@ -43,7 +43,6 @@ from layover.errors import MissingSignatureError
 from layover.package import read_record
 from layover.reference import Digest, ImageRef
 from layover.report import ReleaseReport
-from layover.settings import ListFromFile, ReleaseRequest
 from layover.storage.layout import StorageLayout
 from layover.storage.verify import verify_tarball
 from layover.testing.attached import (
@@ -54,12 +53,13 @@ from layover.testing.attached import (
     push_artifact,
     referrers_index,
     spdx_sbom,
-    verify_attestation,
     verify_cosign_signature,
 )
 from layover.testing.images import SampleImage
 from layover.testing.push import push_release
 from layover.testing.releases import Release, release
+from tests.integration.flow_requests import release_request
+from tests.integration.signatures import verify_found
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -79,18 +79,6 @@ class Scenario:
     expected: dict[str, dict[str, ImageAttachments]]
     orphans: set[tuple[str, Digest]]  # signatures in the CI that sign nothing listed
     require_error: MissingSignatureError | None = None
-
-
-def _request(ci: str, images: Path, work: Path, output: Path, attached: str = "copy") -> ReleaseRequest:
-    return ReleaseRequest(
-        images=ListFromFile(path=str(images)),
-        source=ci,
-        src_tls_verify=False,
-        work_dir=work,
-        output=output,
-        concurrency=4,
-        attached=attached,  # type: ignore[arg-type]
-    )
 
 
 def _sign(api: RegistryAPI, img: SampleImage) -> None:
@@ -128,9 +116,9 @@ def scenario(prefect_harness, module_registries, tmp_path_factory) -> Scenario:
     sc.orphans.add((gone.repository, gone.digest))
 
     sc.expected["r1"] = _discover_all(api, rel[1])
-    sc.reports["r1"] = release_flow(_request(ci, lists[1], work, sc.out / "r1.tar"))
+    sc.reports["r1"] = release_flow(release_request(ci, lists[1], work, sc.out / "r1.tar"))
     with pytest.raises(MissingSignatureError) as info:
-        release_flow(_request(ci, lists[1], work, sc.out / "require.tar", "require"))
+        release_flow(release_request(ci, lists[1], work, sc.out / "require.tar", attached="require"))
     sc.require_error = info.value
 
     push_release(ci, rel[2])
@@ -152,8 +140,10 @@ def scenario(prefect_harness, module_registries, tmp_path_factory) -> Scenario:
     push_artifact(api, second)
     push_artifact(api, referrers_index(debian.repository, debian.digest, [first, second]))
     sc.expected["r2"] = _discover_all(api, rel[2])
-    sc.reports["r2"] = release_flow(_request(ci, lists[2], work, sc.out / "r2.tar"))
-    sc.reports["none"] = release_flow(_request(ci, lists[2], work, sc.out / "none.tar", "none"))
+    sc.reports["r2"] = release_flow(release_request(ci, lists[2], work, sc.out / "r2.tar"))
+    sc.reports["none"] = release_flow(
+        release_request(ci, lists[2], work, sc.out / "none.tar", attached="none")
+    )
     api.close()
     return sc
 
@@ -198,18 +188,13 @@ def test_every_signature_verifies_with_the_public_key(scenario, served, name):
             if name == "r1" and img.repository == UNSIGNED_IN_R1:
                 assert found.counts.total == 0
                 continue
-            verified = set()
-            for a in found.artifacts:
-                if a.kind not in (AttachmentKind.SIGNATURE, AttachmentKind.ATTESTATION):
-                    continue
-                verify = verify_cosign_signature if a.kind is AttachmentKind.SIGNATURE else verify_attestation
-                result = verify(
-                    SIGNER.public_key_pem,
-                    pkg.manifest(img.repository, a.digest).data,
-                    functools.partial(pkg.get_blob, img.repository),
-                    pkg.manifest(img.repository, a.subject).data,  # the subject as pulled from the package
-                )
-                verified |= {(a.kind, v.subject) for v in result}
+            assert found.repository == img.repository
+            # each subject as pulled from the package
+            verified = {
+                (a.kind, v.subject)
+                for a, result in verify_found(SIGNER.public_key_pem, pkg, found)
+                for v in result
+            }
             # the image itself, each platform of an index, and the attestation on the image
             assert (AttachmentKind.SIGNATURE, img.digest) in verified, img.ref
             assert {(AttachmentKind.SIGNATURE, c.digest) for c in img.children} <= verified

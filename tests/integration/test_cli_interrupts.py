@@ -17,7 +17,6 @@ uninterrupted run's sha256.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -33,18 +32,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from layover.testing.push import push_release
-from layover.testing.releases import release
 from layover.workdir import WorkDir
-from tests.cli_runs import (
-    Cli,
-    base_env,
-    descendants,
-    layover,
-    mounted_under,
-    standing_prefect,
-    started_servers,
-)
+from tests.cli_runs import Cli, base_env, descendants, layover, mounted_under, started_servers
+from tests.integration.conftest import ci_release
+from tests.snapshot import sha256_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -99,27 +90,18 @@ class Site:
 
 
 @pytest.fixture(scope="module")
-def site(module_registries, docker_client, require_root_overlay, skopeo_bin) -> Iterator[Site]:
+def site(prefect_api, module_registries, docker_client, require_root_overlay, skopeo_bin) -> Iterator[Site]:
     base = Path(tempfile.mkdtemp(prefix="layover-cli-interrupts-"))
-    stop = None
     s: Site | None = None
     try:
-        (base / "ci").mkdir()
-        ci = module_registries.start("ci", base / "ci")
-        rel = release(1, scale=SCALE)
-        push_release(ci.host, rel)
-        images = base / "release-1.list"
-        images.write_text(rel.list_text())
-        env, stop = standing_prefect(base / "prefect-home")
-        s = Site(ci.host, images, base, env, docker_client)
+        ci = ci_release(module_registries, base, scale=SCALE)
+        s = Site(ci.ci_host, ci.images, base, prefect_api.env(), docker_client)
         yield s
     finally:
         for cli in s.runs if s else ():
             cli.kill()
         for wd in base.glob("work*"):
             _cleanup(docker_client, WorkDir.at(wd))
-        if stop is not None:
-            stop()
         shutil.rmtree(base, ignore_errors=True)
         if EXIT_TIMES:
             print("\nseconds from the signal to the exit of `layover run`:")
@@ -134,19 +116,11 @@ def _cleanup(client, wd: WorkDir) -> None:
         subprocess.run(["umount", "-l", m], check=False)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 @pytest.fixture(scope="module")
 def baseline(site) -> str:
     out = site.base / "out" / "baseline.tar"
     site.complete(site.base / "work-baseline", out)
-    return _sha256(out)
+    return sha256_of(out)
 
 
 def _moment(site: Site, stage: str, cli: Cli, wd: WorkDir, out: Path) -> Callable[[], bool]:
@@ -190,8 +164,7 @@ def _stop_at(site: Site, stage: str, sig: int, wd: WorkDir, out: Path, *, tty: b
         for stale in (out, out.with_name(out.name + ".sha256")):
             stale.unlink(missing_ok=True)
         cli = site.start(wd.root, out, tty=tty, embedded=tty)
-        cli.wait_until(_moment(site, stage, cli, wd, out), what=stage)
-        cli.freeze()
+        cli.freeze_at(_moment(site, stage, cli, wd, out), what=stage)
         if sig == signal.SIGINT:
             cli.ctrl_c()  # the terminal signals the frozen group; it is delivered on thaw
         else:
@@ -262,7 +235,7 @@ def test_stopped_at_three_stages_cleans_up_reports_and_resumes(site, baseline, s
         assert (report["status"], report["failed_stage"], report["sha256"]) == ("interrupted", stage, "")
         assert _recorded_end(site, cli) == "CRASHED", "the server recorded the run's end"
         again = site.complete(wd.root, out)
-        assert _sha256(out) == baseline, "a re-run gives the uninterrupted run's tarball"
+        assert sha256_of(out) == baseline, "a re-run gives the uninterrupted run's tarball"
         assert not out.with_name(out.name + ".failed.json").exists(), "a success removes the failure report"
         assert "archive sync" in again.text()
 
@@ -287,4 +260,4 @@ def test_a_second_ctrl_c_exits_at_once_and_the_next_run_cleans_up(site, baseline
         time.sleep(0.2)
     assert not started_servers(cli.home)
     site.complete(wd.root, out)
-    assert _sha256(out) == baseline
+    assert sha256_of(out) == baseline

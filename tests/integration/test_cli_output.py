@@ -19,7 +19,7 @@ import pytest
 from layover.testing.push import push_release
 from layover.testing.releases import Release, release
 from layover.workdir import WorkDir
-from tests.cli_runs import Cli, layover, mounted_under, standing_prefect
+from tests.cli_runs import Cli, layover, mounted_under
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -55,7 +55,9 @@ class Site:
 
 
 @pytest.fixture(scope="module")
-def site(module_registries, require_root_overlay, skopeo_bin, tmp_path_factory) -> Iterator[Site]:
+def site(
+    prefect_api, module_registries, require_root_overlay, skopeo_bin, tmp_path_factory
+) -> Iterator[Site]:
     base = tmp_path_factory.mktemp("cli-output")
     (base / "ci").mkdir()
     ci = module_registries.start("ci", base / "ci")
@@ -63,12 +65,10 @@ def site(module_registries, require_root_overlay, skopeo_bin, tmp_path_factory) 
     push_release(ci.host, rel)
     images = base / "release-1.list"
     images.write_text(rel.list_text())
-    env, stop = standing_prefect(base / "prefect-home")
     work = base / "work"
     try:
-        yield Site(env, base, ci.host, rel, images, work)
+        yield Site(prefect_api.env(), base, ci.host, rel, images, work)
     finally:
-        stop()
         scope = WorkDir.at(work).scope
         for c in module_registries.client.containers.list(
             all=True, filters={"label": [f"layover.scope={scope}"]}

@@ -26,6 +26,7 @@ from layover.adapters.registry import free_port
 from layover.workdir import WorkDir
 from tests.cli_runs import Cli, base_env, layover, mounted_under, started_servers
 from tests.conftest import require
+from tests.tls import write_htpasswd
 
 pytestmark = [pytest.mark.integration]
 
@@ -49,8 +50,7 @@ def site(module_registries, skopeo_bin, tmp_path_factory) -> Iterator[Site]:
     for d in ("ci", "auth-ci"):
         (base / d).mkdir()
     password = f"pw-{uuid.uuid4().hex}"
-    line = subprocess.run([htpasswd, "-nbB", USER, password], check=True, capture_output=True, text=True)
-    (base / "htpasswd").write_text(line.stdout.strip() + "\n")
+    write_htpasswd(base / "htpasswd", USER, password)
     ci = module_registries.start("ci", base / "ci")
     auth_ci = module_registries.start("auth-ci", base / "auth-ci", auth_htpasswd=base / "htpasswd")
     yield Site(ci.host, auth_ci.host, password, base)

@@ -31,8 +31,9 @@ from layover.storage.verify import verify_tarball
 from layover.testing.push import push_release
 from layover.testing.releases import Release, release
 from layover.workdir import WorkDir
-from tests.cli_runs import Cli, layover, mounted_under, standing_prefect
+from tests.cli_runs import Cli, layover, mounted_under
 from tests.conftest import require
+from tests.tls import write_htpasswd
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -66,13 +67,14 @@ class Site:
 
 
 @pytest.fixture(scope="module")
-def site(module_registries, require_root_overlay, skopeo_bin, tmp_path_factory) -> Iterator[Site]:
+def site(
+    prefect_api, module_registries, require_root_overlay, skopeo_bin, tmp_path_factory
+) -> Iterator[Site]:
     htpasswd = shutil.which("htpasswd")
     require(htpasswd is not None, "htpasswd is missing (apt-get install apache2-utils; scripts/setup.sh)")
     base = tmp_path_factory.mktemp("cli-sources")
     password = f"pw-{uuid.uuid4().hex}"
-    line = subprocess.run([htpasswd, "-nbB", USER, password], check=True, capture_output=True, text=True)
-    (base / "htpasswd").write_text(line.stdout.strip() + "\n")
+    write_htpasswd(base / "htpasswd", USER, password)
     rel = release(1, scale=0.3)
     for name in ("auth-ci", "ci-a", "ci-b"):
         (base / name).mkdir()
@@ -87,11 +89,9 @@ def site(module_registries, require_root_overlay, skopeo_bin, tmp_path_factory) 
     ci_b = module_registries.start("ci-b", base / "ci-b")
     push_release(ci_a.host, rel)
     push_release(ci_b.host, rel)
-    env, stop = standing_prefect(base / "prefect-home")
     try:
-        yield Site(env, base, rel, auth_ci, password, ci_a, ci_b, module_registries)
+        yield Site(prefect_api.env(), base, rel, auth_ci, password, ci_a, ci_b, module_registries)
     finally:
-        stop()
         client = module_registries.client
         for wd in base.glob("work*"):
             scope = WorkDir.at(wd).scope

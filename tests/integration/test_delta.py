@@ -15,13 +15,10 @@ import signal
 import subprocess
 import sys
 import tarfile
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from layover.adapters.registry import RegistryManager
 from layover.adapters.registry_api import RegistryAPI
 from layover.delta import write_delta
 from layover.errors import UsageError
@@ -31,11 +28,11 @@ from layover.package import read_record
 from layover.reference import Digest
 from layover.settings import ListFromFile, ListFromGit, ReleaseRequest
 from layover.storage.layout import StorageLayout
+from tests.gitrepo import list_repo
 from tests.integration.customer_site import (
     LAYOVER,
     REPO,
     Packages,
-    build_packages,
     install,
     pull_all,
     snapshot,
@@ -43,11 +40,6 @@ from tests.integration.customer_site import (
 from tests.integration.test_install import _members, _mutate, _refused, _stopped, _write, serves_whole
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def packages(prefect_harness, module_registries, skopeo_bin, tmp_path_factory) -> Packages:
-    return build_packages(module_registries, tmp_path_factory.mktemp("vendor"), skopeo_bin)
 
 
 @pytest.fixture(scope="module")
@@ -65,15 +57,6 @@ def deltas(packages) -> dict[str, Path]:
         out[f"{base}->{new}"] = packages.tars[new].with_name(f"release-{new}.from-release-{base}.tar")
         assert out[f"{base}->{new}"].is_file()
     return out
-
-
-@pytest.fixture(scope="module")
-def cached(docker_client, registry_image) -> Iterator[RegistryManager]:
-    mgr = RegistryManager(docker_client, registry_image, f"test-{uuid.uuid4().hex[:12]}", blob_cache=True)
-    try:
-        yield mgr
-    finally:
-        mgr.remove_scope()
 
 
 def _full(packages: Packages, root: Path, *releases: int, prune_last: bool = False) -> Path:
@@ -111,10 +94,10 @@ def test_a_delta_carries_only_what_its_base_lacks(packages, deltas):
     )
 
 
-def test_a_chain_of_deltas_serves_what_full_installs_serve(packages, deltas, cached, tmp_path):
+def test_a_chain_of_deltas_serves_what_full_installs_serve(packages, deltas, cached_registries, tmp_path):
     chain = tmp_path / "chain"
     chain.mkdir()
-    reg = cached.start("chain", chain)
+    reg = cached_registries.start("chain", chain)
     api = RegistryAPI(reg.host)
     install(packages.tars[1], "--storage", chain)
     install(deltas["1->2"], "--storage", chain)
@@ -199,9 +182,11 @@ def test_a_delta_killed_mid_apply_converges_on_a_rerun(packages, deltas, tmp_pat
     assert snapshot(storage) == snapshot(_full(packages, tmp_path / "full", 1, 2, 3))
 
 
-def test_a_plain_tar_xf_of_a_delta_changes_nothing_a_registry_serves(packages, deltas, cached, tmp_path):
+def test_a_plain_tar_xf_of_a_delta_changes_nothing_a_registry_serves(
+    packages, deltas, cached_registries, tmp_path
+):
     storage = _full(packages, tmp_path / "r2", 2)
-    reg = cached.start("untar", storage)
+    reg = cached_registries.start("untar", storage)
     api = RegistryAPI(reg.host)
     before = snapshot(storage / "docker")
     served = {repo: api.tags(repo) for repo in api.catalog()}
@@ -217,19 +202,6 @@ def test_a_plain_tar_xf_of_a_delta_changes_nothing_a_registry_serves(packages, d
 
 
 # --- the flow writes deltas in the same run --------------------------------------------------------
-def _git(repo: Path, *args: str) -> str:
-    env = {
-        **os.environ,
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@t",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@t",
-    }
-    return subprocess.run(
-        ["git", "-C", str(repo), *args], check=True, capture_output=True, text=True, env=env
-    ).stdout
-
-
 def test_the_flow_writes_deltas_from_a_package_path_and_from_a_git_tag(packages, deltas, tmp_path):
     from flows.release import release as release_flow
 
@@ -266,14 +238,7 @@ def test_the_flow_writes_deltas_from_a_package_path_and_from_a_git_tag(packages,
     assert releases[report.sha256]["kind"] == "full" and json.loads(status.stdout)["unreadable"] == []
 
     # by git tag: the list's repository has tags v2 and v3; v2 was built on this work dir
-    repo = tmp_path / "lists"
-    repo.mkdir()
-    _git(repo, "init", "-q")
-    for n in (1, 2, 3):
-        (repo / "images.list").write_text(packages.lists[n].read_text())
-        _git(repo, "add", "images.list")
-        _git(repo, "commit", "-qm", f"release {n}")
-        _git(repo, "tag", f"v{n}")
+    repo = list_repo(tmp_path / "lists", {f"v{n}": packages.lists[n].read_text() for n in (1, 2, 3)})
 
     def run(tag: str, **extra) -> object:
         return release_flow(

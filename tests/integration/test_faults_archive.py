@@ -20,11 +20,12 @@ import pytest
 from layover.adapters import overlay
 from layover.errors import LayoverError, StorageError
 from layover.reference import Digest
-from layover.settings import ListFromFile, ReleaseRequest
+from layover.settings import ReleaseRequest
 from layover.storage.layout import StorageLayout
 from layover.testing.push import push_release
 from layover.testing.releases import release
 from layover.workdir import WorkDir
+from tests.integration.flow_requests import release_request
 from tests.snapshot import assert_unchanged, snapshot
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -33,15 +34,7 @@ LAYOVER = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "layover")
 
 
 def _request(ci: str, images: Path, work: Path, output: Path) -> ReleaseRequest:
-    return ReleaseRequest(
-        images=ListFromFile(path=str(images)),
-        source=ci,
-        src_tls_verify=False,
-        work_dir=work,
-        output=output,
-        concurrency=4,
-        copy_retries=1,
-    )
+    return release_request(ci, images, work, output, copy_retries=1)
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ right after pruning), and one disk holding work dir and output, full during the 
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import shutil
 import subprocess
@@ -23,14 +22,15 @@ import pytest
 from layover import imagelist
 from layover.adapters import overlay
 from layover.errors import DiskFullError, LayoverError
-from layover.settings import ListFromFile, ReleaseRequest
+from layover.settings import ReleaseRequest
 from layover.storage.verify import verify_tarball
 from layover.workdir import WorkDir
+from tests.cli_runs import Cli, finished, layover
 from tests.conftest import require
-from tests.integration.cli_runs import BIN, finished, resume, start_cli, stop_when
 from tests.integration.conftest import CiSite
+from tests.integration.flow_requests import release_request
 from tests.integration.test_release_flow import tree_hash
-from tests.snapshot import assert_unchanged, snapshot
+from tests.snapshot import assert_unchanged, sha256_of, snapshot
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -110,15 +110,7 @@ def disks(tmp_path, docker_client) -> Iterator[LoopDisks]:
 
 
 def _request(site: CiSite, work: Path, output: Path) -> ReleaseRequest:
-    return ReleaseRequest(
-        images=ListFromFile(path=str(site.images)),
-        source=site.ci_host,
-        src_tls_verify=False,
-        work_dir=work,
-        output=output,
-        concurrency=4,
-        copy_retries=1,
-    )
+    return release_request(site.ci_host, site.images, work, output, copy_retries=1)
 
 
 def _leftovers(out: Path) -> list[str]:
@@ -213,10 +205,6 @@ def _partial_tarballs(directory: Path) -> list[Path]:
     return list(directory.glob(".*.partial"))
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _du(path: Path) -> int:
     return sum(os.lstat(os.path.join(d, n)).st_blocks * 512 for d, ds, fs in os.walk(path) for n in ds + fs)
 
@@ -291,7 +279,7 @@ def test_one_disk_for_work_dir_and_output_full_during_the_tarball_write(site, di
 
     filler.unlink()
     again = release_flow(_request(site, wd.root, out))
-    assert again.sha256 == first.sha256 == _sha256(out)
+    assert again.sha256 == first.sha256 == sha256_of(out)
 
 
 def test_work_dir_disk_full_during_package_sync_is_one_line_and_leaves_nothing(
@@ -303,8 +291,7 @@ def test_work_dir_disk_full_during_package_sync_is_one_line_and_leaves_nothing(
     disk = disks.make("work-pkg", 400 * 1024)
     wd = WorkDir.at(disk / "work")
     out = tmp_path / "out" / "release.tar"
-    argv = [
-        str(BIN / "layover"),
+    argv = layover(
         "run",
         "--images",
         str(site.images),
@@ -317,19 +304,20 @@ def test_work_dir_disk_full_during_package_sync_is_one_line_and_leaves_nothing(
         str(out),
         "--concurrency",
         "4",
-    ]
-    first = start_cli(argv, prefect_api)
+    )
+    env = prefect_api.env(task_logs=True)
+    first = Cli(argv, env)
     assert first.wait(timeout=240) == 0, first.text()[-3000:]
-    want = _sha256(out)
+    want = sha256_of(out)
     for p in out.parent.glob(f"{out.name}*"):
         p.unlink()
     before = snapshot(wd.lower)
 
-    run = start_cli(argv, prefect_api)
-    stop_when(run, lambda: run.saw(finished("prune-manifests")))
+    run = Cli(argv, env)
+    run.freeze_at(lambda: run.saw(finished("prune-manifests")), what="pruning done")
     assert not run.saw(r"package sync: \d+ images written")
     filler = _fill(disk)
-    resume(run)
+    run.thaw()
     assert run.wait(timeout=240) == 5, run.text()[-3000:]
     errors = [line for line in run.text().splitlines() if line.startswith("layover: error:")]
     print(f"\n{errors}")
@@ -340,6 +328,6 @@ def test_work_dir_disk_full_during_package_sync_is_one_line_and_leaves_nothing(
     _nothing_left(wd, docker_client)
 
     filler.unlink()
-    again = start_cli(argv, prefect_api)
+    again = Cli(argv, env)
     assert again.wait(timeout=240) == 0, again.text()[-3000:]
-    assert _sha256(out) == want
+    assert sha256_of(out) == want

@@ -12,7 +12,6 @@ apart from what archive sync added.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -25,20 +24,18 @@ from pathlib import Path
 import httpx
 import pytest
 
-from layover.testing.push import push_release
-from layover.testing.releases import Release, release
+from layover.testing.releases import Release
 from layover.workdir import WorkDir
-from tests.integration.cli_runs import BIN, Run, finished, kill_group, start_cli, stop_when
+from tests.cli_runs import Cli, finished, layover
+from tests.integration.conftest import ci_release
+from tests.snapshot import sha256_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SCALE = 0.3
 
 
-# --- a standing Prefect server and a CLI runner (tests/integration/cli_runs.py) --------------
-_kill_group = kill_group
-
-
+# --- a standing Prefect server (prefect_api) and the CLI runs against it (tests/cli_runs.py) ---
 @dataclass
 class Site:
     ci_host: str
@@ -46,11 +43,10 @@ class Site:
     images: Path
     base: Path
     env: dict[str, str]
-    runs: list[Run] = field(default_factory=list)
+    runs: list[Cli] = field(default_factory=list)
 
-    def start(self, work: Path, output: Path) -> Run:
-        argv = [
-            str(BIN / "layover"),
+    def start(self, work: Path, output: Path) -> Cli:
+        argv = layover(
             "run",
             "--images",
             str(self.images),
@@ -63,16 +59,14 @@ class Site:
             str(output),
             "--concurrency",
             "4",
-        ]
-        run = start_cli(argv, self.env)
+        )
+        run = Cli(argv, self.env)
         self.runs.append(run)
         return run
 
-    def complete(self, work: Path, output: Path, timeout: float = 240) -> Run:
+    def complete(self, work: Path, output: Path, timeout: float = 240) -> Cli:
         run = self.start(work, output)
-        run.proc.wait(timeout=timeout)
-        run.reader.join(timeout=10)
-        assert run.proc.returncode == 0, run.text()[-5000:]
+        assert run.wait(timeout=timeout) == 0, run.text()[-5000:]
         return run
 
 
@@ -81,19 +75,13 @@ def site(prefect_api, module_registries, tmp_path_factory) -> Iterator[Site]:
     base = Path(tempfile.mkdtemp(prefix="layover-faults-kill-"))
     s: Site | None = None
     try:
-        (base / "ci").mkdir()
-        ci = module_registries.start("ci", base / "ci")
-        rel = release(1, scale=SCALE)
-        push_release(ci.host, rel)
-        images = base / "release-1.list"
-        images.write_text(rel.list_text())
-        s = Site(ci.host, rel, images, base, prefect_api)
+        ci = ci_release(module_registries, base, scale=SCALE)
+        s = Site(ci.ci_host, ci.rel, ci.images, base, prefect_api.env(task_logs=True))
         yield s
     finally:
         try:
             for run in s.runs if s is not None else ():
-                if run.proc.poll() is None:
-                    _kill_group(run.proc)
+                run.kill()
             for wd in base.glob("work*"):
                 _cleanup_work_dir(module_registries.client, WorkDir.at(wd))
         finally:  # even if the engine went away: the temp dir never outlives the module
@@ -112,18 +100,10 @@ def _mounted(path: Path) -> bool:
     return any(line.split()[1] == str(path) for line in Path("/proc/self/mounts").read_text().splitlines())
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _blobs(lower: Path) -> dict[str, str]:
     """Archive content: blob path -> sha256 of its data (uploads and links aside)."""
     root = lower / "docker/registry/v2/blobs"
-    return {str(p.relative_to(root)): _sha256(p) for p in root.rglob("data")} if root.exists() else {}
+    return {str(p.relative_to(root)): sha256_of(p) for p in root.rglob("data")} if root.exists() else {}
 
 
 def _tree(lower: Path) -> dict[str, str]:
@@ -132,7 +112,7 @@ def _tree(lower: Path) -> dict[str, str]:
         rel = os.path.relpath(dirpath, lower)
         out[rel + "/"] = "dir"
         for f in files:
-            out[os.path.join(rel, f)] = _sha256(Path(dirpath, f))
+            out[os.path.join(rel, f)] = sha256_of(Path(dirpath, f))
     return out
 
 
@@ -141,18 +121,10 @@ def baseline(site) -> tuple[str, Path]:
     """An uninterrupted run: the sha256 every recovered run must reproduce, and its work dir."""
     work, out = site.base / "work-baseline", site.base / "out" / "baseline.tar"
     site.complete(work, out)
-    return _sha256(out), work
+    return sha256_of(out), work
 
 
 # --- the kill ----------------------------------------------------------------------------------
-_stop_when = stop_when
-
-
-def _finish_kill(run: Run) -> None:
-    _kill_group(run.proc)  # SIGKILL works on stopped processes
-    run.reader.join(timeout=10)
-
-
 def _scope_containers(docker_client, wd: WorkDir) -> list[str]:
     return [
         c.name
@@ -164,12 +136,9 @@ def _partials(out: Path) -> list[Path]:
     return sorted(out.parent.glob(f".{out.name}.*.partial")) if out.parent.exists() else []
 
 
-_finished = finished
-
-
-def _assert_recovered(site: Site, docker_client, wd: WorkDir, out: Path, want_sha: str) -> Run:
+def _assert_recovered(site: Site, docker_client, wd: WorkDir, out: Path, want_sha: str) -> Cli:
     again = site.complete(wd.root, out)
-    assert _sha256(out) == want_sha, "a recovered run must give the uninterrupted run's tarball"
+    assert sha256_of(out) == want_sha, "a recovered run must give the uninterrupted run's tarball"
     assert (out.with_name(out.name + ".sha256")).read_text().split()[0] == want_sha
     assert not _partials(out)
     assert not _scope_containers(docker_client, wd)
@@ -233,7 +202,7 @@ def test_killed_during_archive_sync(site, baseline, docker_client):
     wd = WorkDir.at(site.base / "work-archive-sync")
     out = site.base / "out" / "archive-sync.tar"
     run = site.start(wd.root, out)
-    _stop_when(run, lambda: run.saw(r"Task run 'archive-sync: "))
+    run.freeze_at(lambda: run.saw(r"Task run 'archive-sync: "))
     n = len(site.rel.images)
     assert not run.saw(f"archive sync: {n}/{n} images done"), "stage already over"
     assert _scope_containers(docker_client, wd), "the archive registry was running"
@@ -241,12 +210,10 @@ def test_killed_during_archive_sync(site, baseline, docker_client):
     # While the frozen run holds the lock, a second run fails at once naming the holder.
     started = time.monotonic()
     second = site.start(wd.root, site.base / "out" / "second.tar")
-    second.proc.wait(timeout=120)
-    second.reader.join(timeout=10)
-    assert second.proc.returncode == 1
-    assert "is in use by run" in second.text() and f"pid {run.proc.pid}" in second.text(), second.text()
+    assert second.wait(timeout=120) == 1, second.text()
+    assert "is in use by run" in second.text() and f"pid {run.pid}" in second.text(), second.text()
     assert time.monotonic() - started < 60
-    _finish_kill(run)
+    run.kill()  # SIGKILL works on stopped processes
 
     # The killed holder does not block: the next run goes straight through.
     _assert_recovered(site, docker_client, wd, out, want)
@@ -273,30 +240,29 @@ def test_killed_at_a_later_stage(site, baseline, docker_client, stage):
     for attempt in range(5):  # a very short stage can be missed; try again, never pretend
         run = site.start(wd.root, out)
         if stage == "overlay-mounted":
-            _stop_when(run, lambda run=run: run.saw(_finished("overlay-reset")))
-            ok = _mounted(wd.merged) and not run.saw(_finished("prune-manifests"))
+            run.freeze_at(lambda run=run: run.saw(finished("overlay-reset")))
+            ok = _mounted(wd.merged) and not run.saw(finished("prune-manifests"))
         elif stage == "prune":
             # pruning writes whiteouts into upper while the overlay is briefly unmounted
             # (overlay.hide_in_upper): the kill may land with it mounted or not
-            _stop_when(run, lambda run=run: run.saw(_finished("overlay-reset")) and whiteouts())
-            ok = not run.saw(_finished("prune-manifests"))
+            run.freeze_at(lambda run=run: run.saw(finished("overlay-reset")) and whiteouts())
+            ok = not run.saw(finished("prune-manifests"))
         elif stage == "package-sync":
             # the first manifest the package registry wrote: a tags dir recreated in upper
-            _stop_when(
-                run,
+            run.freeze_at(
                 lambda run=run: (
-                    run.saw(_finished("prune-manifests"))
+                    run.saw(finished("prune-manifests"))
                     and any(True for _ in upper_repos.glob("**/_manifests/tags/*"))
                 ),
             )
             ok = not run.saw(r"package sync: \d+ images written")
         elif stage == "gc":
-            _stop_when(run, lambda run=run: run.saw(r"gc plan: "))
-            ok = not run.saw(_finished("garbage-collect"))
+            run.freeze_at(lambda run=run: run.saw(r"gc plan: "))
+            ok = not run.saw(finished("garbage-collect"))
         else:
-            _stop_when(run, lambda run=run: bool(_partials(out)) or run.saw(_finished("write-tarball")))
+            run.freeze_at(lambda run=run: bool(_partials(out)) or run.saw(finished("write-tarball")))
             ok = bool(_partials(out)) and not out.exists()
-        _finish_kill(run)
+        run.kill()  # SIGKILL works on stopped processes
         if ok:
             break
         print(f"\n{stage}: attempt {attempt + 1} missed the moment; the run got past it")

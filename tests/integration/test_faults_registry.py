@@ -18,11 +18,11 @@ import pytest
 
 from layover import imagelist
 from layover.errors import LayoverError, SourceUnreachableError
-from layover.settings import ListFromFile, ReleaseRequest
 from layover.storage.verify import verify_tarball
 from layover.testing.releases import Release
 from layover.workdir import WorkDir
 from tests.faultproxy import Fault, FaultProxy, Rule
+from tests.integration.flow_requests import release_request
 from tests.integration.test_release_flow import tree_hash
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -45,18 +45,6 @@ def site(prefect_harness, ci_site) -> Site:
     return Site(ci.ci_host, ci.rel, ci.images, ci.base / "work", ci.base / "out")
 
 
-def _request(source: str, images: Path, work: Path, output: Path, **kw) -> ReleaseRequest:
-    return ReleaseRequest(
-        images=ListFromFile(path=str(images)),
-        source=source,
-        src_tls_verify=False,
-        work_dir=work,
-        output=output,
-        concurrency=4,
-        **kw,
-    )
-
-
 def _no_output_left(out: Path) -> None:
     assert not out.exists()
     assert not out.with_name(out.name + ".sha256").exists()
@@ -75,7 +63,7 @@ def test_ten_percent_faulted_requests_still_give_a_verified_package(site):
     half = site.images.with_name("half.list")
     half.write_text("".join(f"{img.repository}:{img.tag}\n" for img in site.rel.images[::2]))
     with FaultProxy(site.ci_host, rate=0.10, kinds=kinds, seed=7) as proxy:
-        report = release_flow(_request(proxy.host, half, site.work, out, copy_retries=8))
+        report = release_flow(release_request(proxy.host, half, site.work, out, copy_retries=8))
     faults = proxy.faults()
     assert len(proxy.events) > 30
     assert faults, "the proxy must really have injected faults"
@@ -109,7 +97,7 @@ def test_one_image_always_failing_fails_bounded_naming_it_and_keeps_the_archive(
         pytest.raises(LayoverError) as info,
     ):
         release_flow(
-            _request(
+            release_request(
                 proxy.host, site.images, site.work, out, copy_retries=retries, copy_timeout_seconds=timeout
             )
         )
@@ -153,7 +141,7 @@ def test_a_source_that_is_down_stops_the_run_with_one_line_naming_it(site, tmp_p
         try:
             with pytest.raises(SourceUnreachableError) as info:
                 release_flow(
-                    _request(
+                    release_request(
                         source, site.images, tmp_path / "work", out, copy_retries=1, source_down_seconds=6
                     )
                 )
@@ -217,7 +205,7 @@ def test_registry_killed_mid_sync_is_restarted_and_the_package_verifies(site, do
         t = threading.Thread(target=killer, args=(proxy,), daemon=True)
         t.start()
         try:
-            report = release_flow(_request(proxy.host, site.images, work, out, copy_retries=4))
+            report = release_flow(release_request(proxy.host, site.images, work, out, copy_retries=4))
         finally:
             stop.set()
             t.join(timeout=10)

@@ -26,6 +26,7 @@ from layover.testing.push import push_release
 from layover.testing.releases import release
 from layover.workdir import WorkDir
 from tests.conftest import require
+from tests.integration.flow_requests import release_request
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -165,16 +166,7 @@ def test_credentials_never_leak_and_registries_stay_on_loopback(
     watch.start()
     try:
         state = release_flow(
-            ReleaseRequest(
-                images=ListFromFile(path=str(images)),
-                source=ci.host,
-                src_tls_verify=False,
-                work_dir=work,
-                output=out,
-                concurrency=2,
-                copier=copier,
-                **kw,
-            ),
+            release_request(ci.host, images, work, out, concurrency=2, copier=copier, **kw),
             return_state=True,
         )
     finally:

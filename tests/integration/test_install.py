@@ -18,13 +18,11 @@ import stat
 import subprocess
 import tarfile
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from layover.adapters.registry import RegistryManager
 from layover.adapters.registry_api import RegistryAPI
 from layover.contents import CONTENTS_MEMBER, Contents
 from layover.install import InstallOptions
@@ -35,8 +33,6 @@ from layover.storage.layout import StorageLayout
 from tests.conftest import require
 from tests.integration.customer_site import (
     LAYOVER,
-    Packages,
-    build_packages,
     extract,
     install,
     pull_all,
@@ -46,21 +42,6 @@ from tests.integration.test_faults_disk import LoopDisks
 from tests.integration.test_tar_writer import _loop_fs
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def packages(prefect_harness, module_registries, skopeo_bin, tmp_path_factory) -> Packages:
-    return build_packages(module_registries, tmp_path_factory.mktemp("vendor"), skopeo_bin)
-
-
-@pytest.fixture(scope="module")
-def cached(docker_client, registry_image) -> Iterator[RegistryManager]:
-    """Registries with the in-memory blob-descriptor cache on."""
-    mgr = RegistryManager(docker_client, registry_image, f"test-{uuid.uuid4().hex[:12]}", blob_cache=True)
-    try:
-        yield mgr
-    finally:
-        mgr.remove_scope()
 
 
 @pytest.fixture(scope="module")
@@ -95,11 +76,11 @@ def serves_whole(api: RegistryAPI) -> int:
 
 # --- issue 12: install into an empty dir and over an older release, a registry serving it ------
 def test_install_empty_then_older_release_then_prune_while_a_cached_registry_serves(
-    packages, cached, reference, tmp_path
+    packages, cached_registries, reference, tmp_path
 ):
     storage = tmp_path / "registry"
     storage.mkdir()
-    reg = cached.start("customer", storage)
+    reg = cached_registries.start("customer", storage)
     api = RegistryAPI(reg.host)
     c1, c2 = packages.contents(1), packages.contents(2)
     first = c1.images[0]
@@ -141,13 +122,15 @@ def test_install_empty_then_older_release_then_prune_while_a_cached_registry_ser
     assert report["verify"]["ok"] and report["blobs"]["written"] == len(c1.blobs)
 
 
-def test_pruning_under_a_cached_registry_without_a_restart_serves_stale_blobs(packages, cached, tmp_path):
+def test_pruning_under_a_cached_registry_without_a_restart_serves_stale_blobs(
+    packages, cached_registries, tmp_path
+):
     """Why --restart-container exists: after a prune the cache still answers for deleted blobs."""
     storage = tmp_path / "registry"
     storage.mkdir()
     for n in (1, 2):
         install_lib(packages.tars[n], storage, InstallOptions())
-    reg = cached.start("stale", storage)
+    reg = cached_registries.start("stale", storage)
     api = RegistryAPI(reg.host)
     c1, c2 = packages.contents(1), packages.contents(2)
     gone = next(i for i in c1.images if i.repository not in _repos(c2))
@@ -157,7 +140,7 @@ def test_pruning_under_a_cached_registry_without_a_restart_serves_stale_blobs(pa
     assert report.restart.needed
     assert not StorageLayout(storage).blob_data(only).exists()
     assert api.blob_exists(gone.repository, only), "negative control: the cache answers for a deleted blob"
-    cached.restart(reg)
+    cached_registries.restart(reg)
     assert not api.blob_exists(gone.repository, only)
 
 
@@ -414,11 +397,13 @@ def _stopped(proc: subprocess.Popen, timeout: float = 120) -> None:
 
 
 @pytest.mark.parametrize("point", ["install.blobs-midway", "install.links", "install.tags-midway"])
-def test_sigkill_at_three_points_then_a_rerun_converges(packages, cached, reference, tmp_path, point):
+def test_sigkill_at_three_points_then_a_rerun_converges(
+    packages, cached_registries, reference, tmp_path, point
+):
     storage = tmp_path / "registry"
     storage.mkdir()
     install_lib(packages.tars[1], storage, InstallOptions())
-    reg = cached.start("kill", storage)
+    reg = cached_registries.start("kill", storage)
     api = RegistryAPI(reg.host)
     c1, c2 = packages.contents(1), packages.contents(2)
     pull_all(reg.host, c1, tmp_path / "pull")  # the cache holds release 1 now

@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -36,7 +35,7 @@ from layover.storage.vacuum import apply_gc
 from layover.testing.push import push_release
 from layover.testing.releases import release
 from tests.conftest import require
-from tests.integration.test_registry_client import make_certificates, write_authfile
+from tests.tls import secure_registry_files, write_authfile
 
 pytestmark = pytest.mark.integration
 
@@ -108,20 +107,14 @@ def site(module_registries, skopeo_bin) -> Iterator[Site]:
     require(shutil.which("htpasswd") is not None, "htpasswd is missing (apt-get install apache2-utils)")
     with tempfile.TemporaryDirectory(prefix="layover-native-copy-") as tmp:
         base = Path(tmp)
-        for d in ("ci", "secure", "native", "skopeo", "certs", "ca"):
+        for d in ("ci", "secure", "native", "skopeo"):
             (base / d).mkdir()
-        ca, cert, key = make_certificates(base / "certs")
-        shutil.copy(ca, base / "ca" / "ca.crt")
-        password = f"pw-{uuid.uuid4().hex}"
-        line = subprocess.run(
-            ["htpasswd", "-nbB", "ci-user", password], check=True, capture_output=True, text=True
-        ).stdout.strip()
-        (base / "htpasswd").write_text(line + "\n")
+        files = secure_registry_files(base, "ci-user")
         ci = module_registries.start("ci", base / "ci")
         secure = module_registries.start(
-            "secure", base / "secure", auth_htpasswd=base / "htpasswd", tls=(cert, key)
+            "secure", base / "secure", auth_htpasswd=files.htpasswd, tls=(files.cert, files.key)
         )
-        authfile = write_authfile(base / "auth.json", secure.host, "ci-user", password)
+        authfile = write_authfile(base / "auth.json", secure.host, "ci-user", files.password)
         for n in (1, 2):
             push_release(ci.host, release(n, scale=0.2))
         push_foreign(ci.host, "windows/app", "1")
@@ -132,7 +125,7 @@ def site(module_registries, skopeo_bin) -> Iterator[Site]:
             sides[name] = Side(name, base / name, reg.host, {})
         for src, tls, auth, ca_dir in (
             (ci.host, False, None, None),
-            (secure.host, True, authfile, base / "ca"),
+            (secure.host, True, authfile, files.ca_dir),
         ):
             for side in sides.values():
                 route = Route(src, side.host, side.storage, src_tls_verify=False, src_authfile=auth)
@@ -150,7 +143,9 @@ def site(module_registries, skopeo_bin) -> Iterator[Site]:
                 clients += [source, dst]
                 side.copiers[src] = NativeCopier(route, probe, source, dst)
         try:
-            yield Site(ci.host, secure.host, base / "ca", authfile, sides["native"], sides["skopeo"], clients)
+            yield Site(
+                ci.host, secure.host, files.ca_dir, authfile, sides["native"], sides["skopeo"], clients
+            )
         finally:
             for c in clients:
                 c.close()

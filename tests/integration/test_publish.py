@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from layover import imagelist
-from layover.settings import ListFromFile, ReleaseRequest
 from layover.storage.verify import verify_tarball
+from tests.integration.flow_requests import release_request
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -47,17 +47,7 @@ def test_files_and_registry_give_the_same_package_on_every_history(
         work = site.base / f"work-{mode}"
         for name, lst in lists.items():
             out = site.base / "out" / mode / f"{name}.tar"
-            report = release_flow(
-                ReleaseRequest(
-                    images=ListFromFile(path=str(lst)),
-                    source=site.ci_host,
-                    src_tls_verify=False,
-                    work_dir=work,
-                    output=out,
-                    concurrency=4,
-                    package_sync=mode,
-                )
-            )
+            report = release_flow(release_request(site.ci_host, lst, work, out, package_sync=mode))
             assert verify_tarball(out, imagelist.load(lst)).ok, (mode, name)
             sums[mode][name] = report.sha256
             trees[f"{mode}/{name}"] = _storage_digest(out)

@@ -40,7 +40,7 @@ from layover.testing.push import push_release
 from layover.testing.releases import Release, release
 from tests.conftest import require
 from tests.faultproxy import Fault, FaultProxy
-from tests.tls import make_certificates, write_authfile
+from tests.tls import secure_registry_files, write_authfile
 from tests.unit.storage_builder import StorageBuilder
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -73,26 +73,23 @@ def site(module_registries, tmp_path_factory) -> Iterator[Site]:
     require(shutil.which("htpasswd") is not None, "htpasswd is missing (apt-get install apache2-utils)")
     require(shutil.which("skopeo") is not None, "skopeo is missing (scripts/setup.sh installs it)")
     base = tmp_path_factory.mktemp("push-site")
-    certs = base / "certs"
-    certs.mkdir()
-    ca, cert, key = make_certificates(certs)
-    ca_dir = base / "ca"
-    ca_dir.mkdir()
-    shutil.copy(ca, ca_dir / "ca.crt")
-    password = f"pw-{uuid.uuid4().hex}"
-    line = subprocess.run(
-        ["htpasswd", "-nbB", USER, password], check=True, capture_output=True, text=True
-    ).stdout.strip()
-    (base / "htpasswd").write_text(line + "\n")
+    files = secure_registry_files(base, USER)
     (base / "storage").mkdir()
     (base / "home").mkdir()
     reg = module_registries.start(
-        "customer", base / "storage", auth_htpasswd=base / "htpasswd", tls=(cert, key)
+        "customer", base / "storage", auth_htpasswd=files.htpasswd, tls=(files.cert, files.key)
     )
-    authfile = write_authfile(base / "auth.json", reg.host, USER, password)
+    authfile = write_authfile(base / "auth.json", reg.host, USER, files.password)
     try:
         yield Site(
-            reg.host, base / "storage", ca_dir, authfile, password, base / "home", module_registries, reg
+            reg.host,
+            base / "storage",
+            files.ca_dir,
+            authfile,
+            files.password,
+            base / "home",
+            module_registries,
+            reg,
         )
     finally:
         module_registries.stop(reg)

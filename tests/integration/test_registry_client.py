@@ -28,7 +28,7 @@ from layover.errors import AuthError, ImageNotFoundError, TLSError, TransientHTT
 from layover.manifest import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST
 from layover.reference import Digest, ImageRef
 from tests.conftest import require
-from tests.tls import make_certificates, write_authfile
+from tests.tls import secure_registry_files, write_authfile
 
 pytestmark = pytest.mark.integration
 
@@ -51,27 +51,17 @@ def site(module_registries) -> Iterator[Site]:
     require(shutil.which("htpasswd") is not None, "htpasswd is missing (apt-get install apache2-utils)")
     with tempfile.TemporaryDirectory(prefix="layover-client-test-") as tmp:
         base = Path(tmp)
-        certs = base / "certs"
-        certs.mkdir()
-        ca, cert, key = make_certificates(certs)
-        ca_dir = base / "ca"
-        ca_dir.mkdir()
-        shutil.copy(ca, ca_dir / "ca.crt")
-        password = f"pw-{uuid.uuid4().hex}"
-        line = subprocess.run(
-            ["htpasswd", "-nbB", USER, password], check=True, capture_output=True, text=True
-        ).stdout.strip()
-        (base / "htpasswd").write_text(line + "\n")
+        files = secure_registry_files(base, USER)
         for d in ("secure-storage", "plain-storage"):
             (base / d).mkdir()
         secure = module_registries.start(
-            "secure", base / "secure-storage", auth_htpasswd=base / "htpasswd", tls=(cert, key)
+            "secure", base / "secure-storage", auth_htpasswd=files.htpasswd, tls=(files.cert, files.key)
         )
         plain = module_registries.start("plain", base / "plain-storage")
         assert secure.url.startswith("https://") and plain.url.startswith("http://")
-        authfile = write_authfile(base / "auth.json", secure.host, USER, password)
+        authfile = write_authfile(base / "auth.json", secure.host, USER, files.password)
         try:
-            yield Site(secure.host, plain.host, base, ca_dir, password, authfile)
+            yield Site(secure.host, plain.host, base, files.ca_dir, files.password, authfile)
         finally:
             module_registries.stop(secure)
             module_registries.stop(plain)

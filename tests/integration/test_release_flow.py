@@ -21,11 +21,11 @@ import pytest
 from layover import imagelist
 from layover.adapters.registry_api import RegistryAPI
 from layover.errors import ImageListError, LayoverError
-from layover.settings import ListFromFile, ReleaseRequest
 from layover.storage.layout import StorageLayout
 from layover.storage.verify import verify_tarball
 from layover.testing.push import push_release
 from layover.testing.releases import Release, release
+from tests.integration.flow_requests import release_request
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -55,17 +55,6 @@ class Scenario:
     upper_blob_files: dict[int, set[str]]
 
 
-def _request(sc_ci: str, images: Path, work: Path, output: Path) -> ReleaseRequest:
-    return ReleaseRequest(
-        images=ListFromFile(path=str(images)),
-        source=sc_ci,
-        src_tls_verify=False,
-        work_dir=work,
-        output=output,
-        concurrency=4,
-    )
-
-
 def _upper_blob_files(work: Path) -> set[str]:
     blobs = StorageLayout(work / "upper").blobs
     return {p.parent.name for p in blobs.rglob("data")} if blobs.exists() else set()
@@ -87,7 +76,7 @@ def scenario(prefect_harness, module_registries, tmp_path_factory) -> Scenario:
     sc = Scenario(ci.host, base / "work", base / "out", rel, lists, {}, {}, {})
     for name, n in (("r1", 1), ("r2", 2), ("r2-again", 2)):
         out = sc.out / f"{name}.tar"
-        sc.reports[name] = release_flow(_request(ci.host, lists[n], sc.work, out))
+        sc.reports[name] = release_flow(release_request(ci.host, lists[n], sc.work, out))
         sc.lower_after[name] = tree_hash(sc.work / "lower")
         sc.upper_blob_files[name] = _upper_blob_files(sc.work)
     return sc
@@ -195,7 +184,7 @@ def test_bad_list_fails_before_any_copy(prefect_harness, tmp_path):
     bad.write_text("ok/a:1\nBad/Name:1\nno-tag\nok/b:1@sha256:123\n")
     work = tmp_path / "work"
     with pytest.raises(ImageListError) as info:
-        release_flow(_request("127.0.0.1:9", bad, work, tmp_path / "x.tar"))
+        release_flow(release_request("127.0.0.1:9", bad, work, tmp_path / "x.tar"))
     assert [n for n, _, _ in info.value.problems] == [2, 3, 4]
     assert not work.exists(), "nothing may be created before the list is valid"
 
@@ -209,7 +198,7 @@ def test_missing_image_fails_naming_it_and_keeps_the_archive(scenario, prefect_h
     before = tree_hash(scenario.work / "lower")
     out = tmp_path / "never.tar"
     with pytest.raises(LayoverError) as info:
-        release_flow(_request(scenario.ci_host, lst, scenario.work, out))
+        release_flow(release_request(scenario.ci_host, lst, scenario.work, out))
     assert "no/such-image:1" in str(info.value)
     assert not out.exists() and not list(tmp_path.glob(".never.tar*"))  # no tarball, no partial
     failed = json.loads(out.with_name("never.tar.failed.json").read_text())

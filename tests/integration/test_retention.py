@@ -27,12 +27,13 @@ from pathlib import Path
 import pytest
 
 from layover.report import ReleaseReport
-from layover.settings import ListFromFile, ReleaseRequest
 from layover.storage.layout import StorageLayout
 from layover.testing.push import push_release
 from layover.testing.releases import Release, release
 from layover.workdir import WorkDir
 from tests.conftest import require
+from tests.gitrepo import list_repo
+from tests.integration.flow_requests import release_request
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -70,19 +71,6 @@ def empty_dirs(root: Path) -> set[str]:
         for d, dirs, files in os.walk(root)
         if not dirs and not files and "/_" not in d
     }
-
-
-def git(cwd: Path, *args: str) -> None:
-    env = {
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@example.invalid",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@example.invalid",
-        "GIT_CONFIG_GLOBAL": "/dev/null",
-        "GIT_CONFIG_NOSYSTEM": "1",
-        "PATH": "/usr/bin:/bin",
-    }
-    subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True)
 
 
 @dataclass
@@ -124,17 +112,6 @@ class Cli:
         )
 
 
-def _request(ci: str, images: Path, work: Path, output: Path) -> ReleaseRequest:
-    return ReleaseRequest(
-        images=ListFromFile(path=str(images)),
-        source=ci,
-        src_tls_verify=False,
-        work_dir=work,
-        output=output,
-        concurrency=4,
-    )
-
-
 @pytest.fixture(scope="module")
 def scenario(prefect_harness, module_registries, skopeo_bin, tmp_path_factory) -> Scenario:
     from prefect.settings import PREFECT_API_URL
@@ -148,18 +125,12 @@ def scenario(prefect_harness, module_registries, skopeo_bin, tmp_path_factory) -
     (base / "ci").mkdir()
     ci = module_registries.start("ci", base / "ci")
     rel = {n: release(n) for n in (1, 2, 3)}
-    lists_repo = base / "lists"
-    lists_repo.mkdir()
-    git(lists_repo, "init", "-q", "-b", "main")
     lists: dict[int, Path] = {}
     for n in (1, 2, 3):
         push_release(ci.host, rel[n])
         lists[n] = base / f"release-{n}.list"
         lists[n].write_text(rel[n].list_text())
-        (lists_repo / "images.list").write_text(rel[n].list_text())
-        git(lists_repo, "add", ".")
-        git(lists_repo, "commit", "-q", "-m", f"release {n}")
-        git(lists_repo, "tag", f"v{n}")
+    lists_repo = list_repo(base / "lists", {f"v{n}": rel[n].list_text() for n in (1, 2, 3)})
     sc = Scenario(ci.host, base / "work", lists_repo, rel)
     out = base / "out"
     env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value()), "PYTHONUNBUFFERED": "1"}
@@ -167,7 +138,7 @@ def scenario(prefect_harness, module_registries, skopeo_bin, tmp_path_factory) -
     work = str(sc.work)
 
     def build(name: str, n: int) -> None:
-        sc.reports[name] = release_flow(_request(ci.host, lists[n], sc.work, out / f"{name}.tar"))
+        sc.reports[name] = release_flow(release_request(ci.host, lists[n], sc.work, out / f"{name}.tar"))
         sc.blobs[name] = archive_blobs(sc.work)
 
     for n in (1, 2, 3):

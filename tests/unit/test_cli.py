@@ -20,21 +20,27 @@ def _run(*args):
     return runner.invoke(app, list(args))
 
 
-def test_run_lists_every_bad_line_and_exits_3_before_anything_starts(tmp_path):
-    bad = tmp_path / "images.list"
-    bad.write_text("ok/a:1\nBad/a:1\n\nno-tag\n")
-    work = tmp_path / "work"
-    r = _run(
+def _run_release(tmp_path, *extra: str, images: str = "a:1\n", source: str = "ci:5000"):
+    """`layover run` of an images.list holding `images`, into tmp_path/w and tmp_path/r.tar."""
+    lst = tmp_path / "images.list"
+    lst.write_text(images)
+    return _run(
         "run",
         "--images",
-        str(bad),
+        str(lst),
         "--source",
-        "127.0.0.1:5000",
+        source,
         "--work-dir",
-        str(work),
+        str(tmp_path / "w"),
         "--output",
         str(tmp_path / "r.tar"),
+        *extra,
     )
+
+
+def test_run_lists_every_bad_line_and_exits_3_before_anything_starts(tmp_path):
+    bad, work = tmp_path / "images.list", tmp_path / "w"
+    r = _run_release(tmp_path, images="ok/a:1\nBad/a:1\n\nno-tag\n", source="127.0.0.1:5000")
     assert r.exit_code == 3  # input error
     assert r.output.startswith("layover: error: ")
     assert f"{bad}:2:" in r.output and f"{bad}:4:" in r.output
@@ -42,19 +48,7 @@ def test_run_lists_every_bad_line_and_exits_3_before_anything_starts(tmp_path):
 
 
 def test_run_rejects_a_scheme_in_source(tmp_path):
-    lst = tmp_path / "images.list"
-    lst.write_text("a:1\n")
-    r = _run(
-        "run",
-        "--images",
-        str(lst),
-        "--source",
-        "https://ci:5000",
-        "--work-dir",
-        str(tmp_path / "w"),
-        "--output",
-        str(tmp_path / "r.tar"),
-    )
+    r = _run_release(tmp_path, source="https://ci:5000")
     assert r.exit_code == 2 and "without a scheme" in r.output  # usage
 
 
@@ -102,40 +96,14 @@ def test_version():
 
 
 def test_a_layover_variable_of_the_wrong_type_is_a_usage_error(tmp_path, monkeypatch):
-    lst = tmp_path / "images.list"
-    lst.write_text("a:1\n")
     monkeypatch.setenv("LAYOVER_CONCURRENCY", "many")
-    r = _run(
-        "run",
-        "--images",
-        str(lst),
-        "--source",
-        "ci:5000",
-        "--work-dir",
-        str(tmp_path / "w"),
-        "--output",
-        str(tmp_path / "r.tar"),
-    )
+    r = _run_release(tmp_path)
     assert r.exit_code == 2 and "LAYOVER_CONCURRENCY: Input should be a valid integer" in r.output
 
 
 def test_run_rejects_a_heartbeat_prefect_would_refuse(tmp_path):
-    lst = tmp_path / "images.list"
-    lst.write_text("a:1\n")
     work = tmp_path / "w"
-    r = _run(
-        "run",
-        "--images",
-        str(lst),
-        "--source",
-        "ci:5000",
-        "--work-dir",
-        str(work),
-        "--output",
-        str(tmp_path / "r.tar"),
-        "--heartbeat-seconds",
-        "10",
-    )
+    r = _run_release(tmp_path, "--heartbeat-seconds", "10")
     assert r.exit_code == 2 and "--heartbeat-seconds 10: Prefect needs 30 or more" in r.output
     assert not work.exists()
 

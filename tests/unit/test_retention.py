@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -32,6 +31,7 @@ from layover.retention import (
 from layover.settings import RetentionRequest
 from layover.storage.vacuum import apply_gc
 from layover.workdir import WorkDir
+from tests.gitrepo import list_repo as make_list_repo
 from tests.unit.storage_builder import StorageBuilder, digest_of
 
 REPO = Path(__file__).resolve().parents[2]
@@ -227,33 +227,12 @@ def test_recorded_releases_of_a_work_dir_without_any(tmp_path):
 runner = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1"})
 
 
-def git(cwd: Path, *args: str) -> str:
-    env = {
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@example.invalid",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@example.invalid",
-        "GIT_CONFIG_GLOBAL": "/dev/null",
-        "GIT_CONFIG_NOSYSTEM": "1",
-        "PATH": "/usr/bin:/bin",
-    }
-    return subprocess.run(
-        ["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True
-    ).stdout.strip()
-
-
 @pytest.fixture
 def list_repo(tmp_path) -> Path:
     """images.list at tags v1 (app:1 old:1), v2 (app:2 lib:1), v10 (app:3 lib:1); main: app:3."""
-    r = tmp_path / "lists"
-    r.mkdir()
-    git(r, "init", "-q", "-b", "main")
-    for tag, text in (("v1", "app:1\nold:1\n"), ("v2", "app:2\nlib:1\n"), ("v10", "app:3\nlib:1\n")):
-        (r / "images.list").write_text(text)
-        git(r, "add", ".")
-        git(r, "commit", "-q", "-m", tag)
-        git(r, "tag", tag)
-    return r
+    return make_list_repo(
+        tmp_path / "lists", {"v1": "app:1\nold:1\n", "v2": "app:2\nlib:1\n", "v10": "app:3\nlib:1\n"}
+    )
 
 
 def test_cli_dry_run_prints_the_plan_and_changes_nothing(archive, list_repo, tmp_path):
