@@ -1,0 +1,289 @@
+"""Processes and servers that die, and what a run holds while it lives (issue 17), on real parts:
+one standing `prefect server start` (SQLite) for the module, a CI registry with sample release 1,
+`layover run` processes, and for the worker case the shipped deployments (work-pool.sh,
+deploy.sh, prefect.yaml) with a `prefect worker start` (worker.sh) running flows/release.py.
+
+    pinned digests      `repo@sha256:…` and `repo:tag@sha256:…` (one whose tag has moved on at
+                        the source) through the whole pipeline; the package serves the pins
+    credentials file    the Secret block decoded to WorkDir.src_auth is 0600 while the run holds
+                        it, and gone after the run (and after a killed run's successor)
+    worker killed       SIGKILL of the worker's process group mid-release (what a host or cgroup
+                        kill does); the next run on the work dir marks it CRASHED, cleans up and
+                        builds the uninterrupted run's sha256
+    server restarted    the server is killed mid-release and back 20 s later; the run finishes
+                        or fails cleanly and leaves no registry, mount or credentials behind
+
+The server restart runs last: it is the one test that takes the module's server away.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from layover import imagelist
+from layover.adapters.registry_api import RegistryAPI
+from layover.storage.verify import verify_tarball
+from layover.testing.images import seeded_image
+from layover.testing.push import push_image, push_release
+from layover.testing.releases import Release, release
+from layover.workdir import WorkDir
+from tests.integration.cli_runs import BIN, REPO, PrefectServer, Run, kill_group, start_cli, stop_when
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.prefect_server]
+
+SCALE = 0.3
+FLOW = "layover-release"  # the @flow name in flows/release.py
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _mounted(path: Path) -> bool:
+    return any(line.split()[1] == str(path) for line in Path("/proc/self/mounts").read_text().splitlines())
+
+
+def _wait_for(what: str, check, timeout: float, every: float = 0.25) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        assert time.monotonic() < deadline, f"timed out after {timeout:g} s waiting for {what}"
+        time.sleep(every)
+
+
+@dataclass
+class Site:
+    server: PrefectServer
+    ci_host: str
+    rel: Release
+    images: Path
+    base: Path
+    docker: Any
+    registries: Any
+    runs: list[Run] = field(default_factory=list)
+
+    @property
+    def api(self) -> str:
+        return self.server.api
+
+    def env(self) -> dict[str, str]:
+        return {**self.server.env, "PYTHONPATH": str(REPO)}
+
+    def start(self, work: Path, output: Path, *extra: str, images: Path | None = None) -> Run:
+        argv = [
+            str(BIN / "layover"),
+            "run",
+            "--images",
+            str(images or self.images),
+            "--source",
+            self.ci_host,
+            "--no-src-tls-verify",
+            "--work-dir",
+            str(work),
+            "--output",
+            str(output),
+            "--concurrency",
+            "4",
+            *extra,
+        ]
+        run = start_cli(argv, self.env())
+        self.runs.append(run)
+        return run
+
+    def complete(self, work: Path, output: Path, *extra: str, images: Path | None = None) -> Run:
+        run = self.start(work, output, *extra, images=images)
+        code = run.wait(timeout=240)
+        assert code == 0, run.text()[-5000:]
+        return run
+
+    def containers(self, wd: WorkDir) -> list[str]:
+        found = self.docker.containers.list(all=True, filters={"label": [f"layover.scope={wd.scope}"]})
+        return [c.name for c in found]
+
+    def assert_clean(self, wd: WorkDir) -> None:
+        assert not self.containers(wd), "a registry container outlived the run"
+        assert not _mounted(wd.merged), "the overlay is still mounted"
+        assert not wd.src_auth.exists(), "the decoded credentials outlived the run"
+
+
+@pytest.fixture(scope="module")
+def site(module_registries, docker_client, tmp_path_factory) -> Iterator[Site]:
+    # Not under pytest's tmp dir: deployments run as root too, but keep paths short and obvious
+    base = Path(tempfile.mkdtemp(prefix="layover-faults-proc-"))
+    (base / "prefect").mkdir()
+    server = PrefectServer(base / "prefect")
+    s: Site | None = None
+    try:
+        server.start()
+        (base / "ci").mkdir()
+        ci = module_registries.start("ci", base / "ci")
+        rel = release(1, scale=SCALE)
+        push_release(ci.host, rel)
+        images = base / "release-1.list"
+        images.write_text(rel.list_text())
+        s = Site(server, ci.host, rel, images, base, docker_client, module_registries)
+        yield s
+    finally:
+        try:
+            for run in s.runs if s is not None else ():
+                if run.proc.poll() is None:
+                    kill_group(run.proc)
+            for work in base.glob("work*"):
+                wd = WorkDir.at(work)
+                for c in docker_client.containers.list(
+                    all=True, filters={"label": [f"layover.scope={wd.scope}"]}
+                ):
+                    c.remove(force=True, v=True)
+                if _mounted(wd.merged):
+                    subprocess.run(["umount", "-l", str(wd.merged)], check=False)
+        finally:
+            server.stop()
+            shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def baseline(site: Site) -> str:
+    """The sha256 of an uninterrupted run of release 1: what every recovered run must give."""
+    out = site.base / "out" / "baseline.tar"
+    site.complete(site.base / "work-baseline", out)
+    return _sha256(out)
+
+
+# --- pinned digests -----------------------------------------------------------------------------
+
+
+def test_a_list_pinned_by_digest_goes_through_the_pipeline(site: Site, tmp_path: Path) -> None:
+    """`repo@sha256:…` (an index with untagged children), `repo:tag@sha256:…`, and a pin whose
+    tag the source has since moved: the package holds and serves exactly the pinned manifests."""
+    moved_old = seeded_image("pins/moved", "1.0", seed="pinned-old", layers=1)
+    moved_new = seeded_image("pins/moved", "1.0", seed="pinned-new", layers=1)
+    with RegistryAPI(site.ci_host) as api:
+        push_image(api, moved_old)
+        push_image(api, moved_new)  # the tag moves on: the source serves moved_new at 1.0 now
+        assert api.manifest("pins/moved", "1.0").digest == moved_new.digest
+    gateway, metrics, web = (
+        site.rel.image(r) for r in ("platform/gateway", "platform/metrics", "apps/team-a/web")
+    )
+    assert gateway.is_index and metrics.is_index
+    lines = [
+        f"platform/gateway@{gateway.digest}",  # digest only: no tag keeps it alive in GC
+        f"platform/metrics:{metrics.tag}@{metrics.digest}",
+        f"pins/moved:1.0@{moved_old.digest}",  # pinned to what the tag was
+        f"apps/team-a/web:{web.tag}",  # and a plain tag beside them
+    ]
+    listed = tmp_path / "pinned.list"
+    listed.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out" / "pinned.tar"
+    work = site.base / "work-pinned"
+    site.complete(work, out, images=listed)
+    site.assert_clean(WorkDir.at(work))
+
+    assert verify_tarball(out, imagelist.parse_bytes(listed.read_bytes(), str(listed))).ok
+    # Serve the package as the customer would (a registry on its unpacked storage) and ask it.
+    unpacked = tmp_path / "unpacked"
+    unpacked.mkdir()
+    subprocess.run(["tar", "-xf", str(out), "-C", str(unpacked)], check=True)
+    served = site_registry(site, unpacked)
+    with RegistryAPI(served) as api:
+        assert api.manifest("platform/gateway", gateway.digest).digest == gateway.digest
+        for child in gateway.children:  # an index's platforms, untagged, come along
+            assert api.manifest("platform/gateway", child.digest).digest == child.digest
+        assert api.tags("platform/gateway") == (), "a digest-only entry gets no tag"
+        assert api.manifest("platform/metrics", metrics.tag).digest == metrics.digest
+        assert api.manifest("pins/moved", "1.0").digest == moved_old.digest, "the pin, not the moved tag"
+        assert not api.manifest_exists("pins/moved", moved_new.digest)
+        assert api.manifest("apps/team-a/web", web.tag).digest == web.digest
+        assert set(api.catalog()) == {"platform/gateway", "platform/metrics", "pins/moved", "apps/team-a/web"}
+
+
+def site_registry(site: Site, unpacked: Path) -> str:
+    """A read-only registry on an unpacked package (removed with the module's registries)."""
+    return site.registries.start(f"served-{uuid.uuid4().hex[:6]}", unpacked, read_only=True).host
+
+
+# --- the decoded credentials file ---------------------------------------------------------------
+
+
+def _secret_block(site: Site) -> str:
+    """A Prefect Secret block on the module's server holding a containers-auth.json document (the
+    CI registry asks for no login: skopeo sends it and the registry ignores it)."""
+    name = f"layover-src-{uuid.uuid4().hex[:8]}"
+    token = base64.b64encode(f"robot:{uuid.uuid4().hex}".encode()).decode()
+    doc = json.dumps({"auths": {site.ci_host: {"auth": token}}})
+    code = "import sys; from prefect.blocks.system import Secret; Secret(value=sys.stdin.read()).save(sys.argv[1])"
+    subprocess.run(
+        [sys.executable, "-c", code, name], input=doc, text=True, env=site.env(), check=True, timeout=120
+    )
+    return name
+
+
+class ModeWatch(threading.Thread):
+    """Samples the mode and owner of one path every millisecond or so while a run is going."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(daemon=True)
+        self.path = path
+        self.seen: set[tuple[int, int]] = set()  # (st_mode, st_uid)
+        self.samples = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                st = os.stat(self.path)
+            except FileNotFoundError:
+                pass
+            else:
+                self.seen.add((st.st_mode, st.st_uid))
+                self.samples += 1
+            time.sleep(0.001)
+
+
+def test_the_decoded_credentials_file_is_0600_while_held(site: Site, baseline: str) -> None:
+    block = _secret_block(site)
+    wd = WorkDir.at(site.base / "work-credentials")
+    out = site.base / "out" / "credentials.tar"
+    watch = ModeWatch(wd.src_auth)
+    watch.start()
+    try:
+        site.complete(wd.root, out, "--src-credentials-block", block)
+    finally:
+        watch.stop.set()
+        watch.join(timeout=10)
+    assert watch.samples, "the watch never saw the credentials file: it proved nothing"
+    assert watch.seen == {(stat.S_IFREG | 0o600, os.getuid())}, {(oct(m), u) for m, u in watch.seen}
+    site.assert_clean(wd)
+    assert _sha256(out) == baseline, "credentials change nothing in the package"
+
+    # Killed while it holds the file: the file stays (0600) and the next run removes it.
+    run = site.start(wd.root, out, "--src-credentials-block", block)
+    stop_when(run, lambda: wd.src_auth.exists() and run.saw(r"Task run 'source-credentials[^']*' - Finished"))
+    assert stat.S_IMODE(wd.src_auth.stat().st_mode) == 0o600
+    kill_group(run.proc)
+    assert wd.src_auth.exists(), "the killed run left its credentials file (the next run's job)"
+    site.complete(wd.root, out)  # no block this time: nothing may be left from the killed one
+    site.assert_clean(wd)
+    assert _sha256(out) == baseline
