@@ -20,6 +20,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from layover import progress, version
 from layover.adapters import run as commands
+from layover.adapters.console import survive_a_closed_console
 from layover.adapters.lock import work_dir_lock
 from layover.adapters.runlog import write_failure_log
 from layover.adapters.tar_writer import partial_files
@@ -96,6 +97,7 @@ def _slug_words() -> frozenset[str]:
 )
 def release(request: ReleaseRequest) -> ReleaseReport:
     started, clock = datetime.now(UTC), time.monotonic()
+    survive_a_closed_console()  # a worker that dies must not take the run down with it
     tracker = progress.StageTracker()
     stages: list[StageReport] = []
     listed: LoadedList | None = None

@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -35,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from layover import imagelist
@@ -287,3 +289,164 @@ def test_the_decoded_credentials_file_is_0600_while_held(site: Site, baseline: s
     site.complete(wd.root, out)  # no block this time: nothing may be left from the killed one
     site.assert_clean(wd)
     assert _sha256(out) == baseline
+
+
+# --- a worker killed mid-release -----------------------------------------------------------------
+
+
+@dataclass
+class Deployed:
+    env: dict[str, str]  # the operator's environment (deploy.sh, worker.sh)
+    procs: Any  # test_deployments.Procs: the workers, each in its own session
+    http: httpx.Client
+    work: Path
+
+    def start_worker(self, name: str) -> subprocess.Popen[bytes]:
+        wenv = {
+            **self.env,
+            "LAYOVER_CHECKOUT": str(REPO),
+            "PREFECT_WORKER_QUERY_SECONDS": "1",
+            "PREFECT_WORKER_PREFETCH_SECONDS": "5",
+        }
+        return self.procs.start(name, ["sh", str(REPO / "deployments" / "worker.sh"), "host-a"], wenv)
+
+    def create_run(self, site: Site, name: str, output: Path) -> dict[str, Any]:
+        from tests.integration.test_deployments import ui_run_request
+
+        request = {
+            "images": {"kind": "file", "path": str(site.images)},
+            "source": site.ci_host,
+            "src_tls_verify": False,
+            "work_dir": str(self.work),
+            "output": str(output),
+            "concurrency": 4,
+        }
+        dep = self.http.get(f"/deployments/name/{FLOW}/manual").raise_for_status().json()
+        body = ui_run_request(name, request, "host-a")
+        # A SQLite server answers 503 while its database is busy; Prefect's own client retries those.
+        r = _wait_for(
+            "the server to take the run",
+            lambda: (
+                (r := self.http.post(f"/deployments/{dep['id']}/create_flow_run", json=body)).status_code
+                != 503
+                and r
+            ),
+            timeout=60,
+            every=0.5,
+        )
+        assert r.status_code == 201, r.text
+        return r.json()
+
+    def state(self, run_id: str) -> dict[str, Any]:
+        return self.http.get(f"/flow_runs/{run_id}").raise_for_status().json()["state"]
+
+    def wait_final(self, run_id: str, timeout: float = 240) -> dict[str, Any]:
+        final = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+        return _wait_for(
+            f"flow run {run_id} to end", lambda: (s := self.state(run_id))["type"] in final and s, timeout
+        )
+
+
+@pytest.fixture(scope="module")
+def deployed(site: Site) -> Iterator[Deployed]:
+    """The shipped deployments on the module's server: work-pool.sh, deploy.sh (prefect.yaml)."""
+    from tests.integration.test_deployments import Procs, sh
+
+    (site.base / "worker-logs").mkdir()
+    env = {
+        **site.env(),
+        "PATH": f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+        "PREFECT_CLI_PROMPT": "false",
+        "LAYOVER_LIST_REPO": str(site.base / "unused.git"),  # the manual runs here name a file
+        "LAYOVER_RELEASE_BRANCH": "release",
+        "LAYOVER_SOURCE": site.ci_host,
+        "LAYOVER_SRC_TLS_VERIFY": "false",
+        "LAYOVER_WORK_DIR": str(site.base / "work-worker"),
+        "LAYOVER_OUTPUT_DIR": str(site.base / "out"),
+        "LAYOVER_TIMEZONE": "UTC",
+    }
+    sh([str(REPO / "deployments" / "work-pool.sh"), "host-a"], env=env)
+    sh([str(REPO / "deployments" / "deploy.sh")], env=env, cwd=REPO, timeout=180)
+    procs = Procs(site.base / "worker-logs")
+    http = httpx.Client(base_url=site.api, timeout=30)
+    try:
+        yield Deployed(env, procs, http, site.base / "work-worker")
+    finally:
+        http.close()
+        procs.stop_all()
+
+
+def _holder_mid_release(site: Site, deployed: Deployed, run: dict[str, Any]) -> dict[str, Any]:
+    """Once the run holds the work dir and its archive registry is up: the lock's holder record."""
+    wd = WorkDir.at(deployed.work)
+    holder = _wait_for(
+        f"{run['name']} to hold the work dir",
+        lambda: wd.lock.exists() and run["id"] in wd.lock.read_text() and json.loads(wd.lock.read_text()),
+        timeout=120,
+        every=0.02,
+    )
+    _wait_for(f"the registry of {run['name']}", lambda: site.containers(wd), timeout=60, every=0.02)
+    return holder
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_killed_worker_orphans_its_run_which_finishes(
+    site: Site, baseline: str, deployed: Deployed
+) -> None:
+    """`kill -9` of the worker (its whole process group): Prefect's process worker starts each
+    flow run in a process group of its own, so the run is orphaned, not killed, and completes."""
+    worker = deployed.start_worker("worker-1")
+    out = site.base / "out" / "orphaned.tar"
+    run = deployed.create_run(site, "orphaned", out)
+    holder = _holder_mid_release(site, deployed, run)
+    assert os.getpgid(holder["pid"]) != worker.pid, "the flow run has a process group of its own"
+    kill_group(worker)
+    assert _alive(holder["pid"]), "the flow run outlived its worker"
+    state = deployed.wait_final(run["id"])
+    assert state["type"] == "COMPLETED", state
+    assert _sha256(out) == baseline
+    site.assert_clean(WorkDir.at(deployed.work))
+
+
+def test_a_worker_killed_with_its_run_is_marked_crashed_by_the_next(
+    site: Site, baseline: str, deployed: Deployed
+) -> None:
+    """The worker and its flow run killed together (a host or cgroup kill: systemd's stop of
+    the worker unit, the OOM killer's cgroup kill): nobody is left to report, and the server
+    does not notice on its own (no heartbeat automation). The next run of the work dir finds the
+    dead holder, marks its run CRASHED, cleans up and builds the uninterrupted run's sha256."""
+    from tests.integration.cli_runs import wait_stopped
+
+    wd = WorkDir.at(deployed.work)
+    worker = deployed.start_worker("worker-2")
+    victim = deployed.create_run(site, "killed-with-worker", site.base / "out" / "killed.tar")
+    holder = _holder_mid_release(site, deployed, victim)
+    groups = [worker.pid, os.getpgid(holder["pid"])]
+    for g in groups:  # freeze, look, then kill: the state asserted is the state killed in
+        os.killpg(g, signal.SIGSTOP)
+    for g in groups:
+        wait_stopped(g)
+    assert deployed.state(victim["id"])["type"] == "RUNNING"
+    assert site.containers(wd), "killed while its registry ran"
+    for g in groups:
+        os.killpg(g, signal.SIGKILL)
+    worker.wait(timeout=30)
+    _wait_for("the flow run to die", lambda: not _alive(holder["pid"]), timeout=30, every=0.02)
+    assert deployed.state(victim["id"])["type"] == "RUNNING", "nothing marks it crashed yet"
+
+    deployed.start_worker("worker-3")
+    out = site.base / "out" / "after-worker-kill.tar"
+    after = deployed.create_run(site, "after-worker-kill", out)
+    state = deployed.wait_final(after["id"])
+    assert state["type"] == "COMPLETED", deployed.procs.log("worker-3")[-4000:]
+    assert _sha256(out) == baseline, "the recovered run gives the uninterrupted run's tarball"
+    site.assert_clean(wd)
+    victim_state = deployed.state(victim["id"])
+    print(f"\nvictim: {victim_state['type']}: {victim_state['message']}")
+    assert victim_state["type"] == "CRASHED", victim_state
