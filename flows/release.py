@@ -130,8 +130,12 @@ class _Built:
 def _build(request: ReleaseRequest, listed: LoadedList, stages: list[StageReport]) -> _Built:
     wd = WorkDir.at(request.work_dir)
     holder = f"{runtime.flow_run.name or 'layover'} ({runtime.flow_run.id or 'no run id'})"
-    with work_dir_lock(wd.lock, holder, wait_seconds=request.lock_wait_seconds), registries(wd) as regs:
-        clear_stale(wd, request.output)
+    run_id = str(runtime.flow_run.id) if runtime.flow_run.id else None
+    with (
+        work_dir_lock(wd.lock, holder, wait_seconds=request.lock_wait_seconds, run_id=run_id) as held,
+        registries(wd) as regs,
+    ):
+        clear_stale(wd, request.output, held.dead)
         try:
             authfile = source_authfile(wd, request)
             archive = regs.serve_archive()
