@@ -450,3 +450,45 @@ def test_a_worker_killed_with_its_run_is_marked_crashed_by_the_next(
     victim_state = deployed.state(victim["id"])
     print(f"\nvictim: {victim_state['type']}: {victim_state['message']}")
     assert victim_state["type"] == "CRASHED", victim_state
+
+
+# --- the server restarted mid-release (last: it takes the module's server away) -----------------
+
+DOWN_SECONDS = 20.0
+
+
+def test_the_server_restarted_mid_release(site: Site, baseline: str) -> None:
+    wd = WorkDir.at(site.base / "work-server-restart")
+    out = site.base / "out" / "server-restart.tar"
+    run = site.start(wd.root, out)
+    # Mid-release: archive sync is copying (a run's copies are most of its time).
+    _wait_for(
+        "archive sync", lambda: run.saw(r"Task run 'archive-sync: ") or run.proc.poll() is not None, 120, 0.01
+    )
+    assert run.proc.poll() is None, run.text()[-3000:]
+    site.server.stop()
+    down_at = time.monotonic()
+    assert not site.server.healthy()
+    time.sleep(DOWN_SECONDS)  # the fault itself: the server is away this long
+    site.server.start()
+    back_at = time.monotonic()
+    code = run.wait(timeout=300)
+    ended_at = time.monotonic()
+    print(
+        f"\nserver down {back_at - down_at:.1f} s; the run ended {ended_at - back_at:.1f} s after it was "
+        f"back, exit {code}"
+    )
+    # Prefect's client retries each request 5 times, 2-4-8-16-32 s apart (about a minute): a
+    # 20 s outage is ridden out and the run completes with the uninterrupted run's package.
+    assert code == 0, run.text()[-4000:]
+    assert _sha256(out) == baseline
+    site.assert_clean(wd)
+
+    def recorded() -> dict[str, Any] | None:
+        runs = httpx.post(
+            f"{site.api}/flow_runs/filter", json={"sort": "START_TIME_DESC", "limit": 1}, timeout=30
+        ).json()
+        return runs[0] if runs and runs[0]["state"]["type"] == "COMPLETED" else None
+
+    fr = _wait_for("the server to record the run COMPLETED", recorded, timeout=60)
+    assert fr["parameters"]["request"]["output"] == str(out)
