@@ -486,9 +486,16 @@ def test_the_server_restarted_mid_release(site: Site, baseline: str) -> None:
 
     def recorded() -> dict[str, Any] | None:
         runs = httpx.post(
-            f"{site.api}/flow_runs/filter", json={"sort": "START_TIME_DESC", "limit": 1}, timeout=30
+            f"{site.api}/flow_runs/filter",
+            # CLI runs only (the deployments' scheduled runs have no start time yet), newest first
+            json={
+                "flow_runs": {"deployment_id": {"is_null_": True}, "start_time": {"is_null_": False}},
+                "sort": "START_TIME_DESC",
+                "limit": 1,
+            },
+            timeout=30,
         ).json()
         return runs[0] if runs and runs[0]["state"]["type"] == "COMPLETED" else None
 
     fr = _wait_for("the server to record the run COMPLETED", recorded, timeout=60)
-    assert fr["parameters"]["request"]["output"] == str(out)
+    assert fr["parameters"]["request"]["output"] == str(out), "the newest CLI run is this one"
