@@ -7,9 +7,11 @@ deploy.sh, prefect.yaml) with a `prefect worker start` (worker.sh) running flows
                         the source) through the whole pipeline; the package serves the pins
     credentials file    the Secret block decoded to WorkDir.src_auth is 0600 while the run holds
                         it, and gone after the run (and after a killed run's successor)
-    worker killed       SIGKILL of the worker's process group mid-release (what a host or cgroup
-                        kill does); the next run on the work dir marks it CRASHED, cleans up and
-                        builds the uninterrupted run's sha256
+    worker killed       SIGKILL of the worker's process group mid-release: its flow run (a
+                        process group of its own) is orphaned and completes
+    worker + run killed both groups (a host or cgroup kill): the run stays RUNNING until the
+                        next run on the work dir marks it CRASHED, cleans up and builds the
+                        uninterrupted run's sha256
     server restarted    the server is killed mid-release and back 20 s later; the run finishes
                         or fails cleanly and leaves no registry, mount or credentials behind
 
