@@ -20,6 +20,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from layover import progress, version
 from layover.adapters import run as commands
+from layover.adapters.console import survive_a_closed_console
 from layover.adapters.lock import work_dir_lock
 from layover.adapters.runlog import write_failure_log
 from layover.adapters.tar_writer import partial_files
@@ -96,6 +97,7 @@ def _slug_words() -> frozenset[str]:
 )
 def release(request: ReleaseRequest) -> ReleaseReport:
     started, clock = datetime.now(UTC), time.monotonic()
+    survive_a_closed_console()  # a worker that dies must not take the run down with it
     tracker = progress.StageTracker()
     stages: list[StageReport] = []
     listed: LoadedList | None = None
@@ -128,8 +130,12 @@ class _Built:
 def _build(request: ReleaseRequest, listed: LoadedList, stages: list[StageReport]) -> _Built:
     wd = WorkDir.at(request.work_dir)
     holder = f"{runtime.flow_run.name or 'layover'} ({runtime.flow_run.id or 'no run id'})"
-    with work_dir_lock(wd.lock, holder, wait_seconds=request.lock_wait_seconds), registries(wd) as regs:
-        clear_stale(wd, request.output)
+    run_id = str(runtime.flow_run.id) if runtime.flow_run.id else None
+    with (
+        work_dir_lock(wd.lock, holder, wait_seconds=request.lock_wait_seconds, run_id=run_id) as held,
+        registries(wd) as regs,
+    ):
+        clear_stale(wd, request.output, held.dead)
         try:
             authfile = source_authfile(wd, request)
             archive = regs.serve_archive()

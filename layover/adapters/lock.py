@@ -1,8 +1,10 @@
 """One run per work dir on this host: an fcntl lock the kernel drops when the holder dies.
 
 The lock file also holds a one-line description of the holder (run name, pid, host, start
-time) so that a second run can say who is in the way. A crashed holder never blocks the next
-run: its flock died with its process, and the stale description is simply overwritten.
+time, Prefect flow-run id) so that a second run can say who is in the way. A crashed holder never
+blocks the next run: its flock died with its process. A holder that lets go empties the file
+first, so a description found by the next holder is one a dead process left: `Held.dead` (the
+release flow marks that Prefect run crashed, since nothing else would).
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from layover.errors import LockedError
 
@@ -30,8 +34,18 @@ def _describe(path: Path) -> str:
     )
 
 
+@dataclass(frozen=True)
+class Held:
+    """What the lock file said when this process got the lock: None, or what a holder that died
+    without letting go wrote (its `run`, `pid`, `host`, `since`, and `run_id` if it had one)."""
+
+    dead: dict[str, Any] | None
+
+
 @contextmanager
-def work_dir_lock(path: Path, holder: str, *, wait_seconds: float = 0.0) -> Iterator[None]:
+def work_dir_lock(
+    path: Path, holder: str, *, wait_seconds: float = 0.0, run_id: str | None = None
+) -> Iterator[Held]:
     """Hold the lock for the body; wait up to `wait_seconds`, then raise LockedError."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -48,17 +62,30 @@ def work_dir_lock(path: Path, holder: str, *, wait_seconds: float = 0.0) -> Iter
                         "finish, or use another --work-dir"
                     ) from None
                 time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
+        left = os.pread(fd, 65536, 0)
         info = {
             "run": holder,
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **({"run_id": run_id} if run_id else {}),
         }
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
-        yield
+        try:
+            yield Held(_parse(left))
+        finally:
+            os.ftruncate(fd, 0)  # let go cleanly: only a dead holder leaves a description
     finally:
         os.close(fd)  # closing drops the flock
+
+
+def _parse(data: bytes) -> dict[str, Any] | None:
+    try:
+        info = json.loads(data) if data.strip() else None
+    except ValueError:
+        return None
+    return info if isinstance(info, dict) else None
 
 
 def holder(path: Path) -> str | None:

@@ -11,7 +11,7 @@ HOLDER = """
 import sys, time
 from pathlib import Path
 from layover.adapters.lock import work_dir_lock
-with work_dir_lock(Path(sys.argv[1]), "nightly-2026-11-28 (abc)"):
+with work_dir_lock(Path(sys.argv[1]), "nightly-2026-11-28 (abc)", run_id="abc"):
     print("ready", flush=True)
     time.sleep(float(sys.argv[2]))
 """
@@ -59,5 +59,19 @@ def test_killed_holder_never_blocks(tmp_path, hold):
     proc = hold(30)
     proc.kill()
     proc.wait(10)
-    with work_dir_lock(tmp_path / "lock", "next", wait_seconds=0):
+    with work_dir_lock(tmp_path / "lock", "next", wait_seconds=0) as held:
         assert '"run": "next"' in (tmp_path / "lock").read_text()
+    # what the dead holder wrote is handed to the next holder (to mark its run crashed)
+    assert held.dead is not None
+    assert (held.dead["run_id"], held.dead["pid"]) == ("abc", proc.pid)
+
+
+def test_a_holder_that_lets_go_leaves_no_description(tmp_path, hold):
+    hold(0.2).wait(10)
+    assert (tmp_path / "lock").read_text() == ""
+    with work_dir_lock(tmp_path / "lock", "next") as held:
+        assert held.dead is None
+    with pytest.raises(RuntimeError), work_dir_lock(tmp_path / "lock", "failing"):
+        raise RuntimeError("a failed run lets go too")
+    with work_dir_lock(tmp_path / "lock", "after") as held:
+        assert held.dead is None
