@@ -9,6 +9,7 @@ the CLI in a pipe or in a pseudo-terminal, and ways to catch a run at a moment.
     Cli(argv, env, tty=False)  a running `layover ...` in its own session; .text(), .saw(),
                                .wait(), .wait_until(), .freeze(), .thaw(), .freeze_at(), .kill()
     kill_group(pgid)           SIGKILL a process group (a session leader's pid)
+    wait_stopped(pgid)         until every member of a process group is stopped (SIGSTOP)
     finished(task)             the log line of a task run that completed (needs task_logs=True)
     descendants(pid)           every process below pid (for "nothing left running")
     started_servers(home)      Prefect server processes started with PREFECT_HOME=home
@@ -257,7 +258,7 @@ class Cli:
         of its own); returns once every member is stopped and the output so far is read. The
         moment stays as it is until thaw()."""
         os.killpg(self.pid, signal.SIGSTOP)
-        _wait_stopped(self.pid)
+        wait_stopped(self.pid)
         self._drain()
 
     def freeze_at(self, moment: Callable[[], bool], timeout: float = 180, what: str = "the moment") -> None:
@@ -296,7 +297,7 @@ def _processes() -> dict[int, list[str]]:
     return found
 
 
-def _wait_stopped(pgid: int, timeout: float = 10) -> None:
+def wait_stopped(pgid: int, timeout: float = 10) -> None:
     """Until every live member of process group `pgid` is in state T (stopped)."""
     deadline = time.monotonic() + timeout
     while any(f[0] not in ("T", "t", "Z", "X") for f in _processes().values() if int(f[2]) == pgid):

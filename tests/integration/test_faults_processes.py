@@ -48,7 +48,10 @@ from layover.testing.images import seeded_image
 from layover.testing.push import push_image, push_release
 from layover.testing.releases import Release, release
 from layover.workdir import WorkDir
-from tests.integration.cli_runs import BIN, REPO, PrefectServer, Run, kill_group, start_cli, stop_when
+from tests.cli_runs import Cli, PrefectServer, kill_group, wait_stopped
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = REPO / ".venv" / "bin"
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.prefect_server]
 
@@ -87,16 +90,16 @@ class Site:
     base: Path
     docker: Any
     registries: Any
-    runs: list[Run] = field(default_factory=list)
+    runs: list[Cli] = field(default_factory=list)
 
     @property
     def api(self) -> str:
         return self.server.api
 
     def env(self) -> dict[str, str]:
-        return {**self.server.env, "PYTHONPATH": str(REPO)}
+        return {**self.server.env(task_logs=True), "PYTHONPATH": str(REPO)}
 
-    def start(self, work: Path, output: Path, *extra: str, images: Path | None = None) -> Run:
+    def start(self, work: Path, output: Path, *extra: str, images: Path | None = None) -> Cli:
         argv = [
             str(BIN / "layover"),
             "run",
@@ -113,11 +116,11 @@ class Site:
             "4",
             *extra,
         ]
-        run = start_cli(argv, self.env())
+        run = Cli(argv, self.env())
         self.runs.append(run)
         return run
 
-    def complete(self, work: Path, output: Path, *extra: str, images: Path | None = None) -> Run:
+    def complete(self, work: Path, output: Path, *extra: str, images: Path | None = None) -> Cli:
         run = self.start(work, output, *extra, images=images)
         code = run.wait(timeout=240)
         assert code == 0, run.text()[-5000:]
@@ -153,8 +156,8 @@ def site(module_registries, docker_client, tmp_path_factory) -> Iterator[Site]:
     finally:
         try:
             for run in s.runs if s is not None else ():
-                if run.proc.poll() is None:
-                    kill_group(run.proc)
+                if run.poll() is None:
+                    run.kill()
             for work in base.glob("work*"):
                 wd = WorkDir.at(work)
                 for c in docker_client.containers.list(
@@ -284,9 +287,9 @@ def test_the_decoded_credentials_file_is_0600_while_held(site: Site, baseline: s
 
     # Killed while it holds the file: the file stays (0600) and the next run removes it.
     run = site.start(wd.root, out, "--src-credentials-block", block)
-    stop_when(run, lambda: wd.src_auth.exists() and run.saw(r"Task run 'source-credentials[^']*' - Finished"))
+    run.freeze_at(lambda: wd.src_auth.exists() and run.saw(r"Task run 'source-credentials[^']*' - Finished"))
     assert stat.S_IMODE(wd.src_auth.stat().st_mode) == 0o600
-    kill_group(run.proc)
+    run.kill()
     assert wd.src_auth.exists(), "the killed run left its credentials file (the next run's job)"
     site.complete(wd.root, out)  # no block this time: nothing may be left from the killed one
     site.assert_clean(wd)
@@ -408,7 +411,7 @@ def test_a_killed_worker_orphans_its_run_which_finishes(
     run = deployed.create_run(site, "orphaned", out)
     holder = _holder_mid_release(site, deployed, run)
     assert os.getpgid(holder["pid"]) != worker.pid, "the flow run has a process group of its own"
-    kill_group(worker)
+    kill_group(worker.pid)
     assert _alive(holder["pid"]), "the flow run outlived its worker"
     state = deployed.wait_final(run["id"])
     assert state["type"] == "COMPLETED", state
@@ -423,8 +426,6 @@ def test_a_worker_killed_with_its_run_is_marked_crashed_by_the_next(
     the worker unit, the OOM killer's cgroup kill): nobody is left to report, and the server
     does not notice on its own (no heartbeat automation). The next run of the work dir finds the
     dead holder, marks its run CRASHED, cleans up and builds the uninterrupted run's sha256."""
-    from tests.integration.cli_runs import wait_stopped
-
     wd = WorkDir.at(deployed.work)
     worker = deployed.start_worker("worker-2")
     victim = deployed.create_run(site, "killed-with-worker", site.base / "out" / "killed.tar")
@@ -465,9 +466,9 @@ def test_the_server_restarted_mid_release(site: Site, baseline: str) -> None:
     run = site.start(wd.root, out)
     # Mid-release: archive sync is copying (a run's copies are most of its time).
     _wait_for(
-        "archive sync", lambda: run.saw(r"Task run 'archive-sync: ") or run.proc.poll() is not None, 120, 0.01
+        "archive sync", lambda: run.saw(r"Task run 'archive-sync: ") or run.poll() is not None, 120, 0.01
     )
-    assert run.proc.poll() is None, run.text()[-3000:]
+    assert run.poll() is None, run.text()[-3000:]
     site.server.stop()
     down_at = time.monotonic()
     assert not site.server.healthy()
