@@ -43,13 +43,15 @@ from layover.reference import ImageRef
 from layover.storage.images import resolve
 from layover.storage.layout import LINK_SIZE, StorageLayout, StrPaths
 from layover.storage.walk import Refs, walk
-from layover.tarball import CONTENTS_MEMBER, DELTA_ROOT  # noqa: F401 - the package format's paths, re-exported
+from layover.tarball import (  # noqa: F401 - the package format's paths and limit, re-exported
+    CONTENTS_MEMBER,
+    DELTA_README,
+    DELTA_ROOT,
+    MAX_CONTENTS_BYTES,
+)
 from layover.units import human_bytes
 
 SCHEMA: Final = "layover.contents/1"
-
-DELTA_README = "layover/README.txt"
-MAX_CONTENTS_BYTES = 64 << 20  # a 100,000-blob package's contents file is about 20 MB
 
 _SCHEMA1 = "application/vnd.docker.distribution.manifest.v1+prettyjws"
 

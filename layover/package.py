@@ -17,9 +17,12 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from layover.attached import recorded_attachments
 from layover.contents import CONTENTS_MEMBER, MAX_CONTENTS_BYTES, SCHEMA, Contents, parse
 from layover.errors import PackageError, UsageError
+from layover.imagelist import ImageList
 from layover.storage.hashing import sha256_file
+from layover.storage.verify import Claims, ClaimsReader, Declared
 
 _HEX = re.compile(r"[0-9a-f]{64}")
 
@@ -219,3 +222,24 @@ def _member(package: Path, ti: tarfile.TarInfo, file_size: int) -> Member:
     if ti.offset_data + ti.size > file_size:
         raise refuse(package, f"member {name!r} runs past the end of the file: the tarball is truncated")
     return Member(name, ti.isdir(), 0 if ti.isdir() else ti.size, ti.offset_data)
+
+
+def claims_reader(images: ImageList) -> ClaimsReader:
+    """How `layover verify` reads a tarball's contents member (storage/verify.py's Claims): the
+    attached artifacts it records for `images` are accepted as images of the package
+    (docs/attached.md); a delta's assumed blobs and per-image lists stand in for its base."""
+
+    def read(data: bytes, where: str) -> Claims:
+        contents = parse(data, where)
+        checked = recorded_attachments(contents, images)
+        if contents.delta is None:
+            return Claims(checked, attached=len(checked) - len(images))
+        return Claims(
+            checked,
+            attached=len(checked) - len(images),
+            assumed=frozenset(contents.assumed),
+            declared={i.ref.key: Declared(tuple(i.manifests), tuple(i.blobs)) for i in contents.images},
+            base=contents.delta.base.release,
+        )
+
+    return read

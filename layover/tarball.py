@@ -49,6 +49,9 @@ CONTENTS_MEMBER = "layover/contents.json"
 # A delta's storage tree lives below this directory, so that a plain `tar -xf` of a delta into
 # a registry's root adds nothing the registry reads (docs/customer.md, "Deltas").
 DELTA_ROOT = "layover/delta"
+# A delta's note for whoever runs plain `tar -xf` on it (layover/delta.py writes it).
+DELTA_README = "layover/README.txt"
+MAX_CONTENTS_BYTES = 64 << 20  # a 100,000-blob package's contents file is about 20 MB
 
 BLOCK = 512
 ALIGN = 4096  # the page / filesystem block size reflinks work in (XFS and btrfs default)

@@ -28,6 +28,7 @@ def verify(
     A delta tarball lacks its base's blob data: verify checks everything else and says how many
     blobs it left to `layover install`."""
     from layover import imagelist
+    from layover.package import claims_reader
     from layover.storage.layout import StorageLayout
     from layover.storage.verify import verify_storage, verify_tarball
 
@@ -36,7 +37,7 @@ def verify(
         if target.is_dir():
             report = verify_storage(StorageLayout(target.absolute()), listed)
         elif target.is_file():
-            report = verify_tarball(target, listed)
+            report = verify_tarball(target, listed, claims=claims_reader(listed))
         else:
             raise UsageError(f"{target}: no such directory or tarball")
     except LayoverError as e:

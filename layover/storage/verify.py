@@ -13,10 +13,12 @@ only the listed images' checks, and only the blobs they reference are hashed; th
 else" checks are skipped. `hashed`: blobs the caller has checked itself, not hashed again.
 
 A tarball's contents file (`layover/contents.json`, its first member) is not storage and not
-a stray; layover/install.py checks it against the tree. Verify reads two things from it:
+a stray; layover/install.py checks it against the tree. What it claims reaches verify as a
+`Claims` value, which the caller builds from the member's bytes (layover/package.py:
+claims_reader) so that the storage wing knows nothing of the contents format:
   - the attached artifacts it records (signatures, SBOMs, referrers indexes of the listed
-    images, layover.attached.recorded_attachments): accepted as images of the package, so
-    checking a package against the images.list it was made from passes; any other tag is extra;
+    images): accepted as images of the package, so checking a package against the images.list
+    it was made from passes; any other tag is extra;
   - a delta's assumed blobs: a delta lacks its base's blob data by design (layover/delta.py).
     Its manifests, tags and links are checked as usual, and every blob with no data must be one
     the contents file declares assumed; those are counted, not checked (`layover install`
@@ -42,15 +44,12 @@ import re
 import tarfile
 import time
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from layover.attached import recorded_attachments
-from layover.contents import DELTA_README, MAX_CONTENTS_BYTES, Contents
-from layover.contents import parse as parse_contents
 from layover.errors import PackageError, StorageError, VerifyError
 from layover.imagelist import ImageList
 from layover.manifest import parse_manifest
@@ -58,7 +57,7 @@ from layover.reference import HEX64, Digest
 from layover.storage.hashing import CHUNK, sha256_file
 from layover.storage.layout import V2, StorageLayout, parse_link
 from layover.storage.walk import Refs, walk
-from layover.tarball import CONTENTS_MEMBER
+from layover.tarball import CONTENTS_MEMBER, DELTA_README, MAX_CONTENTS_BYTES
 
 _MAX_MANIFEST = 4 << 20  # the registry refuses bigger manifests
 _MAX_SMALL = 4096  # link files are 71 bytes
@@ -258,8 +257,38 @@ def _report(
     )
 
 
-def verify_tarball(path: Path, images: ImageList, *, workers: int = 4) -> VerifyReport:
-    """`workers` is accepted for symmetry: a tar stream is read and hashed sequentially."""
+@dataclass(frozen=True)
+class Declared:
+    """One image as a delta's contents file lists it: its manifests and blobs ("sha256:<hex>")."""
+
+    manifests: tuple[str, ...]
+    blobs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Claims:
+    """What a package's contents file adds to a check against an images.list."""
+
+    images: ImageList  # the listed images plus the attached artifacts the package records
+    attached: int = 0  # how many of `images` are those artifacts
+    # a delta: the blobs whose data it lacks by design (hex), each listed image's manifests and
+    # blobs keyed by ImageRef.key (the walk cannot read below a manifest the base provides),
+    # and the base's release
+    assumed: frozenset[str] = frozenset()
+    declared: Mapping[tuple[str, str | None, Digest | None], Declared] | None = None
+    base: str = ""
+
+
+# Builds the claims from the contents member's bytes (and where they came from, for messages);
+# raises PackageError when the member cannot be read.
+ClaimsReader = Callable[[bytes, str], Claims]
+
+
+def verify_tarball(
+    path: Path, images: ImageList, *, workers: int = 4, claims: ClaimsReader | None = None
+) -> VerifyReport:
+    """`workers` is accepted for symmetry: a tar stream is read and hashed sequentially.
+    `claims`: how to read the contents member (without it, the list alone is checked)."""
     del workers
     start = time.monotonic()
     try:
@@ -267,13 +296,13 @@ def verify_tarball(path: Path, images: ImageList, *, workers: int = 4) -> Verify
     except (OSError, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as e:  # truncated/corrupt
         raise StorageError(str(path), f"cannot read the tarball ({e}); rebuild it") from None
     problems = list(view.problems)
-    contents: Contents | None = None
-    if view.contents is not None:
+    found: Claims | None = None
+    if view.contents is not None and claims is not None:
         try:
-            contents = parse_contents(view.contents, f"{path}:{CONTENTS_MEMBER}")
+            found = claims(view.contents, f"{path}:{CONTENTS_MEMBER}")
         except PackageError as e:
             problems.append(Problem(ProblemKind.BAD_CONTENTS, CONTENTS_MEMBER, None, str(e)))
-    return _finish(str(path), view, StorageLayout(Path(".")), images, problems, start, contents)
+    return _finish(str(path), view, StorageLayout(Path(".")), images, problems, start, found)
 
 
 # --- the checks, shared by both views -----------------------------------------------------
@@ -284,10 +313,10 @@ def _finish(
     images: ImageList,
     problems: list[Problem],
     start: float,
-    contents: Contents | None = None,
+    claims: Claims | None = None,
 ) -> VerifyReport:
-    checked = recorded_attachments(contents, images) if contents is not None else images
-    delta = contents if contents is not None and contents.delta is not None else None
+    checked = claims.images if claims is not None else images
+    delta = claims if claims is not None and claims.declared is not None else None
     checker = _Checker(view, layout, problems, delta=delta)
     checker.run(checked)
     return VerifyReport(
@@ -298,10 +327,10 @@ def _finish(
         len(view.blob_sizes),
         view.bytes_hashed,
         time.monotonic() - start,
-        attached=len(checked) - len(images),
+        attached=claims.attached if claims is not None else 0,
         kind="delta" if delta is not None else "full",
         assumed=len(delta.assumed) if delta is not None else 0,
-        base=delta.delta.base.release if delta is not None and delta.delta is not None else "",
+        base=delta.base if delta is not None else "",
     )
 
 
@@ -313,13 +342,13 @@ class _Checker:
         problems: list[Problem],
         *,
         listed_only: bool = False,
-        delta: Contents | None = None,
+        delta: Claims | None = None,
     ) -> None:
         self.listed_only = listed_only
         # a delta: blobs whose data may be absent, and each image's manifests and blobs as its
         # contents file lists them (the walk cannot read below a manifest the delta lacks)
-        self.assumed = frozenset(delta.assumed) if delta is not None else frozenset()
-        self.declared = {i.ref.key: i for i in delta.images} if delta is not None else {}
+        self.assumed = delta.assumed if delta is not None else frozenset()
+        self.declared = dict(delta.declared or {}) if delta is not None else {}
         self.view = view
         self.layout = layout
         self.paths = layout.strings()
