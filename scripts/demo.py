@@ -55,6 +55,7 @@ def main() -> int:
         return 0
     finally:
         ci.remove_scope()
+        ci.close()
 
 
 if __name__ == "__main__":

@@ -79,6 +79,7 @@ def registries(docker_client, registry_image, request):
         yield manager
     finally:
         manager.remove_scope()
+        manager.close()  # its registries' config files
 
 
 # --- skopeo ---------------------------------------------------------------------------------

@@ -149,6 +149,7 @@ def test_remove_scope_clears_stale_containers_of_a_crashed_run(
         assert left == []
     finally:
         crashed.remove_scope()
+        crashed.close()
 
 
 def test_container_labels_and_host_networking(registries, tmp_path):

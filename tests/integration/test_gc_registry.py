@@ -121,6 +121,7 @@ def test_deleting_under_a_running_registry(docker_client, registry_image, tmp_pa
         push_release(reg.host, rel1)  # the dropped images come back in a later release
     finally:
         mgr.remove_scope()
+        mgr.close()
     both = imagelist.parse_text(rel1.list_text() + rel2.list_text())
     report = verify_storage(StorageLayout(storage), both)
     # upload sessions are normal in a live registry's tree (GC removes them from a package)
