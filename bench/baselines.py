@@ -163,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         RUNNERS[a.runner](refs, a.source, a.work_dir.resolve(), a.output.resolve(), mgr)
     finally:
         mgr.remove_scope()
+        mgr.close()
     return 0
 
 

@@ -348,6 +348,7 @@ class Bench:
                 os.killpg(self.prefect.pid, signal.SIGKILL)
         for suffix in ("", *(f"-{r}" for r in RUNNERS)):
             RegistryManager(self.client, self.mgr.image, self.scope + suffix).remove_scope()
+        self.mgr.close()  # its registries' config files
         # layover's own registry containers are labelled by layover; remove any it leaked
         try:
             self.clean_docker_images()

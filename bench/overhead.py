@@ -218,6 +218,7 @@ def main() -> int:
         return 0
     finally:
         mgr.remove_scope()
+        mgr.close()
         bench.close()
         merged = root / "work" / "merged"
         if os.path.ismount(merged):

@@ -69,6 +69,7 @@ class PushBench:
 
     def close(self) -> None:
         self.mgr.remove_scope()
+        self.mgr.close()
         shutil.rmtree(self.root, ignore_errors=True)
 
     # --- packages --------------------------------------------------------------------------
