@@ -8,20 +8,19 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Any
-from uuid import UUID
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from layover.adapters import overlay
+from layover.adapters import flow_runs, overlay
+from layover.adapters.lock import DeadHolder
 from layover.adapters.tar_writer import partial_files
 from layover.registries import RunRegistries
 from layover.workdir import WorkDir
 
 
 @task(name="clear-stale-state", cache_policy=NO_CACHE)
-def clear_stale(wd: WorkDir, output: Path, dead: dict[str, Any] | None = None) -> None:
+def clear_stale(wd: WorkDir, output: Path, dead: DeadHolder | None = None) -> None:
     """Undo what a killed run of this work dir left behind: the overlay mount, half-written
     tarballs, a decoded credentials file (its containers went when `registries` was entered),
     and a Prefect flow run left RUNNING by a process that died holding the work dir (`dead`,
@@ -57,31 +56,23 @@ def teardown(wd: WorkDir, regs: RunRegistries) -> None:
             overlay.unmount(wd.merged)
 
 
-def mark_crashed(dead: dict[str, Any]) -> None:
+def mark_crashed(dead: DeadHolder) -> None:
     """Mark the flow run of a holder that died (SIGKILL, OOM, a host or cgroup kill, its worker
     killed with it) CRASHED, if the server still has it unfinished. Nobody else would: a
     worker reports a crash only of a child it outlived, and a self-hosted Prefect server marks
     nothing without a heartbeat automation (docs/reliability.md). Best effort: a run of another
-    server (a CLI run's temporary one) or an unreachable server only gets a warning."""
-    from prefect.client.orchestration import get_client
-    from prefect.states import Crashed
-
-    logger = get_run_logger()
-    run_id = dead.get("run_id")
-    if not run_id or dead.get("host") != socket.gethostname():
+    host, of another server (a CLI run's temporary one) or an unreachable server only gets a
+    warning."""
+    if dead.run_id is None or dead.host != socket.gethostname():
         return
-    what = f"run {dead.get('run', run_id)!r} (pid {dead.get('pid', '?')}, since {dead.get('since', '?')})"
+    logger = get_run_logger()
+    what = f"run {dead.run!r} (pid {dead.pid or '?'}, since {dead.since})"
     try:
-        with get_client(sync_client=True) as client:
-            state = client.read_flow_run(UUID(run_id)).state
-            if state is None or state.is_final():
-                return
-            client.set_flow_run_state(
-                UUID(run_id),
-                Crashed(message="its process died holding the work dir; the next run cleaned up after it"),
-                force=True,
-            )
+        marked = flow_runs.mark_crashed(
+            dead.run_id, "its process died holding the work dir; the next run cleaned up after it"
+        )
     except Exception as e:  # noqa: BLE001 - never fail a release over an older run's state
         logger.warning("%s died holding the work dir; could not mark it crashed: %s", what, type(e).__name__)
         return
-    logger.warning("%s died holding the work dir: marked it crashed", what)
+    if marked:
+        logger.warning("%s died holding the work dir: marked it crashed", what)

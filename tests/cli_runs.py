@@ -49,6 +49,25 @@ def layover(*args: str) -> list[str]:
     return [sys.executable, "-m", "layover.cli", *args]
 
 
+def run_argv(images: Path, source: str, work: Path, output: Path, *extra: str) -> list[str]:
+    """`layover run` of a list from a plain-HTTP test registry, 4 copies at a time."""
+    return layover(
+        "run",
+        "--images",
+        str(images),
+        "--source",
+        source,
+        "--no-src-tls-verify",
+        "--work-dir",
+        str(work),
+        "--output",
+        str(output),
+        "--concurrency",
+        "4",
+        *extra,
+    )
+
+
 def base_env(home: Path, *, task_logs: bool = False) -> dict[str, str]:
     """task_logs: Prefect's INFO console lines (a task run's "Finished in state Completed") in
     the CLI's output, for tests that watch a run's tasks; without it the CLI keeps Prefect's

@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from layover.errors import LockedError
 
@@ -35,11 +34,21 @@ def _describe(path: Path) -> str:
 
 
 @dataclass(frozen=True)
-class Held:
-    """What the lock file said when this process got the lock: None, or what a holder that died
-    without letting go wrote (its `run`, `pid`, `host`, `since`, and `run_id` if it had one)."""
+class DeadHolder:
+    """What a holder that died without letting go wrote into the lock file."""
 
-    dead: dict[str, Any] | None
+    run: str
+    pid: int | None
+    host: str
+    since: str
+    run_id: str | None  # its Prefect flow run, if it had one
+
+
+@dataclass(frozen=True)
+class Held:
+    """What the lock file said when this process got the lock: nothing, or a dead holder."""
+
+    dead: DeadHolder | None
 
 
 @contextmanager
@@ -80,12 +89,22 @@ def work_dir_lock(
         os.close(fd)  # closing drops the flock
 
 
-def _parse(data: bytes) -> dict[str, Any] | None:
+def _parse(data: bytes) -> DeadHolder | None:
     try:
         info = json.loads(data) if data.strip() else None
     except ValueError:
         return None
-    return info if isinstance(info, dict) else None
+    if not isinstance(info, dict):
+        return None
+    pid = info.get("pid")
+    run_id = info.get("run_id")
+    return DeadHolder(
+        run=str(info.get("run", "?")),
+        pid=pid if isinstance(pid, int) else None,
+        host=str(info.get("host", "")),
+        since=str(info.get("since", "?")),
+        run_id=str(run_id) if run_id else None,
+    )
 
 
 def holder(path: Path) -> str | None:

@@ -25,7 +25,7 @@ from layover.errors import DiskFullError, LayoverError
 from layover.settings import ReleaseRequest
 from layover.storage.verify import verify_tarball
 from layover.workdir import WorkDir
-from tests.cli_runs import Cli, finished, layover
+from tests.cli_runs import Cli, finished, run_argv
 from tests.conftest import require
 from tests.integration.conftest import CiSite
 from tests.integration.flow_requests import release_request
@@ -291,20 +291,7 @@ def test_work_dir_disk_full_during_package_sync_is_one_line_and_leaves_nothing(
     disk = disks.make("work-pkg", 400 * 1024)
     wd = WorkDir.at(disk / "work")
     out = tmp_path / "out" / "release.tar"
-    argv = layover(
-        "run",
-        "--images",
-        str(site.images),
-        "--source",
-        site.ci_host,
-        "--no-src-tls-verify",
-        "--work-dir",
-        str(wd.root),
-        "--output",
-        str(out),
-        "--concurrency",
-        "4",
-    )
+    argv = run_argv(site.images, site.ci_host, wd.root, out)
     env = prefect_api.env(task_logs=True)
     first = Cli(argv, env)
     assert first.wait(timeout=240) == 0, first.text()[-3000:]

@@ -26,7 +26,7 @@ import pytest
 
 from layover.testing.releases import Release
 from layover.workdir import WorkDir
-from tests.cli_runs import Cli, finished, layover
+from tests.cli_runs import Cli, finished, run_argv
 from tests.integration.conftest import ci_release
 from tests.snapshot import sha256_of
 
@@ -46,21 +46,7 @@ class Site:
     runs: list[Cli] = field(default_factory=list)
 
     def start(self, work: Path, output: Path) -> Cli:
-        argv = layover(
-            "run",
-            "--images",
-            str(self.images),
-            "--source",
-            self.ci_host,
-            "--no-src-tls-verify",
-            "--work-dir",
-            str(work),
-            "--output",
-            str(output),
-            "--concurrency",
-            "4",
-        )
-        run = Cli(argv, self.env)
+        run = Cli(run_argv(self.images, self.ci_host, work, output), self.env)
         self.runs.append(run)
         return run
 

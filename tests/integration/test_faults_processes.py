@@ -21,7 +21,6 @@ The server restart runs last: it is the one test that takes the module's server 
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import shutil
@@ -48,7 +47,8 @@ from layover.testing.images import seeded_image
 from layover.testing.push import push_image, push_release
 from layover.testing.releases import Release, release
 from layover.workdir import WorkDir
-from tests.cli_runs import Cli, PrefectServer, kill_group, wait_stopped
+from tests.cli_runs import Cli, PrefectServer, kill_group, mounted_under, run_argv, wait_stopped
+from tests.snapshot import sha256_of
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = REPO / ".venv" / "bin"
@@ -57,18 +57,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.prefect_ser
 
 SCALE = 0.3
 FLOW = "layover-release"  # the @flow name in flows/release.py
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _mounted(path: Path) -> bool:
-    return any(line.split()[1] == str(path) for line in Path("/proc/self/mounts").read_text().splitlines())
 
 
 def _wait_for(what: str, check, timeout: float, every: float = 0.25) -> Any:
@@ -100,23 +88,7 @@ class Site:
         return {**self.server.env(task_logs=True), "PYTHONPATH": str(REPO)}
 
     def start(self, work: Path, output: Path, *extra: str, images: Path | None = None) -> Cli:
-        argv = [
-            str(BIN / "layover"),
-            "run",
-            "--images",
-            str(images or self.images),
-            "--source",
-            self.ci_host,
-            "--no-src-tls-verify",
-            "--work-dir",
-            str(work),
-            "--output",
-            str(output),
-            "--concurrency",
-            "4",
-            *extra,
-        ]
-        run = Cli(argv, self.env())
+        run = Cli(run_argv(images or self.images, self.ci_host, work, output, *extra), self.env())
         self.runs.append(run)
         return run
 
@@ -132,7 +104,7 @@ class Site:
 
     def assert_clean(self, wd: WorkDir) -> None:
         assert not self.containers(wd), "a registry container outlived the run"
-        assert not _mounted(wd.merged), "the overlay is still mounted"
+        assert not mounted_under(wd.merged), "the overlay is still mounted"
         assert not wd.src_auth.exists(), "the decoded credentials outlived the run"
 
 
@@ -164,7 +136,7 @@ def site(module_registries, docker_client, tmp_path_factory) -> Iterator[Site]:
                     all=True, filters={"label": [f"layover.scope={wd.scope}"]}
                 ):
                     c.remove(force=True, v=True)
-                if _mounted(wd.merged):
+                if mounted_under(wd.merged):
                     subprocess.run(["umount", "-l", str(wd.merged)], check=False)
         finally:
             server.stop()
@@ -176,7 +148,7 @@ def baseline(site: Site) -> str:
     """The sha256 of an uninterrupted run of release 1: what every recovered run must give."""
     out = site.base / "out" / "baseline.tar"
     site.complete(site.base / "work-baseline", out)
-    return _sha256(out)
+    return sha256_of(out)
 
 
 # --- pinned digests -----------------------------------------------------------------------------
@@ -283,7 +255,7 @@ def test_the_decoded_credentials_file_is_0600_while_held(site: Site, baseline: s
     assert watch.samples, "the watch never saw the credentials file: it proved nothing"
     assert watch.seen == {(stat.S_IFREG | 0o600, os.getuid())}, {(oct(m), u) for m, u in watch.seen}
     site.assert_clean(wd)
-    assert _sha256(out) == baseline, "credentials change nothing in the package"
+    assert sha256_of(out) == baseline, "credentials change nothing in the package"
 
     # Killed while it holds the file: the file stays (0600) and the next run removes it.
     run = site.start(wd.root, out, "--src-credentials-block", block)
@@ -293,7 +265,7 @@ def test_the_decoded_credentials_file_is_0600_while_held(site: Site, baseline: s
     assert wd.src_auth.exists(), "the killed run left its credentials file (the next run's job)"
     site.complete(wd.root, out)  # no block this time: nothing may be left from the killed one
     site.assert_clean(wd)
-    assert _sha256(out) == baseline
+    assert sha256_of(out) == baseline
 
 
 # --- a worker killed mid-release -----------------------------------------------------------------
@@ -415,7 +387,7 @@ def test_a_killed_worker_orphans_its_run_which_finishes(
     assert _alive(holder["pid"]), "the flow run outlived its worker"
     state = deployed.wait_final(run["id"])
     assert state["type"] == "COMPLETED", state
-    assert _sha256(out) == baseline
+    assert sha256_of(out) == baseline
     site.assert_clean(WorkDir.at(deployed.work))
 
 
@@ -448,7 +420,7 @@ def test_a_worker_killed_with_its_run_is_marked_crashed_by_the_next(
     after = deployed.create_run(site, "after-worker-kill", out)
     state = deployed.wait_final(after["id"])
     assert state["type"] == "COMPLETED", deployed.procs.log("worker-3")[-4000:]
-    assert _sha256(out) == baseline, "the recovered run gives the uninterrupted run's tarball"
+    assert sha256_of(out) == baseline, "the recovered run gives the uninterrupted run's tarball"
     site.assert_clean(wd)
     victim_state = deployed.state(victim["id"])
     print(f"\nvictim: {victim_state['type']}: {victim_state['message']}")
@@ -484,7 +456,7 @@ def test_the_server_restarted_mid_release(site: Site, baseline: str) -> None:
     # Prefect's client retries each request 5 times, 2-4-8-16-32 s apart (about a minute): a
     # 20 s outage is ridden out and the run completes with the uninterrupted run's package.
     assert code == 0, run.text()[-4000:]
-    assert _sha256(out) == baseline
+    assert sha256_of(out) == baseline
     site.assert_clean(wd)
 
     def recorded() -> dict[str, Any] | None:

@@ -63,7 +63,7 @@ def test_killed_holder_never_blocks(tmp_path, hold):
         assert '"run": "next"' in (tmp_path / "lock").read_text()
     # what the dead holder wrote is handed to the next holder (to mark its run crashed)
     assert held.dead is not None
-    assert (held.dead["run_id"], held.dead["pid"]) == ("abc", proc.pid)
+    assert (held.dead.run_id, held.dead.pid) == ("abc", proc.pid)
 
 
 def test_a_holder_that_lets_go_leaves_no_description(tmp_path, hold):
