@@ -99,8 +99,19 @@ class Site:
         return run
 
     def containers(self, wd: WorkDir) -> list[str]:
-        found = self.docker.containers.list(all=True, filters={"label": [f"layover.scope={wd.scope}"]})
-        return [c.name for c in found]
+        """The names of the work dir's registry containers. The SDK lists ids, then inspects each:
+        a container a run removes in between is NotFound, so the listing is taken again."""
+        import docker
+
+        for _ in range(10):
+            try:
+                found = self.docker.containers.list(
+                    all=True, filters={"label": [f"layover.scope={wd.scope}"]}
+                )
+                return [c.name for c in found]
+            except docker.errors.NotFound:
+                continue
+        raise AssertionError(f"the containers of {wd.scope} kept changing under 10 listings")
 
     def assert_clean(self, wd: WorkDir) -> None:
         assert not self.containers(wd), "a registry container outlived the run"
