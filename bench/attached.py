@@ -89,7 +89,12 @@ def main() -> None:
         signed, sign_seconds = (0, 0.0)
         if args.signed == "all":
             signed, sign_seconds = _sign_all(ci.host, [args.list1, args.list2], args.concurrency)
-        out = {"signed_images": signed, "signing_seconds": round(sign_seconds, 1), "runs": {}}
+        out = {
+            "signed_images": signed,
+            "signing_seconds": round(sign_seconds, 1),
+            "load_before": os.getloadavg()[0],
+            "runs": {},
+        }
         with prefect_test_harness(server_startup_timeout=120):
             for name, lst in (("release 1 (cold)", args.list1), ("release 2 (incremental)", args.list2)):
                 report = release(
@@ -111,6 +116,7 @@ def main() -> None:
                     "attached_detail": attached.detail,
                     "attached": sum(r.counts.total for r in report.attached),
                     "total_s": round(report.seconds, 2),
+                    "load_after": os.getloadavg()[0],  # 1-minute load average, machine-wide
                 }
         print(json.dumps(out, indent=2))
     finally:
