@@ -9,6 +9,9 @@ is paid a few times, not once per image (docs/benchmarks.md, the wide fixture). 
 logs every image it copied and leaves a table artifact with one row per image, so the UI still
 shows image by image what moved.
 
+The flow runs the stage in two calls, `plan_archive` then `sync_archive`, so that it can start
+attached discovery for the images the plan found archived while the others copy.
+
 Retries are per image inside the worker (layover/converge.py): an attempt that landed blobs
 does not spend the budget, and a source that stops answering ends the stage with one line.
 """

@@ -38,6 +38,8 @@ from layover.imagelist import ImageList
 from layover.reference import ImageRef
 from layover.report import StageReport
 
+STOP_WAIT_SECONDS = 10.0
+
 
 @contextmanager
 def attached_syncer(route: Route, mode: AttachedMode) -> Iterator[AttachedSyncer | None]:
@@ -81,9 +83,11 @@ class EarlyDiscovery:
         return outcome if isinstance(outcome, Discovered) else Discovered({})
 
     def stop(self) -> None:
-        """Start no image more, and wait for the ones under way (they use the clients)."""
+        """Start no image more, and wait a little for the ones under way (they use the clients,
+        closed next): a run that is stopping must not hang on a source that stopped answering,
+        and what they find is not used."""
         self._stop.set()
-        self._future.wait()
+        self._future.wait(timeout=STOP_WAIT_SECONDS)
 
 
 @contextmanager
