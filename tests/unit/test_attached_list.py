@@ -289,6 +289,9 @@ def test_images_discovered_early_are_not_asked_again_and_an_early_failure_is_nam
     images = parse_text(f"{REPO}:1.0\n{REPO}:2.0\n{REPO}:3.0\n")
     one, two, three = images.refs
 
+    reg.requests.clear()
+    plain = sync_attached(images, FlakySyncer(reg, {}), "copy", concurrency=2)  # type: ignore[arg-type]
+    reg.requests.clear()
     syncer = FlakySyncer(reg, {})
     early = discover_each([one, three], syncer, concurrency=2, retries=0)  # type: ignore[arg-type]
     assert set(early.found) == {one, three} and sorted(syncer.discovered) == sorted([str(one), str(three)])
@@ -297,6 +300,8 @@ def test_images_discovered_early_are_not_asked_again_and_an_early_failure_is_nam
     assert [e.ref for e in done.record.images] == [one, two, three]
     assert done.record.images[0].found.signed and syncer.copied == [str(one)]
     assert done.early_images == 2 and "2 image(s) in" in done.stage(1.0).detail
+    assert done.requests == plain.requests  # early and late together: what one pass asks
+    assert done.record == plain.record
 
     def flaky() -> TransientHTTPError:
         return TransientHTTPError("GET", "http://ci/v2/", 503, (), "", "retrying may help")
