@@ -33,8 +33,8 @@ from layover.registries import registries
 from layover.report import ReleaseReport, StageReport
 from layover.settings import ReleaseRequest
 from layover.workdir import WorkDir
-from tasks.archive_sync import sync_archive
-from tasks.attached_sync import attach
+from tasks.archive_sync import plan_archive, sync_archive
+from tasks.attached_sync import attach, attached_syncer, discovering
 from tasks.credentials import source_authfile
 from tasks.delta import write_deltas
 from tasks.fanout import MAX_CONCURRENCY
@@ -181,18 +181,27 @@ def _build(request: ReleaseRequest, listed: LoadedList, stages: list[StageReport
                 image_deadline=(request.copy_retries + 1) * request.copy_timeout_seconds,
                 stage_deadline=request.stage_deadline_seconds,
             )
-            stages.append(
-                sync_archive(listed.images, copier, watch, concurrency=request.concurrency, policy=policy)
-            )
-            # Every listed image's signatures and SBOMs; from here on they are images of the package.
-            with progress.stage("attached sync", images=len(listed.images)):
-                attached_stage, attached = attach(
-                    listed.images,
-                    to_archive,
-                    request.attached,
-                    concurrency=request.concurrency,
-                    retries=request.copy_retries,
-                )
+            # Discovery for the images archive sync finds already archived runs while it copies
+            # the others (tasks/attached_sync.py); the attached stage does the rest.
+            with attached_syncer(to_archive, request.attached) as syncer:
+                with progress.stage("archive sync", images=len(listed.images)):
+                    plan = plan_archive(listed.images, copier, concurrency=request.concurrency)
+                    with discovering(
+                        syncer, plan.archived, concurrency=request.concurrency, retries=request.copy_retries
+                    ) as early:
+                        stages.append(
+                            sync_archive(plan, copier, watch, concurrency=request.concurrency, policy=policy)
+                        )
+                # Every listed image's signatures and SBOMs; from here on they are images of the package.
+                with progress.stage("attached sync", images=len(listed.images)):
+                    attached_stage, attached = attach(
+                        listed.images,
+                        syncer,
+                        request.attached,
+                        concurrency=request.concurrency,
+                        retries=request.copy_retries,
+                        early=early,
+                    )
             stages.append(attached_stage)
             package_images = attached.images
             # From here on the archive is history, never written: no registry serves it, or (to

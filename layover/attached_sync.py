@@ -1,8 +1,11 @@
 """Attached sync: what is attached to every listed image at the source, copied into the archive.
 
-It runs after archive sync, for every listed image, copied or skipped: an image the archive
-already holds may have been signed since the last release (its referrers tag-schema index is then
-rewritten too), and only asking the source finds that.
+It runs for every listed image, copied or skipped: an image the archive already holds may have
+been signed since the last release (its referrers tag-schema index is then rewritten too), and
+only asking the source finds that. Discovery of the images archive sync's plan finds already
+archived (`discover_each`) need not wait for archive sync: the flow starts it right after the
+plan, so it runs while the other images copy, and the stage then discovers only what was copied
+(`sync_attached(..., early=...)`).
 
     discover  at the source, for the digest the archive holds for the listed reference (so the
               attachments are those of exactly the image archived): one tag listing per
@@ -24,9 +27,10 @@ from __future__ import annotations
 import json
 import os
 import random
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -83,9 +87,11 @@ class AttachedSync:
     record: AttachedRecord
     images: ImageList  # what the package holds: listed images plus attached artifacts
     copies: tuple[AttachedCopy, ...] = ()
-    requests: dict[str, int] = field(default_factory=dict)  # to the source, by kind
-    discovery_seconds: float = 0.0
+    requests: dict[str, int] = field(default_factory=dict)  # to the source, by kind (early + late)
+    discovery_seconds: float = 0.0  # in the stage: waiting for the early part, then the rest
     copy_seconds: float = 0.0
+    early_images: int = 0  # discovered while archive sync copied the others
+    early_seconds: float = 0.0  # the early part's wall time (alongside archive sync)
 
     def stage(self, seconds: float) -> StageReport:
         if self.record.mode == "none":
@@ -96,7 +102,12 @@ class AttachedSync:
         parts = [
             f"{counts.total} attached ({counts})" if counts.total else "nothing attached",
             f"discovery {asked} request(s) ({asked / n if n else 0:.1f} per image) "
-            f"in {self.discovery_seconds:.2f} s",
+            f"in {self.discovery_seconds:.2f} s"
+            + (
+                f" ({self.early_images} image(s) in {self.early_seconds:.2f} s alongside archive sync)"
+                if self.early_images
+                else ""
+            ),
         ]
         written = sum(c.manifests for c in self.copies)
         if written:
@@ -278,6 +289,36 @@ def _media_type(kind: ManifestKind) -> str:
     return OCI_INDEX if kind is ManifestKind.INDEX else OCI_MANIFEST
 
 
+@dataclass(frozen=True)
+class Discovered:
+    """Discovery's outcome for some listed images, each found or failed (after its retries);
+    an image it did not get to (stopped) is absent."""
+
+    found: Mapping[ImageRef, ImageAttachments | LayoverError]
+    seconds: float = 0.0
+
+
+def discover_each(
+    refs: Sequence[ImageRef],
+    syncer: AttachedSyncer,
+    *,
+    concurrency: int,
+    retries: int = 3,
+    log: Callable[[str], None] = lambda _: None,
+    stop: threading.Event | None = None,
+    sleep: Callable[[float], object] | None = None,
+) -> Discovered:
+    """Discover for `refs` on `concurrency` threads, transient failures retried per image; a
+    failure is kept, not raised: the stage that uses the outcome names it with the others.
+    `stop` set: no image is started any more, and a retry's wait (by default) ends."""
+    stop = stop or threading.Event()
+    started = time.monotonic()
+    wait = sleep or stop.wait
+    outcomes = _outcomes(refs, syncer.discover, str, max(1, concurrency), retries, wait, log, stop=stop)
+    found = {r: o for r, o in zip(refs, outcomes, strict=True) if o is not None}
+    return Discovered(found, time.monotonic() - started)
+
+
 def sync_attached(
     images: ImageList,
     syncer: AttachedSyncer,
@@ -287,20 +328,26 @@ def sync_attached(
     retries: int = 3,
     log: Callable[[str], None] = lambda _: None,
     sleep: Callable[[float], None] = time.sleep,
+    early: Discovered | None = None,
 ) -> AttachedSync:
-    """Discover for every listed image, check `require`, copy what the archive lacks.
+    """Discover for every listed image `early` has no outcome for, check `require`, copy what
+    the archive lacks.
 
     Transient failures (a dropped connection, a 5xx) are retried per image, `retries` times with
     a backoff of 2, 4, 8 s: the one retry layer of this stage (docs/design.md §5). Retrying the
     whole stage instead would repeat every image's lookups for one lost request, and on a flaky
     source a release of hundreds of images would rarely get through. Every image that still
-    fails is named in one StageFailed."""
+    fails, early or now, is named in one StageFailed."""
     if mode == "none":
         return skipped(images)
     refs = images.refs
     workers = max(1, concurrency)
     started = time.monotonic()
-    found = _each(refs, syncer.discover, str, workers, retries, sleep, log)
+    before = dict(early.found) if early is not None else {}
+    rest = [r for r in refs if r not in before]
+    now = _outcomes(rest, syncer.discover, str, workers, retries, sleep, log)
+    outcome = {**before, **dict(zip(rest, now, strict=True))}
+    found = _raise_failures([(r, outcome[r]) for r in refs], str)
     record = AttachedRecord(mode, tuple(ListedAttachments(r, f) for r, f in zip(refs, found, strict=True)))
     discovery_seconds = time.monotonic() - started
     for problem in record.problems:
@@ -332,6 +379,8 @@ def sync_attached(
         dict(Counter(syncer.reader.requests)),
         discovery_seconds,
         time.monotonic() - started,
+        early_images=len(refs) - len(rest),
+        early_seconds=early.seconds if early is not None else 0.0,
     )
 
 
@@ -352,6 +401,35 @@ def _each(
 ) -> list[_R]:
     """fn over items on `workers` threads, each retried on Transient; items with the same
     `serial` key run one after another. StageFailed names every item that failed, in order."""
+    outcomes = _outcomes(items, fn, label, workers, retries, sleep, log, serial=serial)
+    return _raise_failures(list(zip(items, outcomes, strict=True)), label)
+
+
+def _raise_failures(
+    outcomes: Sequence[tuple[_T, _R | LayoverError | None]], label: Callable[[_T], str]
+) -> list[_R]:
+    failures = [(label(i), o) for i, o in outcomes if isinstance(o, LayoverError)]
+    if failures:
+        named = "; ".join(f"{image}: {err}" for image, err in failures[:10])
+        more = f" (and {len(failures) - 10} more)" if len(failures) > 10 else ""
+        raise StageFailed(f"{STAGE}: {len(failures)} image(s) failed: {named}{more}", failures)
+    return [o for _, o in outcomes if o is not None and not isinstance(o, LayoverError)]
+
+
+def _outcomes(
+    items: Sequence[_T],
+    fn: Callable[[_T], _R],
+    label: Callable[[_T], str],
+    workers: int,
+    retries: int,
+    sleep: Callable[[float], object],
+    log: Callable[[str], None],
+    *,
+    serial: Callable[[_T], str] | None = None,
+    stop: threading.Event | None = None,
+) -> list[_R | LayoverError | None]:
+    """fn over items, each retried on Transient: per item its result, the error it ended with,
+    or None if `stop` was set before it started."""
 
     def attempt(item: _T) -> _R | LayoverError:
         for n in range(retries + 1):
@@ -363,6 +441,8 @@ def _each(
                 delay = min(8.0, 2.0 ** (n + 1)) * random.uniform(0.5, 1.5)
                 log(f"{label(item)}: {e}; retrying in {delay:.1f} s")
                 sleep(delay)
+                if stop is not None and stop.is_set():
+                    return e
             except LayoverError as e:
                 return e
         raise AssertionError("unreachable")
@@ -374,13 +454,11 @@ def _each(
 
     def run(indexes: list[int]) -> None:
         for i in indexes:
+            if stop is not None and stop.is_set():
+                return
             outcomes[i] = attempt(items[i])
 
-    with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(run, groups.values()))
-    failures = [(label(i), o) for i, o in zip(items, outcomes, strict=True) if isinstance(o, LayoverError)]
-    if failures:
-        named = "; ".join(f"{image}: {err}" for image, err in failures[:10])
-        more = f" (and {len(failures) - 10} more)" if len(failures) > 10 else ""
-        raise StageFailed(f"{STAGE}: {len(failures)} image(s) failed: {named}{more}", failures)
-    return [o for o in outcomes if o is not None and not isinstance(o, LayoverError)]
+    if items:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(run, groups.values()))
+    return outcomes

@@ -9,6 +9,9 @@ is paid a few times, not once per image (docs/benchmarks.md, the wide fixture). 
 logs every image it copied and leaves a table artifact with one row per image, so the UI still
 shows image by image what moved.
 
+The flow runs the stage in two calls, `plan_archive` then `sync_archive`, so that it can start
+attached discovery for the images the plan found archived while the others copy.
+
 Retries are per image inside the worker (layover/converge.py): an attempt that landed blobs
 does not spend the budget, and a source that stops answering ends the stage with one line.
 """
@@ -20,7 +23,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
@@ -44,6 +47,8 @@ STAGE = "archive sync"
 class ArchivePlan:
     present: tuple[ImageCopy, ...]  # already whole in the archive: nothing to copy
     todo: tuple[ImageRef, ...]
+    archived: tuple[ImageRef, ...] = ()  # the listed references of `present`
+    started: float = 0.0  # the stage's clock (time.monotonic) when planning began
 
 
 @task(name="archive-sync-plan", cache_policy=NO_CACHE)
@@ -56,7 +61,8 @@ def plan_archive_sync(images: ImageList, copier: SkopeoCopier, concurrency: int)
     get_run_logger().info(
         "archive sync: %d of %d images already archived, %d to copy", len(present), len(refs), len(todo)
     )
-    return ArchivePlan(present, todo)
+    archived = tuple(ref for ref, f in zip(refs, found, strict=True) if f is not None)
+    return ArchivePlan(present, todo, archived)
 
 
 def _attempt(copier: SkopeoCopier, ref: ImageRef, landed: Landed) -> ImageCopy:
@@ -157,16 +163,23 @@ def copy_to_archive(
     return Copies(tuple(copies), ())
 
 
-def sync_archive(
-    images: ImageList, copier: SkopeoCopier, watch: SourceWatch, *, concurrency: int, policy: RetryPolicy
-) -> StageReport:
+def plan_archive(images: ImageList, copier: SkopeoCopier, *, concurrency: int) -> ArchivePlan:
+    """The stage's first half: which images the archive already holds. The flow has the plan
+    so that work needing only archived images (attached discovery) can start now."""
     started = time.monotonic()
-    with progress.stage(STAGE, images=len(images)) as sink:
-        plan = plan_archive_sync(images, copier, concurrency)
-        for present in plan.present:
-            sink.image_done(STAGE, present.image)
-        copied = _copy_all(plan.todo, copier, watch, policy, concurrency, started)
-    return StageReport.from_copies(STAGE, time.monotonic() - started, [*plan.present, *copied])
+    return replace(plan_archive_sync(images, copier, concurrency), started=started)
+
+
+def sync_archive(
+    plan: ArchivePlan, copier: SkopeoCopier, watch: SourceWatch, *, concurrency: int, policy: RetryPolicy
+) -> StageReport:
+    """The second half: copy what the plan left to copy (inside the flow's `archive sync`
+    progress stage); the stage's seconds count from the plan's start."""
+    sink = progress.current()
+    for present in plan.present:
+        sink.image_done(STAGE, present.image)
+    copied = _copy_all(plan.todo, copier, watch, policy, concurrency, plan.started)
+    return StageReport.from_copies(STAGE, time.monotonic() - plan.started, [*plan.present, *copied])
 
 
 def _copy_all(

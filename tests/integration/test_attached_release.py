@@ -267,6 +267,13 @@ def test_release_2_picks_up_what_was_attached_to_unchanged_images(scenario, serv
     assert sboms == 2
     r1_index = scenario.expected["r1"][str(debian.ref)].referrers_indexes[0]
     assert index.digest != r1_index.digest and len(index.referrers) == 2
+    # ...through the early path: every image archive sync skipped (release 1's tag and digest,
+    # java and debian among them) was discovered while archive sync copied the others
+    r1 = {(i.repository, i.tag, i.digest) for i in scenario.rel[1].images}
+    unchanged = [i for i in scenario.rel[2].images if (i.repository, i.tag, i.digest) in r1]
+    assert java in unchanged and debian in unchanged and len(unchanged) < len(scenario.rel[2].images)
+    stage = next(s for s in scenario.reports["r2"].stages if s.name == "attached sync")
+    assert f"({len(unchanged)} image(s) in " in stage.detail and "alongside archive sync" in stage.detail
 
 
 def test_require_fails_naming_every_unsigned_image(scenario):

@@ -222,6 +222,7 @@ class FlakySyncer:
         self.fail = fail
         self.reader = reg
         self.copied: list[str] = []
+        self.discovered: list[str] = []
 
     def _maybe_fail(self, key: str) -> None:
         pending = self.fail.get(key)
@@ -229,6 +230,7 @@ class FlakySyncer:
             raise pending.pop(0)
 
     def discover(self, ref: ImageRef):
+        self.discovered.append(str(ref))
         self._maybe_fail(str(ref))
         return discover(self.reg, ref)
 
@@ -268,6 +270,55 @@ def test_transient_failures_are_retried_per_image_and_the_rest_named_together():
     assert [image for image, _ in info.value.failures] == [f"{REPO}:2.0", f"{REPO}:3.0"]
     assert str(info.value).startswith("attached sync: 2 image(s) failed: ")
     assert syncer.copied == []
+
+
+def test_images_discovered_early_are_not_asked_again_and_an_early_failure_is_named_in_order():
+    """The flow discovers archived images while archive sync copies the others
+    (`discover_each`), then the stage only the rest: one record in list order either way, and
+    an image whose early discovery ran out of retries is named with the stage's other failures."""
+    import threading
+
+    from layover.attached_sync import discover_each
+    from layover.errors import StageFailed, TransientHTTPError
+
+    reg = FakeRegistry()
+    image, _ = push_image(reg)
+    fully_attached(reg, image)
+    push_image(reg, "2.0")
+    push_image(reg, "3.0")
+    images = parse_text(f"{REPO}:1.0\n{REPO}:2.0\n{REPO}:3.0\n")
+    one, two, three = images.refs
+
+    reg.requests.clear()
+    plain = sync_attached(images, FlakySyncer(reg, {}), "copy", concurrency=2)  # type: ignore[arg-type]
+    reg.requests.clear()
+    syncer = FlakySyncer(reg, {})
+    early = discover_each([one, three], syncer, concurrency=2, retries=0)  # type: ignore[arg-type]
+    assert set(early.found) == {one, three} and sorted(syncer.discovered) == sorted([str(one), str(three)])
+    done = sync_attached(images, syncer, "copy", concurrency=2, early=early)  # type: ignore[arg-type]
+    assert syncer.discovered[2:] == [str(two)]  # only the image early discovery did not have
+    assert [e.ref for e in done.record.images] == [one, two, three]
+    assert done.record.images[0].found.signed and syncer.copied == [str(one)]
+    assert done.early_images == 2 and "2 image(s) in" in done.stage(1.0).detail
+    assert done.requests == plain.requests  # early and late together: what one pass asks
+    assert done.record == plain.record
+
+    def flaky() -> TransientHTTPError:
+        return TransientHTTPError("GET", "http://ci/v2/", 503, (), "", "retrying may help")
+
+    syncer = FlakySyncer(reg, {str(three): [flaky(), flaky()], str(two): [flaky(), flaky()]})
+    early = discover_each([three], syncer, concurrency=1, retries=1, sleep=lambda _: None)  # type: ignore[arg-type]
+    assert isinstance(early.found[three], TransientHTTPError)  # retried once, then kept
+    with pytest.raises(StageFailed) as info:
+        sync_attached(images, syncer, "copy", concurrency=2, retries=1, sleep=lambda _: None, early=early)  # type: ignore[arg-type]
+    assert [image for image, _ in info.value.failures] == [str(two), str(three)]
+    assert syncer.copied == []
+
+    stop = threading.Event()
+    stop.set()  # archive sync failed: discovery starts no image
+    syncer = FlakySyncer(reg, {})
+    assert discover_each([one, two], syncer, concurrency=2, stop=stop).found == {}  # type: ignore[arg-type]
+    assert syncer.discovered == []
 
 
 def test_mode_none_asks_nothing():
