@@ -24,7 +24,7 @@ from layover.attached import (
 )
 from layover.attached_sync import AttachedCopy, sync_attached
 from layover.errors import EXIT_INPUT, MissingSignatureError
-from layover.imagelist import parse_text
+from layover.imagelist import ImageList, parse_text
 from layover.reference import Digest, ImageRef
 from layover.report import ReleaseReport, StageReport
 from layover.testing.attached import (
@@ -240,15 +240,20 @@ class FlakySyncer:
         return AttachedCopy(str(entry.ref), 1, 0, 0, 0)
 
 
-def test_transient_failures_are_retried_per_image_and_the_rest_named_together():
-    from layover.errors import AuthError, StageFailed, TransientHTTPError
-
+def _three_images() -> tuple[FakeRegistry, ImageList]:
+    """Three images of one repository, only the first with anything attached."""
     reg = FakeRegistry()
     image, _ = push_image(reg)
     fully_attached(reg, image)
     push_image(reg, "2.0")
     push_image(reg, "3.0")
-    images = parse_text(f"{REPO}:1.0\n{REPO}:2.0\n{REPO}:3.0\n")
+    return reg, parse_text(f"{REPO}:1.0\n{REPO}:2.0\n{REPO}:3.0\n")
+
+
+def test_transient_failures_are_retried_per_image_and_the_rest_named_together():
+    from layover.errors import AuthError, StageFailed, TransientHTTPError
+
+    reg, images = _three_images()
 
     def flaky() -> TransientHTTPError:
         return TransientHTTPError("GET", "http://ci/v2/", 503, (), "", "retrying may help")
@@ -281,12 +286,7 @@ def test_images_discovered_early_are_not_asked_again_and_an_early_failure_is_nam
     from layover.attached_sync import discover_each
     from layover.errors import StageFailed, TransientHTTPError
 
-    reg = FakeRegistry()
-    image, _ = push_image(reg)
-    fully_attached(reg, image)
-    push_image(reg, "2.0")
-    push_image(reg, "3.0")
-    images = parse_text(f"{REPO}:1.0\n{REPO}:2.0\n{REPO}:3.0\n")
+    reg, images = _three_images()
     one, two, three = images.refs
 
     reg.requests.clear()
