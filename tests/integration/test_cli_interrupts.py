@@ -79,6 +79,11 @@ class Site:
         if embedded:  # Prefect's temporary server, in a home of its own
             home = Path(tempfile.mkdtemp(prefix="prefect-home-", dir=self.base))
             env = base_env(home)
+        # what a run killed mid-copy cannot remove (skopeo's temp dir) lands in the module's
+        # base dir, removed at teardown, not in /tmp
+        tmp = self.base / "tmp"
+        tmp.mkdir(exist_ok=True)
+        env["TMPDIR"] = str(tmp)
         cli = Cli(self.argv(work, out, copier="skopeo" if tty else "native"), env, tty=tty, embedded=embedded)
         self.runs.append(cli)
         return cli
