@@ -347,7 +347,7 @@ def sync_attached(
     rest = [r for r in refs if r not in before]
     now = _outcomes(rest, syncer.discover, str, workers, retries, sleep, log)
     outcome = {**before, **dict(zip(rest, now, strict=True))}
-    found = _raise_failures([(r, outcome[r]) for r in refs], str)
+    found = _raise_failures(refs, [outcome[r] for r in refs], str)
     record = AttachedRecord(mode, tuple(ListedAttachments(r, f) for r, f in zip(refs, found, strict=True)))
     discovery_seconds = time.monotonic() - started
     for problem in record.problems:
@@ -362,15 +362,19 @@ def sync_attached(
         {(e.found.repository, e.found.digest): e for e in record.images if e.found.digests}.values()
     )
     started = time.monotonic()
-    copies = _each(
+    copies = _raise_failures(
         distinct,
-        syncer.copy,
+        _outcomes(
+            distinct,
+            syncer.copy,
+            lambda e: str(e.ref),
+            workers,
+            retries,
+            sleep,
+            log,
+            serial=lambda e: e.found.repository,
+        ),
         lambda e: str(e.ref),
-        workers,
-        retries,
-        sleep,
-        log,
-        serial=lambda e: e.found.repository,
     )
     return AttachedSync(
         record,
@@ -388,32 +392,16 @@ _T = TypeVar("_T")
 _R = TypeVar("_R")
 
 
-def _each(
-    items: Sequence[_T],
-    fn: Callable[[_T], _R],
-    label: Callable[[_T], str],
-    workers: int,
-    retries: int,
-    sleep: Callable[[float], None],
-    log: Callable[[str], None],
-    *,
-    serial: Callable[[_T], str] | None = None,
-) -> list[_R]:
-    """fn over items on `workers` threads, each retried on Transient; items with the same
-    `serial` key run one after another. StageFailed names every item that failed, in order."""
-    outcomes = _outcomes(items, fn, label, workers, retries, sleep, log, serial=serial)
-    return _raise_failures(list(zip(items, outcomes, strict=True)), label)
-
-
 def _raise_failures(
-    outcomes: Sequence[tuple[_T, _R | LayoverError | None]], label: Callable[[_T], str]
+    items: Sequence[_T], outcomes: Sequence[_R | LayoverError | None], label: Callable[[_T], str]
 ) -> list[_R]:
-    failures = [(label(i), o) for i, o in outcomes if isinstance(o, LayoverError)]
+    """The results, in order; StageFailed names every item that failed, in order."""
+    failures = [(label(i), o) for i, o in zip(items, outcomes, strict=True) if isinstance(o, LayoverError)]
     if failures:
         named = "; ".join(f"{image}: {err}" for image, err in failures[:10])
         more = f" (and {len(failures) - 10} more)" if len(failures) > 10 else ""
         raise StageFailed(f"{STAGE}: {len(failures)} image(s) failed: {named}{more}", failures)
-    return [o for _, o in outcomes if o is not None and not isinstance(o, LayoverError)]
+    return [o for o in outcomes if o is not None and not isinstance(o, LayoverError)]
 
 
 def _outcomes(
@@ -428,8 +416,9 @@ def _outcomes(
     serial: Callable[[_T], str] | None = None,
     stop: threading.Event | None = None,
 ) -> list[_R | LayoverError | None]:
-    """fn over items, each retried on Transient: per item its result, the error it ended with,
-    or None if `stop` was set before it started."""
+    """fn over items on `workers` threads, each retried on Transient; items with the same
+    `serial` key run one after another. Per item its result, the error it ended with, or None
+    if `stop` was set before it started."""
 
     def attempt(item: _T) -> _R | LayoverError:
         for n in range(retries + 1):

@@ -334,7 +334,7 @@ def test_items_of_one_repository_run_one_after_another():
     import threading
     import time
 
-    from layover.attached_sync import _each
+    from layover.attached_sync import _outcomes
 
     busy: dict[str, int] = {}
     most: dict[str, int] = {}
@@ -351,9 +351,9 @@ def test_items_of_one_repository_run_one_after_another():
         return n
 
     items = [(repo, n) for n in range(4) for repo in ("a", "b", "c")]
-    got = _each(items, work, str, 6, 0, lambda _: None, lambda _: None, serial=lambda i: i[0])
+    got = _outcomes(items, work, str, 6, 0, lambda _: None, lambda _: None, serial=lambda i: i[0])
     assert got == [n for _, n in items]  # in order
     assert most == {"a": 1, "b": 1, "c": 1}
     most.clear()
-    _each(items, work, str, 6, 0, lambda _: None, lambda _: None)
+    _outcomes(items, work, str, 6, 0, lambda _: None, lambda _: None)
     assert max(most.values()) > 1  # without a serial key they do overlap
