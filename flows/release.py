@@ -208,7 +208,7 @@ def _build(request: ReleaseRequest, listed: LoadedList, stages: list[StageReport
             # PUT manifests through a package registry) one serves it read-only.
             regs.stop(archive)
 
-            def build_package() -> None:  # stages 2-6
+            def build_package() -> tuple[StageReport, str, int, Contents]:  # stages 2-7
                 with progress.stage("overlay reset"):
                     stages.append(reset_overlay(wd))
                 with progress.stage("manifest pruning"):
@@ -243,21 +243,21 @@ def _build(request: ReleaseRequest, listed: LoadedList, stages: list[StageReport
                 with progress.stage("gc"):
                     stages.append(collect_garbage(wd, package_images))
                 with progress.stage("verify"):
-                    stages.append(verify_package(wd, package_images, attached.record))
+                    # blob data is hashed once, by the tarball stage, before it publishes
+                    stages.append(verify_package(wd, package_images, attached.record, hash_blobs=False))
+                with progress.stage("tarball"):
+                    return write_release_tarball(wd, request.output, listed, package_images, attached.record)
 
             try:
-                build_package()
+                tar_stage, sha256, size, contents = build_package()
             except ArchiveDamagedError as damage:
-                # Archive blobs that do not hash to their names: archive sync's heal puts them
-                # back from the source with the overlay unmounted, then the package is built
-                # again, once (docs/design.md §1, stage 1c). The main source is asked for them.
+                # Archive blobs that do not hash to their names (found by verify or by the
+                # tarball, which then published nothing): archive sync's heal puts them back
+                # from the source with the overlay unmounted, then the package is built again,
+                # once (docs/design.md §1, stage 1c). The main source is asked for them.
                 with progress.stage("archive heal"):
                     stages.append(heal_archive(wd, package_images, damage, regs, clients[main_source]))
-                build_package()
-            with progress.stage("tarball"):
-                tar_stage, sha256, size, contents = write_release_tarball(
-                    wd, request.output, listed, package_images, attached.record
-                )
+                tar_stage, sha256, size, contents = build_package()
             stages.append(tar_stage)
             if request.delta_from:
                 with progress.stage("deltas"):

@@ -1,5 +1,9 @@
 """Stage 7: write the release tarball (temp name, fsync, rename) with .sha256 and .json beside it.
 
+Every blob member is hashed against its name from the same reads as the stream's sha256; one
+that differs publishes nothing and raises ArchiveDamagedError, which the flow heals like verify's
+(docs/design.md §1, stages 6-7).
+
 The contents file (layover/contents.py) is built from the verified package and written as the
 tarball's first member; the report carries it into the `.json` sidecar. It describes what the
 package holds: the package's list (listed images and their attached artifacts, layover/attached.py),
@@ -46,9 +50,10 @@ def write_release_tarball(
         OverlayTree(merged=wd.merged, upper=wd.upper, lower=wd.lower),
         output,
         first=[MemoryFile(CONTENTS_MEMBER, contents.to_bytes())],
+        check_blobs=True,
     )
     detail = (
-        f"{result.files} files; cloned {human_bytes(result.bytes_cloned)}, "
+        f"{result.files} files, {result.blobs_checked} blobs hashed against their names; cloned {human_bytes(result.bytes_cloned)}, "
         f"in-kernel {human_bytes(result.bytes_kernel_copied)}, "
         f"user space {human_bytes(result.bytes_user_copied)}"
     )

@@ -22,9 +22,13 @@ from layover.workdir import WorkDir
 
 
 @task(name="verify-package", cache_policy=NO_CACHE)
-def verify_package(wd: WorkDir, images: ImageList, attached: AttachedRecord | None = None) -> StageReport:
+def verify_package(
+    wd: WorkDir, images: ImageList, attached: AttachedRecord | None = None, *, hash_blobs: bool = True
+) -> StageReport:
+    """`hash_blobs=False`: the tarball stage hashes every blob as it writes it and publishes
+    nothing if one differs (tasks/tarball.py), so blob data is read once, not twice."""
     started = time.monotonic()
-    report = verify_storage(wd.package, images)
+    report = verify_storage(wd.package, images, hash_blobs=hash_blobs)
     get_run_logger().info("verify: %s", report.summary())
     if report.damaged_blobs:  # the flow heals the archive and builds the package again (tasks/heal.py)
         first = next(p for p in report.problems if p.blob is not None)

@@ -41,15 +41,18 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from layover.errors import DiskFullError, StorageError
+from layover.errors import ArchiveDamagedError, DiskFullError, StorageError
+from layover.reference import Digest
 from layover.storage.hashing import update_from_fd
-from layover.storage.layout import V2
+from layover.storage.layout import V2, StorageLayout, blob_of_data_file
 from layover.tarball import ALIGN, Entry, Kind, PlannedMember, data_regions, plan
 
 CHUNK = 1 << 20
+_V2_PREFIX = f"{V2.as_posix()}/"
 
 
 # --- sources -------------------------------------------------------------------------------
@@ -115,6 +118,7 @@ class TarResult:
     bytes_user_copied: int  # file data that went through user space (tails, buffered copies)
     seconds: float
     fallbacks: int = 0  # members whose first-choice data path failed and was retried
+    blobs_checked: int = 0  # blob members whose data was hashed against their names (check_blobs)
 
 
 # --- the seam: the two system calls that may fail on a given filesystem ---------------------
@@ -337,35 +341,91 @@ def list_members(source: TarSource) -> list[_Source]:
 # alternative, re-reading the finished tarball, is sequential and reads freshly cloned extents
 # cold. Measured in bench/tar_bench.py (see docs/reflink.md). Buffered copies feed the bytes
 # they already hold, so those are read once.
+@dataclass(frozen=True)
+class _BlobStart:
+    hex: str  # the blob whose data the pieces up to the next _BlobEnd are
+
+
+class _BlobEnd:
+    pass
+
+
+_END_BLOB = _BlobEnd()
+
+# Below this a blob's own digest is computed inline: handing a small piece to another thread
+# costs more than hashing it.
+_INLINE = 256 << 10
+
+
 class _Hasher(threading.Thread):
-    def __init__(self) -> None:
+    """The stream's sha256; with `check_blobs`, also each blob member's own digest from the same
+    reads, on a second thread (hashlib drops the GIL): the release's blobs are then read and
+    hashed once for both, and a blob that does not hash to its name is caught before the
+    tarball is published (docs/design.md §1, stages 6-7)."""
+
+    def __init__(self, check_blobs: bool = False) -> None:
         super().__init__(name="tar-sha256", daemon=True)
         self.h = hashlib.sha256()
-        self.q: queue.Queue[bytes | tuple[int, int, int] | None] = queue.Queue(maxsize=64)
+        self.q: queue.Queue[bytes | tuple[int, int, int] | _BlobStart | _BlobEnd | None] = queue.Queue(
+            maxsize=64
+        )
         self.error: BaseException | None = None
         self.pieces = 0  # how many pieces were fed: lets the writer tell whether it may retry
+        self.check_blobs = check_blobs
+        self.blob: tuple[str, hashlib._Hash] | None = None  # the blob member being fed
+        self.checked = 0  # blobs whose digest was computed
+        self.damaged: list[tuple[str, str]] = []  # (name hex, what the data hashes to)
+        self._beside = ThreadPoolExecutor(1, thread_name_prefix="tar-blob-sha256") if check_blobs else None
 
     def run(self) -> None:
-        while True:
-            item = self.q.get()
-            if item is None:
-                return
-            if self.error is not None:
-                if isinstance(item, tuple):
-                    os.close(item[0])
-                continue
-            try:
-                if isinstance(item, bytes):
-                    self.h.update(item)
+        try:
+            while True:
+                item = self.q.get()
+                if item is None:
+                    return
+                if self.error is not None:
+                    if isinstance(item, tuple):
+                        os.close(item[0])
                     continue
-                fd, offset, length = item
                 try:
-                    if update_from_fd(self.h, fd, offset, length) != length:
-                        raise StorageError(f"fd {fd}", "source file shrank while hashing")
-                finally:
-                    os.close(fd)
-            except BaseException as e:  # noqa: BLE001 - re-raised in the writer thread by finish()
-                self.error = e
+                    self._take(item)
+                except BaseException as e:  # noqa: BLE001 - re-raised in the writer thread by finish()
+                    self.error = e
+        finally:
+            if self._beside is not None:
+                self._beside.shutdown()
+
+    def _take(self, item: bytes | tuple[int, int, int] | _BlobStart | _BlobEnd) -> None:
+        if isinstance(item, _BlobStart):
+            self.blob = (item.hex, hashlib.sha256())
+        elif isinstance(item, _BlobEnd):
+            assert self.blob is not None
+            name, h = self.blob
+            self.blob = None
+            self.checked += 1
+            if h.hexdigest() != name:
+                self.damaged.append((name, h.hexdigest()))
+        elif isinstance(item, bytes):
+            self.h.update(item)
+            if self.blob is not None:
+                self.blob[1].update(item)
+        else:
+            fd, offset, length = item
+            try:
+                also = self.blob[1] if self.blob is not None else None
+                beside = self._beside if length >= _INLINE else None
+                if update_from_fd(self.h, fd, offset, length, also=also, beside=beside) != length:
+                    raise StorageError(f"fd {fd}", "source file shrank while hashing")
+            finally:
+                os.close(fd)
+
+    def begin_blob(self, hex_: str) -> None:
+        if self.check_blobs:
+            self.q.put(_BlobStart(hex_))
+
+    def end_blob(self) -> None:
+        if self.check_blobs:
+            self.q.put(_END_BLOB)
 
     def feed(self, data: bytes) -> None:
         if data:
@@ -409,12 +469,14 @@ class _Stats:
 
 
 class _Writer:
-    def __init__(self, out_fd: int, paths: Sequence[DataPath], ops: DataOps) -> None:
+    def __init__(
+        self, out_fd: int, paths: Sequence[DataPath], ops: DataOps, check_blobs: bool = False
+    ) -> None:
         self.out = out_fd
         self.paths = tuple(paths)
         self.ops = ops
         self.stats = _Stats()
-        self.hasher = _Hasher()
+        self.hasher = _Hasher(check_blobs)
 
     def member(self, pm: PlannedMember, src: _Source) -> None:
         _pwrite_all(self.out, pm.header, pm.offset)
@@ -428,7 +490,12 @@ class _Writer:
                 self.stats.user += len(src.data)
             else:
                 assert src.real is not None
+                blob = blob_of_data_file(pm.entry.name.removeprefix(_V2_PREFIX))
+                if blob is not None:
+                    self.hasher.begin_blob(blob)
                 self._data(pm, src)
+                if blob is not None:
+                    self.hasher.end_blob()
             start_writeback(self.out, pm.data_offset, pm.entry.size)
         if pm.padding:
             pad = bytes(pm.padding)
@@ -612,12 +679,15 @@ def write_tarball(
     ops: DataOps | None = None,
     mtime: int = 0,
     first: Sequence[MemoryFile] = (),
+    check_blobs: bool = False,
 ) -> TarResult:
     """Write the release tarball of `source` to `output` and `<output>.sha256` beside it.
 
     data_paths: the data paths to try, in order, per member (the default tries clone, then
     copy_file_range, then a buffered copy). Whatever is chosen, the bytes are the same.
     first: in-memory files written before the tree, in this order (the contents file).
+    check_blobs: hash every blob member's data against its name while writing (no extra read);
+    if any differs, nothing is published and ArchiveDamagedError names them.
     """
     if not data_paths:
         raise ValueError("data_paths must name at least one data path")
@@ -634,7 +704,7 @@ def write_tarball(
     fd, tmp, writer = -1, "", None
     try:  # from the temp file's creation on: a Ctrl-C anywhere below leaves no partial file
         fd, tmp = _partial(output, output.name)
-        writer = _Writer(fd, data_paths, ops or DataOps())
+        writer = _Writer(fd, data_paths, ops or DataOps(), check_blobs)
         writer.hasher.start()
         for pm in tarplan.members:
             writer.member(pm, real[pm.entry.name])
@@ -643,6 +713,8 @@ def write_tarball(
         # a failed clone may have grown the file past its planned end; the plan is the truth
         os.ftruncate(fd, tarplan.size)
         digest = writer.hasher.finish()
+        if writer.hasher.damaged:
+            raise _damaged(source, writer.hasher.damaged)
         os.fsync(fd)
         os.close(fd)
         fd = -1
@@ -686,4 +758,17 @@ def write_tarball(
         bytes_user_copied=st.user,
         seconds=time.perf_counter() - started,
         fallbacks=st.fallbacks,
+        blobs_checked=writer.hasher.checked,
+    )
+
+
+def _damaged(source: TarSource, damaged: list[tuple[str, str]]) -> ArchiveDamagedError:
+    name, got = damaged[0]
+    root = source.merged if isinstance(source, OverlayTree) else getattr(source, "root", Path("."))
+    where = StorageLayout(root).blob_data(Digest(name))
+    return ArchiveDamagedError(
+        str(where),
+        f"tarball: {len(damaged)} blob(s) do not hash to their names, no tarball written; first: "
+        f"sha256:{name} hashes to sha256:{got}",
+        sorted(n for n, _ in damaged),
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+from concurrent.futures import Executor
 
 CHUNK = 1 << 20
 
@@ -23,8 +24,17 @@ def _buffer() -> memoryview:
     return view
 
 
-def update_from_fd(h: hashlib._Hash, fd: int, offset: int, length: int) -> int:
-    """Feed `length` bytes of `fd` from `offset` into `h`; returns how many were there (fewer
+def update_from_fd(
+    h: hashlib._Hash,
+    fd: int,
+    offset: int,
+    length: int,
+    *,
+    also: hashlib._Hash | None = None,
+    beside: Executor | None = None,
+) -> int:
+    """Feed `length` bytes of `fd` from `offset` into `h` (and into `also`, from the same reads:
+    on the `beside` thread while this one hashes, if given); returns how many were there (fewer
     means the file is shorter than the caller expected)."""
     view = _buffer()
     done = 0
@@ -32,7 +42,15 @@ def update_from_fd(h: hashlib._Hash, fd: int, offset: int, length: int) -> int:
         n = os.preadv(fd, [view[: min(CHUNK, length - done)]], offset + done)
         if n == 0:
             break
-        h.update(view[:n])
+        piece = view[:n]
+        if also is not None and beside is not None:
+            other = beside.submit(also.update, piece)
+            h.update(piece)
+            other.result()  # the buffer is read again only after both hashes are done with it
+        else:
+            h.update(piece)
+            if also is not None:
+                also.update(piece)
         done += n
     return done
 

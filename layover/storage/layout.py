@@ -18,6 +18,7 @@ concatenates storage paths.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,6 +197,16 @@ class StrPaths:
 
     def uploads(self, name: str) -> str:
         return f"{self.repositories}/{name}/_uploads"
+
+
+_BLOB_DATA = re.compile(r"blobs/sha256/([0-9a-f]{2})/([0-9a-f]{64})/data")
+
+
+def blob_of_data_file(rel: str) -> str | None:
+    """The hex name of the blob whose data file `rel` is (a path below docker/registry/v2,
+    e.g. a tar member's name with that prefix cut), or None if it is not one."""
+    m = _BLOB_DATA.fullmatch(rel)
+    return m.group(2) if m and m.group(2)[:2] == m.group(1) else None
 
 
 LINK_SIZE = 71  # len("sha256:") + 64 hex, no newline

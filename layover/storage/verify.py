@@ -40,13 +40,12 @@ import hashlib
 import json
 import lzma
 import os
-import re
 import tarfile
 import time
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -55,7 +54,7 @@ from layover.imagelist import ImageList
 from layover.manifest import parse_manifest
 from layover.reference import HEX64, Digest
 from layover.storage.hashing import CHUNK, sha256_file
-from layover.storage.layout import V2, StorageLayout, parse_link
+from layover.storage.layout import V2, StorageLayout, blob_of_data_file, parse_link
 from layover.storage.walk import Refs, walk
 from layover.tarball import CONTENTS_MEMBER, DELTA_README, MAX_CONTENTS_BYTES
 
@@ -109,6 +108,7 @@ class VerifyReport:
     kind: str = "full"  # "delta": blob data its base provides is not in it
     assumed: int = 0  # a delta's blobs that are not in it, as its contents file declares
     base: str = ""  # a delta's base release, for people
+    deferred: bool = False  # blob data left to the caller to hash (the release's tarball writer)
 
     @property
     def ok(self) -> bool:
@@ -142,10 +142,14 @@ class VerifyReport:
 
     def summary(self, limit: int = 5) -> str:
         rate = self.bytes_hashed / self.seconds / 2**20 if self.seconds > 0 else 0.0
+        hashed = (
+            "blob data hashed as the tarball is written"
+            if self.deferred
+            else f"{self.bytes_hashed / 2**20:.1f} MiB hashed in {self.seconds:.2f}s ({rate:.0f} MiB/s)"
+        )
         lines = [
             f"verify {self.source}: {'OK' if self.ok else 'FAILED'}",
-            f"  {self.images} images, {self.manifests} manifests, {self.blobs} blobs, "
-            f"{self.bytes_hashed / 2**20:.1f} MiB hashed in {self.seconds:.2f}s ({rate:.0f} MiB/s)",
+            f"  {self.images} images, {self.manifests} manifests, {self.blobs} blobs, {hashed}",
         ]
         if self.attached:
             lines.append(
@@ -192,13 +196,17 @@ def verify_storage(
     workers: int = 4,
     listed_only: bool = False,
     hashed: frozenset[str] = frozenset(),
+    hash_blobs: bool = True,
 ) -> VerifyReport:
+    """`hash_blobs=False`: every check but the blobs' data hashing, which the caller does itself
+    (the release hashes each blob while writing the tarball and refuses to publish it otherwise:
+    one read of every byte instead of two, docs/design.md §1)."""
     start = time.monotonic()
     view = _DirView(layout)
     workers = max(1, workers)
     if listed_only:
         return _verify_listed(layout, view, images, workers, hashed, start)
-    items = [(h, view.paths.blob_data(h)) for h in sorted(view.blob_sizes) if h not in hashed]
+    items = [(h, view.paths.blob_data(h)) for h in sorted(view.blob_sizes) if h not in hashed and hash_blobs]
     with ThreadPoolExecutor(max_workers=workers) as pool:
         # Hash in the background while the structure is checked; each worker takes every n-th
         # blob so sizes spread evenly enough.
@@ -212,7 +220,8 @@ def verify_storage(
             found += part
             view.bytes_hashed += total
     problems += sorted(found, key=lambda p: p.path)
-    return _report(layout, problems, images, checker, len(view.blob_sizes), view, start)
+    report = _report(layout, problems, images, checker, len(view.blob_sizes), view, start)
+    return report if hash_blobs else replace(report, deferred=True)
 
 
 def _verify_listed(
@@ -641,9 +650,6 @@ def _hash_slice(paths: list[tuple[str, str]]) -> tuple[list[Problem], int]:
     return problems, total
 
 
-_BLOB_MEMBER = re.compile(r"blobs/sha256/([0-9a-f]{2})/([0-9a-f]{64})/data")
-
-
 class _TarView(_View):
     """The tarball read once; member names are normalised to start at docker/registry/v2."""
 
@@ -690,11 +696,11 @@ class _TarView(_View):
                     )
                     continue
                 rel = name[len(anchor) + 1 :]
-                blob = _BLOB_MEMBER.fullmatch(rel)
+                blob = blob_of_data_file(rel)
                 f = tf.extractfile(member)
                 assert f is not None
-                if blob and blob.group(2)[:2] == blob.group(1):
-                    self._blob(blob.group(2), name, f, member.size)
+                if blob is not None:
+                    self._blob(blob, name, f, member.size)
                 elif member.size <= _MAX_SMALL:
                     self.files[name] = f.read()
                 else:

@@ -35,7 +35,7 @@ from layover.adapters.tar_writer import (
     ficlonerange,
     write_tarball,
 )
-from layover.errors import DiskFullError, StorageError
+from layover.errors import ArchiveDamagedError, DiskFullError, StorageError
 from layover.tarball import Entry, Kind
 from tests.conftest import require
 
@@ -375,6 +375,55 @@ def test_an_unsupported_path_is_not_retried_on_the_same_device(scratch):
         PlainTree(scratch / "src"), scratch / "k.tar", ops=DataOps(clone=no_clone, copy=copy_range)
     )
     assert ref.sha256 == res.sha256
+
+
+def _named_registry(root: Path) -> dict[str, bytes]:
+    """A storage tree whose blobs are named by their sha256, as a registry's are: the sizes
+    around every boundary, and one well past the size hashed on the second thread."""
+    rng = random.Random(5)
+    blobs: dict[str, bytes] = {}
+    for size in [*SIZES, 5 * 1_048_576 + 17]:
+        data = rng.randbytes(size)
+        hex_ = hashlib.sha256(data).hexdigest()
+        blobs[hex_] = data
+        path = root / V2 / "blobs/sha256" / hex_[:2] / hex_ / "data"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        link = root / V2 / "repositories/lib/_layers/sha256" / hex_ / "link"
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.write_bytes(f"sha256:{hex_}".encode())
+    return blobs
+
+
+@pytest.mark.parametrize("scratch", ["xfs", "ext4"], indirect=True)
+@pytest.mark.parametrize("choice", list(PATH_CHOICES))
+def test_blobs_are_hashed_against_their_names_and_a_damaged_one_publishes_nothing(scratch, choice):
+    blobs = _named_registry(scratch / "src")
+    paths = PATH_CHOICES[choice]
+    plain = write_tarball(PlainTree(scratch / "src"), scratch / "plain.tar", data_paths=paths)
+    checked = write_tarball(PlainTree(scratch / "src"), scratch / "r.tar", data_paths=paths, check_blobs=True)
+    # the same bytes as without the check, and every blob member hashed once
+    assert checked.sha256 == plain.sha256 and plain.blobs_checked == 0
+    assert checked.blobs_checked == len(blobs)
+    _check_sidecar(checked)
+    kept = checked.path.read_bytes()
+
+    # one byte flipped in the middle of the largest blob, and the smallest non-empty one emptied
+    big = max(blobs, key=lambda h: len(blobs[h]))
+    small = min((h for h in blobs if blobs[h]), key=lambda h: len(blobs[h]))
+    for hex_, data in (
+        (big, blobs[big][:100] + bytes([blobs[big][100] ^ 1]) + blobs[big][101:]),
+        (small, b""),
+    ):
+        (scratch / "src" / V2 / "blobs/sha256" / hex_[:2] / hex_ / "data").write_bytes(data)
+    with pytest.raises(ArchiveDamagedError) as info:
+        write_tarball(PlainTree(scratch / "src"), scratch / "r.tar", data_paths=paths, check_blobs=True)
+    message = str(info.value)
+    assert "\n" not in message and "2 blob(s) do not hash to their names" in message, message
+    assert info.value.blobs == tuple(sorted((big, small)))
+    # nothing published: the previous tarball and its checksum stay, no partial file is left
+    assert checked.path.read_bytes() == kept
+    _check_sidecar(checked)
 
 
 @pytest.mark.parametrize("scratch", ["ext4"], indirect=True)
