@@ -165,6 +165,7 @@ _SYNC_FILE_RANGE_WRITE = 2
 # runs and is what makes the file durable). Measured on bench storage (1.8 GB, ext4):
 # 1.81 s -> 1.40 s median of 6 (bench/tar_bench.py).
 start_writeback = _libc_sync_file_range()
+_WRITEBACK_STEP = 8 << 20
 
 
 class _SourceShrank(Exception):
@@ -355,6 +356,7 @@ _END_BLOB = _BlobEnd()
 # Below this a blob's own digest is computed inline: handing a small piece to another thread
 # costs more than hashing it.
 _INLINE = 256 << 10
+_JOIN = 64 << 10
 
 
 class _Hasher(threading.Thread):
@@ -376,6 +378,8 @@ class _Hasher(threading.Thread):
         self.checked = 0  # blobs whose digest was computed
         self.damaged: list[tuple[str, str]] = []  # (name hex, what the data hashes to)
         self._beside = ThreadPoolExecutor(1, thread_name_prefix="tar-blob-sha256") if check_blobs else None
+        self._pending: list[bytes] = []  # small pieces fed but not queued yet
+        self._pending_size = 0
 
     def run(self) -> None:
         try:
@@ -419,25 +423,41 @@ class _Hasher(threading.Thread):
             finally:
                 os.close(fd)
 
+    # Small pieces (headers, padding, link files) are joined before they are queued: a queue
+    # hand-off per piece made the writer wait on this thread for a package of many small files.
+    def _flush(self) -> None:
+        if self._pending:
+            self.q.put(b"".join(self._pending))
+            self._pending.clear()
+            self._pending_size = 0
+
+    def _put(self, item: tuple[int, int, int] | _BlobStart | _BlobEnd) -> None:
+        self._flush()
+        self.q.put(item)
+
     def begin_blob(self, hex_: str) -> None:
         if self.check_blobs:
-            self.q.put(_BlobStart(hex_))
+            self._put(_BlobStart(hex_))
 
     def end_blob(self) -> None:
         if self.check_blobs:
-            self.q.put(_END_BLOB)
+            self._put(_END_BLOB)
 
     def feed(self, data: bytes) -> None:
         if data:
             self.pieces += 1
-            self.q.put(data)
+            self._pending.append(data)
+            self._pending_size += len(data)
+            if self._pending_size >= _JOIN:
+                self._flush()
 
     def feed_file(self, fd: int, offset: int, length: int) -> None:
         if length:
             self.pieces += 1
-            self.q.put((os.dup(fd), offset, length))
+            self._put((os.dup(fd), offset, length))
 
     def finish(self) -> str:
+        self._flush()
         self.q.put(None)
         self.join()
         if self.error is not None:
@@ -477,6 +497,14 @@ class _Writer:
         self.ops = ops
         self.stats = _Stats()
         self.hasher = _Hasher(check_blobs)
+        self.unflushed = 0  # where the bytes not yet handed to writeback start
+
+    def _writeback(self, end: int) -> None:
+        # In steps of at least _WRITEBACK_STEP: one call per member cost 28 us each, 0.2 s of a
+        # 600-image package's 7,000 mostly tiny files.
+        if end - self.unflushed >= _WRITEBACK_STEP:
+            start_writeback(self.out, self.unflushed, end - self.unflushed)
+            self.unflushed = end
 
     def member(self, pm: PlannedMember, src: _Source) -> None:
         _pwrite_all(self.out, pm.header, pm.offset)
@@ -496,7 +524,7 @@ class _Writer:
                 self._data(pm, src)
                 if blob is not None:
                     self.hasher.end_blob()
-            start_writeback(self.out, pm.data_offset, pm.entry.size)
+            self._writeback(pm.data_offset + pm.entry.size)
         if pm.padding:
             pad = bytes(pm.padding)
             _pwrite_all(self.out, pad, pm.data_offset + pm.entry.size)
