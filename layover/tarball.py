@@ -137,7 +137,7 @@ def check_name(name: str) -> str:
 
 def sort_key(name: str) -> tuple[bytes, ...]:
     """Byte order of path components: a directory sorts right before its own contents."""
-    return tuple(part.encode("utf-8") for part in name.split("/"))
+    return tuple(name.encode("utf-8").split(b"/"))  # UTF-8 never has a "/" byte inside a character
 
 
 def ordered(entries: Iterable[Entry]) -> list[Entry]:
@@ -173,10 +173,11 @@ def _split_ustar(name: bytes) -> tuple[bytes, bytes] | None:
     """(prefix, name) if `name` fits ustar's 155 + 100 byte fields, else None."""
     if len(name) <= 100:
         return b"", name
-    # split at a slash so that prefix <= 155 and the rest <= 100
-    for i in range(min(len(name) - 2, 155), 0, -1):  # never split off an empty name
-        if name[i] == ord("/") and len(name) - i - 1 <= 100:
-            return name[:i], name[i + 1 :]
+    # split at the last slash that leaves prefix <= 155 (never an empty name or prefix); an
+    # earlier slash would only leave more than the rest's 100 bytes
+    i = name.rfind(b"/", 1, min(len(name) - 2, 155) + 1)
+    if i > 0 and len(name) - i - 1 <= 100:
+        return name[:i], name[i + 1 :]
     return None
 
 
@@ -185,29 +186,29 @@ def ustar_header(name: bytes, *, mode: int, size: int, mtime: int, typeflag: byt
     put the full name in a pax `path` record (readers prefer it)."""
     split = _split_ustar(name)
     prefix, short = split if split is not None else (b"", name[:100])
-    fields = [
-        short.ljust(100, b"\x00"),
-        _octal(mode, 8),
-        _octal(0, 8),  # uid
-        _octal(0, 8),  # gid
-        _octal(size if size <= _USTAR_SIZE_MAX else 0, 12),  # pax `size` carries larger sizes
-        _octal(min(mtime, _USTAR_TIME_MAX), 12),
-        b" " * 8,  # checksum, computed over the block with this field as spaces
-        typeflag,
-        bytes(100),  # linkname
-        b"ustar\x00",
-        b"00",
-        bytes(32),  # uname: empty on purpose, see module docstring
-        bytes(32),  # gname
-        _octal(0, 8),  # devmajor
-        _octal(0, 8),  # devminor
-        prefix.ljust(155, b"\x00"),
-        bytes(12),
-    ]
-    block = bytearray(b"".join(fields))
+    block = bytearray(
+        b"%s%s%s%s%s        %s%s%s"
+        % (
+            short.ljust(100, b"\x00"),
+            _octal(mode, 8),
+            _ZERO8 * 2,  # uid, gid
+            _octal(size if size <= _USTAR_SIZE_MAX else 0, 12),  # pax `size` carries larger sizes
+            _octal(min(mtime, _USTAR_TIME_MAX), 12),
+            # the 8 spaces above: the checksum, computed over the block with its field as spaces
+            typeflag,
+            _LINK_TO_DEVMINOR,
+            prefix.ljust(155, b"\x00") + bytes(12),
+        )
+    )
     assert len(block) == BLOCK, len(block)
     block[148:156] = b"%06o\x00 " % sum(block)
     return bytes(block)
+
+
+_ZERO8 = b"%07o\x00" % 0
+# linkname (empty), magic, version, uname and gname (empty on purpose, see module docstring),
+# devmajor, devminor
+_LINK_TO_DEVMINOR = bytes(100) + b"ustar\x00" + b"00" + bytes(32) + bytes(32) + _ZERO8 * 2
 
 
 def pax_record(key: str, value: bytes) -> bytes:
