@@ -64,7 +64,7 @@ log = logging.getLogger(__name__)
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 MAX_MANIFEST_BYTES = 4 << 20  # containers/image's limit; a bigger "manifest" is a broken registry
 MONOLITHIC_LIMIT = 8 << 20  # blobs up to this size go in one PUT from memory; larger ones stream
-_PIECE = 1 << 20  # read size while streaming
+_PIECE = 1 << 20  # piece size when uploading bytes or a file
 _TOKEN_MIN_SECONDS = 60  # a token without expires_in (or a shorter one) lives this long
 _NOT_FOUND_CODES = frozenset({"MANIFEST_UNKNOWN", "NAME_UNKNOWN"})
 
@@ -454,7 +454,10 @@ class RegistryClient:
         )
         hasher, size = hashlib.sha256(), 0
         try:
-            for piece in resp.iter_bytes(_PIECE):
+            # as the transport reads them (64 KiB): re-cut into 1 MiB pieces, a 66 MB layer
+            # copied registry to registry took ~40% more CPU and ~60% more wall time (every
+            # byte copied once more, the upload waiting while each piece filled)
+            for piece in resp.iter_bytes():
                 hasher.update(piece)
                 size += len(piece)
                 yield piece
