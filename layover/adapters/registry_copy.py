@@ -3,7 +3,7 @@
     GET  manifest (tag or digest) from the source           exact bytes, digest checked
     for an index: each child manifest by digest, depth first
     for an image: config and layers (foreign layers are not copied: they live elsewhere,
-                  as skopeo leaves them), each one
+                  as skopeo leaves them), up to three at a time, each one
         present   the destination repository already links it        nothing sent
         mounted   another destination repository holds it            one POST ?mount=&from=
         uploaded  GET streamed from the source, hashed on the way, into one PUT (small) or
@@ -24,6 +24,7 @@ import json
 import random
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
@@ -44,6 +45,7 @@ from layover.manifest import MANIFEST_MEDIA_TYPES, ManifestKind, parse_manifest
 from layover.reference import Digest
 
 _IN_MEMORY = 8 << 20  # blobs up to this size move as one GET and one PUT; larger ones stream
+_BLOBS_AT_ONCE = 3  # blobs of one image copied at a time (each may hold _IN_MEMORY bytes)
 _REQUEST_RETRY_DELAYS = (0.25, 0.5, 1.0)  # a source read is tried at most 4 times per attempt
 T = TypeVar("T")
 
@@ -163,8 +165,7 @@ def copy_image(
                 copy_tree(fetch(child), child, seen | {top.digest})
         else:
             sizes = _sizes(top.data)
-            for digest in dict.fromkeys(manifest.blobs):  # once each, in document order
-                copy_blob(digest, sizes.get(digest))
+            _each(lambda d: copy_blob(d, sizes.get(d)), list(dict.fromkeys(manifest.blobs)))
         dst.put_manifest(repository, dest_ref, top.data, _media_type(top, manifest.media_type))
         landed.manifests += 1
 
@@ -187,6 +188,28 @@ def copy_image(
         kind = TransientCopyError if "hash to" in str(e) else CopyError
         raise kind(f"{where}:{reference}: {e}") from None
     return top.digest
+
+
+def _each(work: Callable[[Digest], None], digests: list[Digest]) -> None:
+    """`work` for each blob, `_BLOBS_AT_ONCE` at a time: an image's blobs are independent, and
+    one after the other an image costs the sum of their round trips (an incremental release's
+    few copies wait on those, not on bytes; docs/benchmarks.md). After a failure no further blob
+    starts; the ones under way end first (so `Landed` is whole), then the first failure in
+    document order is raised."""
+    if len(digests) <= 1 or _BLOBS_AT_ONCE <= 1:
+        for digest in digests:
+            work(digest)
+        return
+    with ThreadPoolExecutor(min(_BLOBS_AT_ONCE, len(digests)), thread_name_prefix="blob") as pool:
+        futures = [pool.submit(work, digest) for digest in digests]
+        for future in as_completed(futures):
+            if future.exception() is not None:
+                for other in futures:
+                    other.cancel()
+                break
+    for future in futures:
+        if not future.cancelled() and (error := future.exception()) is not None:
+            raise error
 
 
 def _again(read: Callable[[], T], *, sleep: Callable[[float], object]) -> T:

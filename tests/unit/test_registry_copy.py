@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import Callable
 
 import httpx
@@ -163,3 +164,19 @@ def test_schema_1_is_left_to_skopeo():
     ).encode()
     with pytest.raises(NeedsSkopeo):
         copy(Source(manifest=schema1), Archive(), Landed())
+
+
+def test_the_blobs_of_one_image_are_copied_at_once_not_one_after_the_other():
+    """Each layer's read waits until the other layer's read arrived too: copied one after the
+    other, the first would wait for ever (here: the barrier's timeout, then a failed read)."""
+    both = threading.Barrier(2, timeout=5)
+
+    class Waiting(Source):
+        def __call__(self, request: httpx.Request) -> httpx.Response:
+            if request.method == "GET" and any(str(sha(b)) in request.url.path for b in (BASE, APP)):
+                both.wait()
+            return super().__call__(request)
+
+    landed = Landed()
+    assert copy(Waiting(), Archive(), landed) == sha(MANIFEST)
+    assert sorted(d for d, _ in landed.uploaded) == sorted([sha(CONFIG), sha(BASE), sha(APP)])
