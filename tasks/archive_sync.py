@@ -193,7 +193,7 @@ def _copy_all(
     """At most `concurrency` copier tasks drain one queue; failures are named in list order."""
     if not todo:
         return []
-    queue = WorkQueue(todo)
+    queue = WorkQueue(copier.copy_order(todo))
     workers = max(1, min(concurrency, MAX_CONCURRENCY, len(todo)))
     futures = [
         copy_to_archive.submit(queue, copier, policy, watch, started, n, workers)
