@@ -18,7 +18,9 @@ builds image pushes on them). Plain HTTP, no auth: every registry Layover starts
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import ssl
 from collections.abc import Iterable
 from typing import NamedTuple
 
@@ -52,6 +54,13 @@ def _check_loopback(url: httpx.URL, what: str) -> None:
         )
 
 
+@functools.cache
+def _redirect_context() -> ssl.SSLContext:
+    """httpx's default (certifi) context, for a blob GET redirected to https storage; built once
+    per process and shared (loading the CAs costs ~20 ms a client)."""
+    return httpx.create_ssl_context()
+
+
 class RegistryAPI:
     """Distribution API v2 client for one registry at `host` ("127.0.0.1:PORT", plain HTTP).
 
@@ -68,7 +77,12 @@ class RegistryAPI:
         _check_loopback(self.base, "registry")
         # follow_redirects: storage drivers other than filesystem redirect blob GETs.
         self._http = httpx.Client(
-            base_url=self.base, timeout=timeout, transport=transport, follow_redirects=True, trust_env=False
+            base_url=self.base,
+            timeout=timeout,
+            transport=transport,
+            follow_redirects=True,
+            trust_env=False,
+            verify=_redirect_context(),
         )
 
     def close(self) -> None:

@@ -29,6 +29,7 @@ One httpx connection pool per client; every method is thread-safe.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import logging
@@ -212,12 +213,9 @@ def default_cert_dir(host: str, home: Path | None = None) -> Path | None:
 def tls_context(endpoint: Endpoint, cert_dir: Path | None) -> ssl.SSLContext:
     """System CAs plus cert_dir's *.crt; its *.cert/*.key client pairs; no verification when
     the endpoint turns it off (client certificates are still presented, as skopeo does)."""
-    ctx = ssl.create_default_context()
-    if not endpoint.tls_verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
     if cert_dir is None:
-        return ctx
+        return _system_context(endpoint.tls_verify)
+    ctx = _new_context(endpoint.tls_verify)
     flag = endpoint.flags.cert_dir
     try:
         names = sorted(p.name for p in cert_dir.iterdir())
@@ -247,6 +245,22 @@ def tls_context(endpoint: Endpoint, cert_dir: Path | None) -> ssl.SSLContext:
                 )
         except (ssl.SSLError, OSError) as e:
             raise TLSError(f"{flag} {cert_dir}: cannot load {name} ({_reason(e)}); is it PEM?") from None
+    return ctx
+
+
+@functools.cache
+def _system_context(verify: bool) -> ssl.SSLContext:
+    """The system CAs' context, loaded once per process and shared by every client without a
+    cert dir (a run makes several: loading the CAs costs ~20 ms each time). Nothing changes it
+    after this; a context is safe to share between clients and threads."""
+    return _new_context(verify)
+
+
+def _new_context(verify: bool) -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
     return ctx
 
 
