@@ -5,7 +5,8 @@ images done of the stage's total, sent at most once a second while the copies ru
 Copies report from worker threads that carry no Prefect context: a Prefect call there would
 not see the run's API URL (settings live in context variables) and would start a server of
 its own. So the counts are only counted there, and one sender thread, started with a copy of
-the flow's context, sends them with one client.
+the flow's context, sends them with one client. It creates each stage's artifact too, so the
+flow's thread makes no API call for progress: the stage starts at once.
 """
 
 from __future__ import annotations
@@ -38,23 +39,15 @@ class ArtifactProgress:
     def stage_started(self, stage: str, *, images: int = 0, bytes_total: int | None = None) -> None:
         if not images:
             return
-        try:  # called on the flow's thread: it has the run's context
-            artifact_id: UUID = create_progress_artifact(  # type: ignore[assignment]  # sync here
-                progress=0.0,
-                key=stage.replace(" ", "-") + "-progress",
-                description=f"{stage}: images done of {images}",
-            )
-        except Exception as e:  # noqa: BLE001 - progress must never fail a run
-            log.debug("progress artifact for %s not created: %s", stage, e)
-            return
-        with self._lock:
-            self._stages[stage] = [artifact_id, images, 0, 0]
-            if self._thread is None:
+        with self._lock:  # [artifact id (None: to create), total, done, sent]
+            self._stages[stage] = [None, images, 0, 0]
+            if self._thread is None:  # started here, on the flow's thread: it has the run's context
                 context = contextvars.copy_context()
                 self._thread = threading.Thread(
                     target=context.run, args=(self._send_loop,), name="layover-progress-artifact", daemon=True
                 )
                 self._thread.start()
+        self._wake.set()
 
     def image_started(self, stage: str, image: str) -> None:
         pass
@@ -81,17 +74,35 @@ class ArtifactProgress:
                     stopping = self._stop.is_set()
                     with self._lock:
                         due = [
-                            (e[0], 100.0 * e[2] / max(1, e[1]), e)
-                            for e in self._stages.values()
-                            if e[2] != e[3]
+                            (stage, e) for stage, e in self._stages.items() if e[0] is None or e[2] != e[3]
                         ]
-                    for artifact_id, pct, entry in due:
-                        client.update_artifact(artifact_id=artifact_id, artifact=ArtifactUpdate(data=pct))
-                        with self._lock:
-                            entry[3] = entry[2]
+                    for stage, entry in due:
+                        if entry[0] is None and not self._create(stage, entry):
+                            continue
+                        done = entry[2]
+                        if done != entry[3]:
+                            pct = 100.0 * done / max(1, entry[1])
+                            client.update_artifact(artifact_id=entry[0], artifact=ArtifactUpdate(data=pct))
+                            with self._lock:
+                                entry[3] = done
                     if stopping:
                         return
                     self._wake.wait(self.every)
                     self._wake.clear()
         except Exception as e:  # noqa: BLE001 - progress must never fail a run
             log.debug("progress artifacts no longer updated: %s", e)
+
+    def _create(self, stage: str, entry: list) -> bool:
+        try:
+            artifact_id: UUID = create_progress_artifact(  # type: ignore[assignment]  # sync here
+                progress=0.0,
+                key=stage.replace(" ", "-") + "-progress",
+                description=f"{stage}: images done of {entry[1]}",
+            )
+        except Exception as e:  # noqa: BLE001 - progress must never fail a run
+            log.debug("progress artifact for %s not created: %s", stage, e)
+            with self._lock:
+                self._stages.pop(stage, None)
+            return False
+        entry[0] = artifact_id
+        return True
