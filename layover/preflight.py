@@ -21,7 +21,8 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from contextvars import ContextVar
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 from typing import Protocol
@@ -129,6 +130,21 @@ def check(plan: Plan, host: Host) -> None:
         raise problems[0]
     if problems:
         raise PreflightFailed(problems)
+
+
+# The checks that passed in this context, the lock aside: `layover run` checks before it starts
+# Prefect, and the flow it then runs in the same process need not ask the machine again.
+_passed: ContextVar[Plan | None] = ContextVar("layover_preflight_passed", default=None)
+
+
+def remember_passed(plan: Plan) -> None:
+    """Note that `plan` has just passed `check`, for `passed_already` in this context."""
+    _passed.set(replace(plan, check_lock=False))
+
+
+def passed_already(plan: Plan) -> bool:
+    """Whether the same checks (same list, paths, sources; the lock aside) passed in this context."""
+    return _passed.get() == replace(plan, check_lock=False)
 
 
 def find_problems(plan: Plan, host: Host) -> list[LayoverError]:

@@ -251,7 +251,9 @@ def run(
             listed = imagelist.parse_bytes(got.data, f"{got.repo}:{got.path}@{got.ref}")
         else:
             listed = imagelist.load(request.images.path)  # every bad line, before anything starts
-        preflight.check(preflight.plan_for(request, listed), LocalHost())
+        plan = preflight.plan_for(request, listed)
+        preflight.check(plan, LocalHost())
+        preflight.remember_passed(plan)  # the flow's preflight task then passes at once
     except ValidationError as e:  # a LAYOVER_* variable of the wrong type
         fail(
             UsageError(
