@@ -3,7 +3,8 @@ flag (or the Prefect parameter), in the order a user fixes them."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import contextvars
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,18 @@ from layover.errors import (
     TLSError,
     UsageError,
 )
-from layover.preflight import SPACE_FLOOR, Need, Ping, Plan, Reach, check, find_problems, need_from_report
+from layover.preflight import (
+    SPACE_FLOOR,
+    Need,
+    Ping,
+    Plan,
+    Reach,
+    check,
+    find_problems,
+    need_from_report,
+    passed_already,
+    remember_passed,
+)
 from layover.sources import SourceMap
 
 GiB = 1 << 30
@@ -261,3 +273,18 @@ def test_several_problems_are_reported_together_flags_first(tmp_path):
         check(_plan(tmp_path, output=out), host)
     assert e.value.exit_code == 2  # the first: a usage error
     assert len(e.value.problems) == 3
+
+
+def test_a_plan_remembered_as_passed_is_known_in_its_context_lock_aside_and_no_other(tmp_path):
+    def in_context() -> None:
+        plan = _plan(tmp_path, "team/app:1\nteam/web:1\n")
+        assert not passed_already(plan)
+        remember_passed(plan)  # `layover run` checked it, with the lock
+        assert passed_already(replace(plan, check_lock=False))  # the flow's task, without the lock
+        assert not passed_already(_plan(tmp_path, "team/app:1\n"))  # the list changed meanwhile
+        assert not passed_already(replace(plan, src_tls_verify=False))
+
+    contextvars.copy_context().run(in_context)
+    assert not passed_already(
+        _plan(tmp_path, "team/app:1\nteam/web:1\n")
+    )  # another context: a run Prefect started
