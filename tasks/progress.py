@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import threading
+from dataclasses import dataclass
 from uuid import UUID
 
 from prefect.artifacts import create_progress_artifact
@@ -25,13 +26,23 @@ log = logging.getLogger(__name__)
 EVERY = 1.0  # seconds between updates: each is one API call (~10 ms)
 
 
+@dataclass
+class _Stage:
+    """One stage's artifact and counts; changed under ArtifactProgress's lock."""
+
+    total: int
+    artifact: UUID | None = None  # None until the sender thread has created it
+    done: int = 0
+    sent: int = 0  # the count the artifact shows
+
+
 class ArtifactProgress:
     """layover.progress.Progress -> progress artifacts, for the stages that have images."""
 
     def __init__(self, every: float = EVERY) -> None:
         self.every = every
         self._lock = threading.Lock()
-        self._stages: dict[str, list] = {}  # stage -> [artifact id, total, done, sent]
+        self._stages: dict[str, _Stage] = {}
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -39,8 +50,8 @@ class ArtifactProgress:
     def stage_started(self, stage: str, *, images: int = 0, bytes_total: int | None = None) -> None:
         if not images:
             return
-        with self._lock:  # [artifact id (None: to create), total, done, sent]
-            self._stages[stage] = [None, images, 0, 0]
+        with self._lock:
+            self._stages[stage] = _Stage(images)
             if self._thread is None:  # started here, on the flow's thread: it has the run's context
                 context = contextvars.copy_context()
                 self._thread = threading.Thread(
@@ -56,7 +67,7 @@ class ArtifactProgress:
         with self._lock:
             entry = self._stages.get(stage)
             if entry is not None:
-                entry[2] += 1
+                entry.done += 1
 
     def stage_finished(self, stage: str, *, ok: bool = True) -> None:
         self._wake.set()  # the last count goes out now, not a second later
@@ -74,17 +85,20 @@ class ArtifactProgress:
                     stopping = self._stop.is_set()
                     with self._lock:
                         due = [
-                            (stage, e) for stage, e in self._stages.items() if e[0] is None or e[2] != e[3]
+                            (stage, e)
+                            for stage, e in self._stages.items()
+                            if e.artifact is None or e.done != e.sent
                         ]
                     for stage, entry in due:
-                        if entry[0] is None and not self._create(stage, entry):
+                        artifact = entry.artifact or self._create(stage, entry)
+                        if artifact is None:
                             continue
-                        done = entry[2]
-                        if done != entry[3]:
-                            pct = 100.0 * done / max(1, entry[1])
-                            client.update_artifact(artifact_id=entry[0], artifact=ArtifactUpdate(data=pct))
+                        done = entry.done
+                        if done != entry.sent:
+                            pct = 100.0 * done / max(1, entry.total)
+                            client.update_artifact(artifact_id=artifact, artifact=ArtifactUpdate(data=pct))
                             with self._lock:
-                                entry[3] = done
+                                entry.sent = done
                     if stopping:
                         return
                     self._wake.wait(self.every)
@@ -92,17 +106,17 @@ class ArtifactProgress:
         except Exception as e:  # noqa: BLE001 - progress must never fail a run
             log.debug("progress artifacts no longer updated: %s", e)
 
-    def _create(self, stage: str, entry: list) -> bool:
+    def _create(self, stage: str, entry: _Stage) -> UUID | None:
         try:
             artifact_id: UUID = create_progress_artifact(  # type: ignore[assignment]  # sync here
                 progress=0.0,
                 key=stage.replace(" ", "-") + "-progress",
-                description=f"{stage}: images done of {entry[1]}",
+                description=f"{stage}: images done of {entry.total}",
             )
         except Exception as e:  # noqa: BLE001 - progress must never fail a run
             log.debug("progress artifact for %s not created: %s", stage, e)
             with self._lock:
                 self._stages.pop(stage, None)
-            return False
-        entry[0] = artifact_id
-        return True
+            return None
+        entry.artifact = artifact_id
+        return artifact_id
